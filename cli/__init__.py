@@ -1,0 +1,1 @@
+"""The counterfeit-scan command line."""

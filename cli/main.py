@@ -1,0 +1,201 @@
+"""`counterfeit-scan`: serve, catalog import/export, index rebuild, scan."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.options import engine_options, scoring_options
+from embeddings import ModelLoadError
+from reference_catalog import ManifestError, read_manifest, write_manifest
+from service.config import Settings
+from service.engine import PhotoInput, ScanEngine
+from service.errors import RequestRejected
+
+
+def make_settings(**flags: Any) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    return Settings(**given)
+
+
+@contextmanager
+def open_engine(settings: Settings) -> Iterator[ScanEngine]:
+    try:
+        engine = ScanEngine.open(settings, show_progress=sys.stderr.isatty())
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def cli(verbose: bool) -> None:
+    """Counterfeit risk for marketplace listing photos, by similarity to a brand's reference catalog."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@cli.command()
+@click.option("--host", help="Bind address [env COUNTERFEIT_SCAN_HOST; 127.0.0.1].")
+@click.option("--port", type=int, help="Port [env COUNTERFEIT_SCAN_PORT; 8000].")
+@engine_options
+@scoring_options
+def serve(**flags: Any) -> None:
+    """Run the HTTP service (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = make_settings(**flags)
+    logging.getLogger().setLevel(logging.INFO)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@cli.group()
+def catalog() -> None:
+    """Import and export reference images."""
+
+
+@catalog.command("import")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--split", help="Keep only rows whose 'split' column equals this.")
+@engine_options
+def catalog_import(manifest: Path, split: str | None, **flags: Any) -> None:
+    """Import a CSV manifest (path,brand,product,label) and update the index. Re-running it adds nothing."""
+    try:
+        read = read_manifest(manifest, split)
+    except ManifestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    rows: list[tuple[str, PhotoInput, str, str, str, str | None]] = []
+    errors = [(f"line {line}", reason) for line, reason in read.errors]
+    for row in read.rows:
+        try:
+            data = row.path.read_bytes()
+        except OSError as exc:
+            errors.append((f"line {row.line}", f"cannot read {row.path}: {exc.strerror}"))
+            continue
+        rows.append(
+            (
+                f"line {row.line}",
+                PhotoInput(data, row.path.name),
+                row.brand,
+                row.product,
+                row.label,
+                row.extra.get("source") or str(row.path.name),
+            )
+        )
+    with open_engine(make_settings(**flags)) as engine:
+        summary = engine.import_rows(rows, show_progress=True)
+        engine.save_index()
+        errors.extend(summary.errors or [])
+        result = {
+            "manifest": str(manifest),
+            "rows": len(read.rows) + len(read.errors),
+            "added": summary.added,
+            "duplicates": summary.duplicates,
+            "errors": [{"row": name, "reason": reason} for name, reason in errors],
+            "index_version": engine.index.version,
+            "index_size": len(engine.index),
+        }
+    click.echo(json.dumps(result, indent=2))
+    if errors:
+        sys.exit(1)
+
+
+@catalog.command("export")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--brand", help="Export only this brand.")
+@engine_options
+def catalog_export(out_dir: Path, brand: str | None, **flags: Any) -> None:
+    """Write the catalog's images and a manifest.csv that `catalog import` reads back."""
+    settings = make_settings(**flags)
+    from reference_catalog import BlobStore, CatalogRepository, create_catalog_engine
+
+    repo = CatalogRepository(create_catalog_engine(settings.resolved_database_url))
+    repo.create_schema()
+    blobs = BlobStore(settings.blob_dir)
+    rows = []
+    for ref in repo.all_images():
+        if brand is not None and ref.brand != brand:
+            continue
+        suffix = {"image/png": ".png", "image/webp": ".webp"}.get(ref.media_type, ".jpg")
+        relative = Path("images") / f"{ref.sha256}{suffix}"
+        (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / relative).write_bytes(blobs.get(ref.sha256))
+        rows.append((relative.as_posix(), ref.brand, ref.product, ref.label, ref.source))
+    write_manifest(out_dir / "manifest.csv", rows)
+    click.echo(json.dumps({"exported": len(rows), "manifest": str(out_dir / "manifest.csv")}))
+
+
+@cli.group()
+def index() -> None:
+    """Maintain the vector index."""
+
+
+@index.command("rebuild")
+@engine_options
+def index_rebuild(**flags: Any) -> None:
+    """Re-embed every catalog image with the configured model and replace the index."""
+    with open_engine(make_settings(**flags)) as engine:
+        rebuilt = engine.rebuild_index(show_progress=True)
+        click.echo(
+            json.dumps(
+                {"index_version": rebuilt.version, "index_size": len(rebuilt), "model": engine.embedder.info.as_dict()},
+                indent=2,
+            )
+        )
+
+
+@cli.command()
+@click.argument("photos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--brand", help="Compare only with this brand's references.")
+@click.option("--product", help="Compare only with this product's references.")
+@click.option("--listing-id", help="Listing identifier, echoed and recorded.")
+@engine_options
+@scoring_options
+def scan(
+    photos: tuple[Path, ...], brand: str | None, product: str | None, listing_id: str | None, **flags: Any
+) -> None:
+    """Scan one listing's photos and print the same JSON as POST /v1/scan."""
+    inputs = [PhotoInput(path.read_bytes(), path.name) for path in photos]
+    with open_engine(make_settings(**flags)) as engine:
+        try:
+            result = engine.scan(inputs, brand, product, listing_id)
+        except (RequestRejected, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(result, indent=2))
+
+
+@cli.group()
+def model() -> None:
+    """Inspect the configured model."""
+
+
+@model.command("info")
+@engine_options
+def model_info(**flags: Any) -> None:
+    """Load the configured model and print its fingerprint, dimension and runtime."""
+    from embeddings import load_embedder
+
+    settings = make_settings(**flags)
+    try:
+        embedder = load_embedder(settings.model_spec(), settings.export_dir)
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(embedder.info.as_dict(), indent=2))
+
+
+def main() -> None:
+    cli(auto_envvar_prefix=None)

@@ -1,0 +1,57 @@
+"""Option groups shared by the commands; every flag overrides its `COUNTERFEIT_SCAN_...` environment variable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STORAGE_OPTIONS = [
+    click.option(
+        "--data-dir", type=click.Path(path_type=Path), help="Data directory [env COUNTERFEIT_SCAN_DATA_DIR; ./data]."
+    ),
+    click.option("--database-url", help="SQLAlchemy URL of the catalog [env COUNTERFEIT_SCAN_DATABASE_URL]."),
+]
+MODEL_OPTIONS = [
+    click.option("--model", help="open_clip architecture [env COUNTERFEIT_SCAN_MODEL; efficientnet-lite0]."),
+    click.option("--pretrained", help="Pretrained tag [env COUNTERFEIT_SCAN_PRETRAINED; imagenet]."),
+    click.option(
+        "--checkpoint", type=click.Path(path_type=Path), help="Checkpoint file [env COUNTERFEIT_SCAN_CHECKPOINT]."
+    ),
+    click.option(
+        "--model-cache-dir",
+        type=click.Path(path_type=Path),
+        help="Weights cache [env COUNTERFEIT_SCAN_MODEL_CACHE_DIR].",
+    ),
+    click.option("--device", help="auto, cpu or cuda [env COUNTERFEIT_SCAN_DEVICE]."),
+    click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), help="[env COUNTERFEIT_SCAN_RUNTIME]."),
+    click.option("--batch-size", type=int, help="Model batch size [env COUNTERFEIT_SCAN_BATCH_SIZE]."),
+    click.option("--threads", type=int, help="Inference threads, 0 = runtime default [env COUNTERFEIT_SCAN_THREADS]."),
+    click.option("--allow-random-weights", is_flag=True, default=None, help="Tests only: random model weights."),
+]
+SCORING_OPTIONS = [
+    click.option("--top-k", type=int, help="Matches per photo [env COUNTERFEIT_SCAN_TOP_K]."),
+    click.option("--match-threshold", type=float, help="Below: not_in_catalog [env COUNTERFEIT_SCAN_MATCH_THRESHOLD]."),
+    click.option("--counterfeit-threshold", type=float, help="[env COUNTERFEIT_SCAN_COUNTERFEIT_THRESHOLD; 0.8]."),
+    click.option("--authentic-threshold", type=float, help="[env COUNTERFEIT_SCAN_AUTHENTIC_THRESHOLD; 0.2]."),
+    click.option("--max-image-bytes", type=int, help="[env COUNTERFEIT_SCAN_MAX_IMAGE_BYTES]."),
+    click.option("--max-image-pixels", type=int, help="[env COUNTERFEIT_SCAN_MAX_IMAGE_PIXELS]."),
+    click.option("--max-photos-per-scan", type=int, help="[env COUNTERFEIT_SCAN_MAX_PHOTOS_PER_SCAN]."),
+]
+
+
+def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    def decorator(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorator
+
+
+engine_options = _apply([*STORAGE_OPTIONS, *MODEL_OPTIONS])
+scoring_options = _apply(SCORING_OPTIONS)

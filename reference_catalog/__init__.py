@@ -1,0 +1,23 @@
+"""Reference catalog: brands, products and labelled reference images, with content-addressed blobs."""
+
+from reference_catalog.blobs import BlobStore
+from reference_catalog.database import create_catalog_engine
+from reference_catalog.labels import LABELS, Label
+from reference_catalog.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
+from reference_catalog.repository import BrandSummary, CatalogRepository, ImageRef, NewImage, ProductSummary
+
+__all__ = [
+    "LABELS",
+    "BlobStore",
+    "BrandSummary",
+    "CatalogRepository",
+    "ImageRef",
+    "Label",
+    "ManifestError",
+    "ManifestRow",
+    "NewImage",
+    "ProductSummary",
+    "create_catalog_engine",
+    "read_manifest",
+    "write_manifest",
+]

@@ -1,0 +1,105 @@
+"""Manifest CSV files: `path,brand,product,label` (+ optional `split`, extra columns ignored)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REQUIRED_COLUMNS = ("path", "brand", "product", "label")
+MAX_FIELD_LENGTH = 200
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be read (missing file, missing columns, not CSV)."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    line: int
+    path: Path
+    brand: str
+    product: str
+    label: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ManifestRead:
+    rows: list[ManifestRow]
+    errors: list[tuple[int, str]]
+
+
+def read_manifest(
+    manifest: Path,
+    split: str | None = None,
+    labels: Iterable[str] = ("authentic", "counterfeit"),
+    require_brand: bool = True,
+) -> ManifestRead:
+    """Read rows, keeping those whose `split` is `split` (all when None); bad rows go to `errors` by line number.
+
+    Paths are relative to the manifest's folder and may not escape it.
+    """
+    allowed = set(labels)
+    if not manifest.is_file():
+        raise ManifestError(f"manifest {manifest} does not exist")
+    root = manifest.parent.resolve()
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = set(reader.fieldnames or ())
+            needed = REQUIRED_COLUMNS if require_brand else ("path", "label")
+            missing = [c for c in needed if c not in columns]
+            if missing:
+                raise ManifestError(
+                    f"manifest {manifest} lacks column(s) {', '.join(missing)}; header must have {','.join(needed)}"
+                )
+            if split is not None and "split" not in columns:
+                raise ManifestError(f"--split {split} given but manifest {manifest} has no 'split' column")
+            result = ManifestRead([], [])
+            for number, record in enumerate(reader, start=2):
+                if split is not None and (record.get("split") or "").strip() != split:
+                    continue
+                row, error = _parse_row(number, record, root, allowed, require_brand)
+                if error:
+                    result.errors.append((number, error))
+                elif row:
+                    result.rows.append(row)
+            return result
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ManifestError(f"manifest {manifest} is not a readable UTF-8 CSV file: {exc}") from exc
+
+
+def _parse_row(
+    number: int, record: dict[str, str | None], root: Path, allowed: set[str], require_brand: bool
+) -> tuple[ManifestRow | None, str | None]:
+    values = {k: (v or "").strip() for k, v in record.items() if k is not None}
+    for name in ("path", "label", *(("brand", "product") if require_brand else ())):
+        if not values.get(name):
+            return None, f"empty {name}"
+        if len(values[name]) > MAX_FIELD_LENGTH and name != "path":
+            return None, f"{name} longer than {MAX_FIELD_LENGTH} characters"
+    if values["label"] not in allowed:
+        return None, f"unknown label {values['label']!r} (expected one of {', '.join(sorted(allowed))})"
+    relative = Path(values["path"])
+    if relative.is_absolute():
+        return None, f"absolute path {values['path']!r} (paths must be relative to the manifest)"
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root):
+        return None, f"path {values['path']!r} escapes the manifest's folder"
+    extra = {k: v for k, v in values.items() if k not in REQUIRED_COLUMNS}
+    return ManifestRow(
+        number, resolved, values.get("brand", ""), values.get("product", ""), values["label"], extra
+    ), None
+
+
+def write_manifest(path: Path, rows: Iterable[tuple[str, str, str, str, str | None]]) -> None:
+    """Write `path,brand,product,label,source` rows (paths relative to the manifest)."""
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "brand", "product", "label", "source"])
+        for row in rows:
+            writer.writerow([*row[:4], row[4] or ""])
+    tmp.replace(path)

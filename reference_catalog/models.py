@@ -1,0 +1,67 @@
+"""SQLAlchemy 2 tables of the catalog. Integer image keys are the FAISS ids; public ids are random strings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import ForeignKey, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Brand(Base):
+    __tablename__ = "brands"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    products: Mapped[list[Product]] = relationship(back_populates="brand")
+
+
+class Product(Base):
+    __tablename__ = "products"
+    __table_args__ = (UniqueConstraint("brand_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    brand_id: Mapped[int] = mapped_column(ForeignKey("brands.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    brand: Mapped[Brand] = relationship(back_populates="products")
+
+
+class ReferenceImage(Base):
+    __tablename__ = "reference_images"
+    __table_args__ = (UniqueConstraint("product_id", "sha256"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(40), unique=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(20))
+    source: Mapped[str | None] = mapped_column(String(500))
+    media_type: Mapped[str] = mapped_column(String(40))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    product: Mapped[Product] = relationship()
+
+
+class ImageEmbedding(Base):
+    """A reference image's vector under one model: lets the index be repaired or rebuilt without re-embedding."""
+
+    __tablename__ = "image_embeddings"
+    image_id: Mapped[int] = mapped_column(ForeignKey("reference_images.id", ondelete="CASCADE"), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CatalogState(Base):
+    """Single-row counters; `revision` grows with every catalog change and is stored with the index."""
+
+    __tablename__ = "catalog_state"
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)

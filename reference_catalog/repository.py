@@ -1,0 +1,268 @@
+"""CatalogRepository: every read and write of the catalog, each write one transaction that bumps the revision."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from reference_catalog.models import Base, Brand, CatalogState, ImageEmbedding, Product, ReferenceImage
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """What scoring and evidence need to know about a reference image."""
+
+    key: int
+    image_id: str
+    brand: str
+    product: str
+    label: str
+    sha256: str
+    source: str | None
+    media_type: str
+    width: int
+    height: int
+    created_at: datetime
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "image_id": self.image_id,
+            "brand": self.brand,
+            "product": self.product,
+            "label": self.label,
+            "sha256": self.sha256,
+            "source": self.source,
+            "media_type": self.media_type,
+            "width": self.width,
+            "height": self.height,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class NewImage:
+    brand: str
+    product: str
+    label: str
+    sha256: str
+    media_type: str
+    width: int
+    height: int
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class BrandSummary:
+    name: str
+    products: int
+    images: int
+
+
+@dataclass(frozen=True)
+class ProductSummary:
+    brand: str
+    name: str
+    authentic: int
+    counterfeit: int
+
+
+class DuplicateLabelConflict(ValueError):
+    """The same image bytes are already in the catalog for this product under the other label."""
+
+    def __init__(self, existing: ImageRef) -> None:
+        super().__init__(
+            f"this image is already in the catalog as {existing.label} for {existing.brand}/{existing.product} "
+            f"(image {existing.image_id}); delete it first to relabel"
+        )
+        self.existing = existing
+
+
+def new_public_id() -> str:
+    return "ref_" + secrets.token_urlsafe(16)
+
+
+def _ref(image: ReferenceImage) -> ImageRef:
+    return ImageRef(
+        key=image.id,
+        image_id=image.public_id,
+        brand=image.product.brand.name,
+        product=image.product.name,
+        label=image.label,
+        sha256=image.sha256,
+        source=image.source,
+        media_type=image.media_type,
+        width=image.width,
+        height=image.height,
+        created_at=image.created_at,
+    )
+
+
+class CatalogRepository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    # --- reads -----------------------------------------------------------------------------------------------
+    def revision(self) -> int:
+        with self._sessions() as session:
+            state = session.get(CatalogState, "revision")
+            return state.value if state else 0
+
+    def all_images(self) -> list[ImageRef]:
+        with self._sessions() as session:
+            rows = session.scalars(select(ReferenceImage).join(ReferenceImage.product).join(Product.brand))
+            return [_ref(image) for image in rows]
+
+    def get_image(self, image_id: str) -> ImageRef | None:
+        with self._sessions() as session:
+            image = session.scalar(select(ReferenceImage).where(ReferenceImage.public_id == image_id))
+            return _ref(image) if image else None
+
+    def find_duplicate(self, brand: str, product: str, sha256: str) -> ImageRef | None:
+        with self._sessions() as session:
+            return self._find_duplicate(session, brand, product, sha256)
+
+    def _find_duplicate(self, session: Session, brand: str, product: str, sha256: str) -> ImageRef | None:
+        image = session.scalar(
+            select(ReferenceImage)
+            .join(ReferenceImage.product)
+            .join(Product.brand)
+            .where(Brand.name == brand, Product.name == product, ReferenceImage.sha256 == sha256)
+        )
+        return _ref(image) if image else None
+
+    def list_brands(self) -> list[BrandSummary]:
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Brand.name, func.count(func.distinct(Product.id)), func.count(ReferenceImage.id))
+                .outerjoin(Product, Product.brand_id == Brand.id)
+                .outerjoin(ReferenceImage, ReferenceImage.product_id == Product.id)
+                .group_by(Brand.id)
+                .order_by(Brand.name)
+            )
+            return [BrandSummary(name, products, images) for name, products, images in rows]
+
+    def list_products(self, brand: str | None = None) -> list[ProductSummary]:
+        with self._sessions() as session:
+            query = (
+                select(Brand.name, Product.name, ReferenceImage.label, func.count(ReferenceImage.id))
+                .join(Product, Product.brand_id == Brand.id)
+                .outerjoin(ReferenceImage, ReferenceImage.product_id == Product.id)
+                .group_by(Brand.name, Product.name, ReferenceImage.label)
+                .order_by(Brand.name, Product.name)
+            )
+            if brand is not None:
+                query = query.where(Brand.name == brand)
+            counts: dict[tuple[str, str], dict[str, int]] = {}
+            for brand_name, product_name, label, count in session.execute(query):
+                entry = counts.setdefault((brand_name, product_name), {"authentic": 0, "counterfeit": 0})
+                if label is not None:
+                    entry[label] = count
+            return [ProductSummary(b, p, c["authentic"], c["counterfeit"]) for (b, p), c in counts.items()]
+
+    def stored_vectors(self, fingerprint: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, vectors) of every image embedded under `fingerprint`."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(ImageEmbedding.image_id, ImageEmbedding.vector).where(ImageEmbedding.fingerprint == fingerprint)
+            ).all()
+        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vectors = np.empty((len(rows), dim), dtype=np.float32)
+        for i, (_, blob) in enumerate(rows):
+            vectors[i] = np.frombuffer(blob, dtype=np.float32)
+        return keys, vectors
+
+    # --- writes ----------------------------------------------------------------------------------------------
+    def add_images(self, images: Sequence[NewImage], vectors: np.ndarray, fingerprint: str) -> list[ImageRef]:
+        """Insert images with their vectors in one transaction; returns refs in input order.
+
+        Raises DuplicateLabelConflict (nothing written) when a row repeats an image under another label.
+        Rows whose bytes are already there with the same label return the existing ref.
+        """
+        with self._sessions.begin() as session:
+            refs: list[ImageRef] = []
+            for new, vector in zip(images, vectors, strict=True):
+                existing = self._find_duplicate(session, new.brand, new.product, new.sha256)
+                if existing is not None:
+                    if existing.label != new.label:
+                        raise DuplicateLabelConflict(existing)
+                    refs.append(existing)
+                    continue
+                product = self._get_or_create_product(session, new.brand, new.product)
+                image = ReferenceImage(
+                    public_id=new_public_id(),
+                    product=product,
+                    sha256=new.sha256,
+                    label=new.label,
+                    source=new.source,
+                    media_type=new.media_type,
+                    width=new.width,
+                    height=new.height,
+                )
+                session.add(image)
+                session.flush()
+                session.add(ImageEmbedding(image_id=image.id, fingerprint=fingerprint, vector=_vector_bytes(vector)))
+                refs.append(_ref(image))
+            self._bump_revision(session)
+            return refs
+
+    def store_vectors(self, fingerprint: str, keys: Iterable[int], vectors: np.ndarray) -> None:
+        with self._sessions.begin() as session:
+            for key, vector in zip(keys, vectors, strict=True):
+                session.merge(ImageEmbedding(image_id=int(key), fingerprint=fingerprint, vector=_vector_bytes(vector)))
+
+    def drop_vectors(self, fingerprint: str) -> None:
+        with self._sessions.begin() as session:
+            session.execute(delete(ImageEmbedding).where(ImageEmbedding.fingerprint == fingerprint))
+
+    def delete_image(self, image_id: str) -> tuple[ImageRef, bool] | None:
+        """Delete one image; returns its ref and whether its blob is no longer referenced by any row."""
+        with self._sessions.begin() as session:
+            image = session.scalar(select(ReferenceImage).where(ReferenceImage.public_id == image_id))
+            if image is None:
+                return None
+            ref = _ref(image)
+            session.execute(delete(ImageEmbedding).where(ImageEmbedding.image_id == image.id))
+            session.delete(image)
+            session.flush()
+            others = (
+                session.scalar(
+                    select(func.count()).select_from(ReferenceImage).where(ReferenceImage.sha256 == ref.sha256)
+                )
+                or 0
+            )
+            self._bump_revision(session)
+            return ref, others == 0
+
+    def _get_or_create_product(self, session: Session, brand_name: str, product_name: str) -> Product:
+        brand = session.scalar(select(Brand).where(Brand.name == brand_name))
+        if brand is None:
+            brand = Brand(name=brand_name)
+            session.add(brand)
+            session.flush()
+        product = session.scalar(select(Product).where(Product.brand_id == brand.id, Product.name == product_name))
+        if product is None:
+            product = Product(brand=brand, name=product_name)
+            session.add(product)
+            session.flush()
+        return product
+
+    def _bump_revision(self, session: Session) -> None:
+        state = session.get(CatalogState, "revision")
+        if state is None:
+            session.add(CatalogState(key="revision", value=1))
+        else:
+            state.value += 1
+
+
+def _vector_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()

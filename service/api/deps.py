@@ -1,0 +1,39 @@
+"""Dependencies shared by the routers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request, UploadFile
+
+from service.engine import PhotoInput, ScanEngine
+from service.errors import RequestRejected
+from service.metrics import ServiceMetrics
+from service.runtime import ServiceRuntime
+
+
+def get_runtime(request: Request) -> ServiceRuntime:
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime
+
+
+def get_engine(request: Request) -> ScanEngine:
+    return get_runtime(request).require_engine()
+
+
+def get_metrics(request: Request) -> ServiceMetrics:
+    metrics: ServiceMetrics = request.app.state.metrics
+    return metrics
+
+
+RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
+EngineDep = Annotated[ScanEngine, Depends(get_engine)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+
+
+async def read_upload(upload: UploadFile, max_bytes: int) -> PhotoInput:
+    """Read an uploaded file, refusing (413) as soon as it passes `max_bytes`."""
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise RequestRejected(f"file {upload.filename or ''} is larger than {max_bytes} bytes", 413)
+    return PhotoInput(data=data, filename=upload.filename, content_type=upload.content_type)

@@ -1,0 +1,96 @@
+"""Reference catalog: add, list, fetch and delete reference images."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import EngineDep, MetricsDep, read_upload
+from service.errors import RequestRejected
+from service.schemas import AddedImageOut, BrandsOut, DeletedImageOut, ImagesOut, ProductsOut, ReferenceImageOut
+
+router = APIRouter(prefix="/v1/catalog", tags=["catalog"])
+
+
+@router.post("/images", status_code=201, response_model=AddedImageOut)
+async def add_image(
+    engine: EngineDep,
+    metrics: MetricsDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description="Reference photo (JPEG, PNG or WebP)")],
+    brand: Annotated[str, Form(min_length=1, max_length=200)],
+    product: Annotated[str, Form(min_length=1, max_length=200)],
+    label: Annotated[str, Form(description="authentic or counterfeit")],
+    source: Annotated[str | None, Form(max_length=500)] = None,
+) -> dict[str, Any]:
+    """Add a reference image; it is searchable when this returns. A repeat upload answers 200 with the original."""
+    photo = await read_upload(file, engine.settings.max_image_bytes)
+    added = await run_in_threadpool(engine.add_reference, photo, brand, product, label, source)
+    if not added.created:
+        response.status_code = 200
+    metrics.catalog_changes.labels("add" if added.created else "duplicate").inc()
+    return {**added.ref.as_dict(), "duplicate": not added.created, "index_version": added.index_version}
+
+
+@router.get("/images", response_model=ImagesOut)
+async def list_images(
+    engine: EngineDep,
+    brand: str | None = None,
+    product: str | None = None,
+    label: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    refs = [
+        ref
+        for ref in await run_in_threadpool(engine.catalog.all_images)
+        if (brand is None or ref.brand == brand)
+        and (product is None or ref.product == product)
+        and (label is None or ref.label == label)
+    ]
+    return {"images": [ref.as_dict() for ref in refs[offset : offset + limit]], "total": len(refs)}
+
+
+@router.get("/images/{image_id}", response_model=ReferenceImageOut)
+async def get_image(image_id: str, engine: EngineDep) -> dict[str, Any]:
+    ref = await run_in_threadpool(engine.catalog.get_image, image_id)
+    if ref is None:
+        raise RequestRejected(f"no reference image {image_id!r}", 404)
+    return ref.as_dict()
+
+
+@router.get("/images/{image_id}/content", response_class=Response)
+async def get_image_content(image_id: str, engine: EngineDep) -> Response:
+    ref = await run_in_threadpool(engine.catalog.get_image, image_id)
+    if ref is None:
+        raise RequestRejected(f"no reference image {image_id!r}", 404)
+    data = await run_in_threadpool(engine.blobs.get, ref.sha256)
+    return Response(data, media_type=ref.media_type)
+
+
+@router.delete("/images/{image_id}", response_model=DeletedImageOut)
+async def delete_image(image_id: str, engine: EngineDep, metrics: MetricsDep) -> dict[str, Any]:
+    """Remove a reference image from the catalog and the index."""
+    ref = await run_in_threadpool(engine.delete_reference, image_id)
+    if ref is None:
+        raise RequestRejected(f"no reference image {image_id!r}", 404)
+    metrics.catalog_changes.labels("delete").inc()
+    return {"deleted": ref.image_id, "index_version": engine.index.version}
+
+
+@router.get("/brands", response_model=BrandsOut)
+async def list_brands(engine: EngineDep) -> dict[str, Any]:
+    brands = await run_in_threadpool(engine.catalog.list_brands)
+    return {"brands": [{"name": b.name, "products": b.products, "images": b.images} for b in brands]}
+
+
+@router.get("/products", response_model=ProductsOut)
+async def list_products(engine: EngineDep, brand: str | None = None) -> dict[str, Any]:
+    products = await run_in_threadpool(engine.catalog.list_products, brand)
+    return {
+        "products": [
+            {"brand": p.brand, "name": p.name, "authentic": p.authentic, "counterfeit": p.counterfeit} for p in products
+        ]
+    }

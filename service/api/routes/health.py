@@ -1,0 +1,39 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.deps import MetricsDep, RuntimeDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up and answering."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+def readyz(runtime: RuntimeDep) -> JSONResponse | dict[str, object]:
+    """Ready only when the model and the index are loaded."""
+    engine = runtime.engine
+    if engine is None:
+        detail = runtime.error or "loading model and index"
+        return JSONResponse({"status": "not_ready", "detail": detail}, status_code=503)
+    return {
+        "status": "ready",
+        "model": engine.embedder.info.as_dict(),
+        "index_version": engine.index.version,
+        "index_size": len(engine.index),
+    }
+
+
+@router.get("/metrics")
+def metrics(runtime: RuntimeDep, service_metrics: MetricsDep) -> Response:
+    if runtime.engine is not None:
+        service_metrics.catalog_images.set(len(runtime.engine.index))
+    return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)

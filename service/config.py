@@ -1,0 +1,80 @@
+"""One settings object for the service and the CLI; each field is also `COUNTERFEIT_SCAN_<FIELD>` in the env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from embeddings import ImageLimits, ModelSpec
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COUNTERFEIT_SCAN_", env_file=None, extra="ignore")
+
+    # Storage
+    data_dir: Path = Field(Path("data"), description="Catalog database, image blobs, index files and model exports.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in the data directory.")
+
+    # Model
+    model: str = Field("efficientnet-lite0", description="open_clip architecture (ours included).")
+    pretrained: str | None = Field("imagenet", description="Pretrained tag: packaged ('imagenet') or open_clip's.")
+    checkpoint: Path | None = Field(None, description="Local checkpoint file; overrides `pretrained`.")
+    model_cache_dir: Path | None = Field(None, description="Where open_clip looks for (and caches) weights.")
+    device: str = Field("auto", description="auto, cpu or cuda[:N].")
+    runtime: Literal["auto", "torch", "onnx"] = Field("auto", description="auto: ONNX Runtime on CPU, torch on GPU.")
+    batch_size: int = Field(16, ge=1, le=1024)
+    threads: int = Field(0, ge=0, description="Inference threads; 0 lets the runtime choose.")
+    allow_random_weights: bool = Field(False, description="Tests only: run a model with random weights.")
+
+    # Input limits
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1024)
+    max_photos_per_scan: int = Field(10, ge=1, le=100)
+
+    # Scoring
+    top_k: int = Field(10, ge=1, le=100, description="Reference matches considered (and shown) per photo.")
+    match_threshold: float | None = Field(None, description="Similarity below which a photo is not in the catalog.")
+    counterfeit_threshold: float = Field(0.8, ge=0, le=1, description="Risk at or above: likely_counterfeit.")
+    authentic_threshold: float = Field(0.2, ge=0, le=1, description="Risk at or below: likely_authentic.")
+    vote_temperature: float = Field(0.05, gt=0, description="Softness of the similarity-weighted kNN vote.")
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    index_save_interval_s: float = Field(5.0, gt=0, description="How often a changed index is written to disk.")
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'catalog.sqlite3'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(
+            name=self.model,
+            pretrained=self.pretrained or None,
+            checkpoint=self.checkpoint,
+            cache_dir=self.model_cache_dir,
+            device=self.device,
+            runtime=self.runtime,
+            batch_size=self.batch_size,
+            threads=self.threads,
+            allow_random_weights=self.allow_random_weights,
+        )
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)

@@ -1,0 +1,63 @@
+"""Holds the engine while the app runs: loads it in the background and saves the index periodically."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from service.config import Settings
+from service.engine import ScanEngine
+from service.errors import ServiceNotReady
+
+log = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    def __init__(self, settings: Settings, engine: ScanEngine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        if self.engine is None:
+            self._spawn(self._load, "engine-loader")
+        self._spawn(self._save_periodically, "index-saver")
+
+    def _spawn(self, target: object, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def _load(self) -> None:
+        try:
+            self.engine = ScanEngine.open(self.settings)
+            log.info(
+                "ready: model %s, index %s with %d images",
+                self.engine.embedder.info.short_id,
+                self.engine.index.version,
+                len(self.engine.index),
+            )
+        except Exception as exc:  # surfaced by /readyz and every request
+            log.exception("could not load the model or index")
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _save_periodically(self) -> None:
+        while not self._stop.wait(self.settings.index_save_interval_s):
+            engine = self.engine
+            if engine is not None:
+                try:
+                    engine.save_index_if_dirty()
+                except OSError:
+                    log.exception("could not save the index; will retry")
+
+    def require_engine(self) -> ScanEngine:
+        if self.engine is None:
+            raise ServiceNotReady(self.error or "the model and index are still loading")
+        return self.engine
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.engine is not None:
+            self.engine.close()
