@@ -72,7 +72,7 @@ class VectorIndex:
             params = None
             if allowed_ids is not None:
                 selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-                params = faiss.SearchParameters(sel=selector)
+                params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
             sims, ids = self._index.search(queries, min(k, int(self._index.ntotal)), params=params)
         return [
             [IndexHit(int(i), float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0]

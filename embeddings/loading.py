@@ -123,7 +123,7 @@ def _load_checkpoint(spec: ModelSpec, path: Path) -> LoadedVisual:
             visual.load_state_dict(payload["visual_state_dict"], strict=True)
         except RuntimeError as exc:
             raise ModelLoadError(f"checkpoint {path} does not fit {payload['architecture']}: {exc}") from exc
-        pre = payload.get("preprocess") or _preprocess_from(visual).as_dict()
+        pre: dict[str, Any] = payload.get("preprocess") or _preprocess_from(visual).as_dict()
         preprocess = PreprocessSpec(int(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]), str(pre["interpolation"]))
         threshold = payload.get("match_threshold")
         return LoadedVisual(visual.eval(), preprocess, f"checkpoint:{path.name}", False, threshold)

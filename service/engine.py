@@ -74,7 +74,8 @@ class ScanEngine:
         self.blobs = BlobStore(settings.blob_dir)
         self.index = VectorIndex(embedder.info.dim, embedder.info.fingerprint)
         self._refs: dict[int, ImageRef] = {}
-        self._scopes: dict[tuple[str | None, str | None], np.ndarray] = {}
+        self._scopes: dict[tuple[str | None, str | None], tuple[int, np.ndarray]] = {}
+        self._generation = 0
         self._write_lock = threading.RLock()
         self._dirty = False
         threshold = settings.match_threshold
@@ -108,7 +109,7 @@ class ScanEngine:
             index = self._load_saved_index()
             refs = self.catalog.all_images()
             self._refs = {ref.key: ref for ref in refs}
-            self._scopes.clear()
+            self._catalog_changed()
             if index is not None and index.revision == revision and len(index) == len(refs):
                 self.index = index
                 return
@@ -167,7 +168,7 @@ class ScanEngine:
             self._embed_stored(index, refs, show_progress)
             index.revision = self.catalog.revision()
             self._refs = {ref.key: ref for ref in refs}
-            self._scopes.clear()
+            self._catalog_changed()
             self.index = index
             self.save_index()
             return index
@@ -226,7 +227,7 @@ class ScanEngine:
             for _, ref in fresh:
                 self._refs[ref.key] = ref
         self.index.revision = self.catalog.revision()
-        self._scopes.clear()
+        self._catalog_changed()
         self._dirty = True
         return refs
 
@@ -287,7 +288,7 @@ class ScanEngine:
             ref, blob_unused = deleted
             self.index.remove(np.array([ref.key], dtype=np.int64))
             self._refs.pop(ref.key, None)
-            self._scopes.clear()
+            self._catalog_changed()
             self.index.revision = self.catalog.revision()
             self._dirty = True
         if blob_unused:
@@ -296,18 +297,19 @@ class ScanEngine:
 
     # --- scanning ---------------------------------------------------------------------------------------------
     def _scope(self, brand: str | None, product: str | None) -> np.ndarray | None:
+        """Index keys a scan restricted to `brand`/`product` may match; cached until the catalog changes."""
         if brand is None and product is None:
             return None
-        key = (brand, product)
-        scope = self._scopes.get(key)
-        if scope is None:
-            keys = [
-                k
-                for k, ref in self._refs.items()
-                if (brand is None or ref.brand == brand) and (product is None or ref.product == product)
-            ]
-            scope = np.array(keys, dtype=np.int64)
-            self._scopes[key] = scope
+        generation = self._generation
+        cached = self._scopes.get((brand, product))
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        refs = tuple(self._refs.items())  # snapshot: writers may change the dict meanwhile
+        keys = [
+            k for k, ref in refs if (brand is None or ref.brand == brand) and (product is None or ref.product == product)
+        ]
+        scope = np.array(keys, dtype=np.int64)
+        self._scopes[(brand, product)] = (generation, scope)
         return scope
 
     def scan(
@@ -394,6 +396,11 @@ class ScanEngine:
         if record:
             self.scans.save(result, created_at, self.embedder.info.fingerprint)
         return result
+
+    def _catalog_changed(self) -> None:
+        # Bump first, so a scope computed from the old refs can never be taken as current.
+        self._generation += 1
+        self._scopes.clear()
 
     def close(self) -> None:
         self.save_index_if_dirty()
