@@ -51,9 +51,9 @@ test: venv
 
 lint: ruff mypy
 
+# Both checks run (and report) even when the first fails.
 ruff: venv
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	@rc=0; $(BIN)/ruff check . || rc=$$?; $(BIN)/ruff format --check . || rc=$$?; exit $$rc
 
 mypy: venv
 	$(BIN)/mypy $(TYPED_PACKAGES)
@@ -67,9 +67,9 @@ lock: venv
 	  echo "# Exact pins for every package in the development venv (runtime + dev extras), for Python 3.11 on Linux x86_64."; \
 	  echo "# Used as constraints: pip install -c constraints.txt -e '.[dev]'  (pyproject.toml keeps loose ranges)."; \
 	  echo "# Regenerate after changing dependencies: make lock"; \
-	  echo "#   (= .venv/bin/pip freeze --all --exclude-editable, minus the project itself, setuptools and wheel)."; \
+	  echo "#   (= .venv/bin/pip freeze --all --exclude-editable, minus the project itself and wheel; setuptools stays: torch requires it)."; \
 	  echo "# torch must stay 2.14.1 with torchvision 0.29.1: the torch 2.13.0+cpu wheel in pip's find-links breaks torchvision's ops."; \
-	  $(PIP) freeze --all --exclude-editable | grep -v -i -E '^(counterfeit[-_]scan|setuptools|wheel)[ =@]'; \
+	  $(PIP) freeze --all --exclude-editable | grep -v -i -E '^(counterfeit[-_]scan|wheel)[ =@]'; \
 	} > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
 	@touch $(STAMP)
 	@echo "constraints.txt: $$(grep -c '==' constraints.txt) pins"

@@ -56,16 +56,20 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     index = VectorIndex(embedder.info.dim, embedder.info.fingerprint)
     index.add(np.arange(len(paths), dtype=np.int64), vectors)
-    print(f"model {embedder.info.short_id} ({embedder.info.runtime}); {len(paths)} photos from "
-          f"{', '.join(m.parent.name for m in manifests)}; embedded at {len(paths) / elapsed:.1f} photos/s")
+    print(
+        f"model {embedder.info.short_id} ({embedder.info.runtime}); {len(paths)} photos from "
+        f"{', '.join(m.parent.name for m in manifests)}; embedded at {len(paths) / elapsed:.1f} photos/s"
+    )
     for name, transform in VARIANTS.items():
         queries = embedder.embed_images([transform(im) for im in images])
         hits = index.search(queries, 2)
         top1 = np.array([row[0].id == i for i, row in enumerate(hits)])
         sibling = np.array([groups[row[0].id] == groups[i] for i, row in enumerate(hits)])
         sims = np.array([row[0].similarity for row in hits])
-        print(f"{name:>18}: original is top match for {top1.mean():.1%} ({top1.sum()}/{len(top1)}); "
-              f"original or same-group sibling {sibling.mean():.1%}; median top similarity {np.median(sims):.3f}")
+        print(
+            f"{name:>18}: original is top match for {top1.mean():.1%} ({top1.sum()}/{len(top1)}); "
+            f"original or same-group sibling {sibling.mean():.1%}; median top similarity {np.median(sims):.3f}"
+        )
 
 
 if __name__ == "__main__":

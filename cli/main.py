@@ -42,9 +42,7 @@ def open_engine(settings: Settings) -> Iterator[ScanEngine]:
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def cli(verbose: bool) -> None:
     """Counterfeit risk for marketplace listing photos, by similarity to a brand's reference catalog."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 @cli.command()
@@ -97,7 +95,7 @@ def catalog_import(manifest: Path, split: str | None, **flags: Any) -> None:
             )
         )
     with open_engine(make_settings(**flags)) as engine:
-        summary = engine.import_rows(rows, show_progress=True)
+        summary = engine.import_rows(rows, show_progress=sys.stderr.isatty())
         engine.save_index()
         errors.extend(summary.errors or [])
         result = {
@@ -149,7 +147,7 @@ def index() -> None:
 def index_rebuild(**flags: Any) -> None:
     """Re-embed every catalog image with the configured model and replace the index."""
     with open_engine(make_settings(**flags)) as engine:
-        rebuilt = engine.rebuild_index(show_progress=True)
+        rebuilt = engine.rebuild_index(show_progress=sys.stderr.isatty())
         click.echo(
             json.dumps(
                 {"index_version": rebuilt.version, "index_size": len(rebuilt), "model": engine.embedder.info.as_dict()},
@@ -165,9 +163,7 @@ def index_rebuild(**flags: Any) -> None:
 @click.option("--listing-id", help="Listing identifier, echoed and recorded.")
 @engine_options
 @scoring_options
-def scan(
-    photos: tuple[Path, ...], brand: str | None, product: str | None, listing_id: str | None, **flags: Any
-) -> None:
+def scan(photos: tuple[Path, ...], brand: str | None, product: str | None, listing_id: str | None, **flags: Any) -> None:
     """Scan one listing's photos and print the same JSON as POST /v1/scan."""
     inputs = [PhotoInput(path.read_bytes(), path.name) for path in photos]
     with open_engine(make_settings(**flags)) as engine:

@@ -11,17 +11,13 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 STORAGE_OPTIONS = [
-    click.option(
-        "--data-dir", type=click.Path(path_type=Path), help="Data directory [env COUNTERFEIT_SCAN_DATA_DIR; ./data]."
-    ),
+    click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory [env COUNTERFEIT_SCAN_DATA_DIR; ./data]."),
     click.option("--database-url", help="SQLAlchemy URL of the catalog [env COUNTERFEIT_SCAN_DATABASE_URL]."),
 ]
 MODEL_OPTIONS = [
     click.option("--model", help="open_clip architecture [env COUNTERFEIT_SCAN_MODEL; efficientnet-lite0]."),
     click.option("--pretrained", help="Pretrained tag [env COUNTERFEIT_SCAN_PRETRAINED; imagenet]."),
-    click.option(
-        "--checkpoint", type=click.Path(path_type=Path), help="Checkpoint file [env COUNTERFEIT_SCAN_CHECKPOINT]."
-    ),
+    click.option("--checkpoint", type=click.Path(path_type=Path), help="Checkpoint file [env COUNTERFEIT_SCAN_CHECKPOINT]."),
     click.option(
         "--model-cache-dir",
         type=click.Path(path_type=Path),

@@ -68,6 +68,9 @@ def decode_image(data: bytes, limits: ImageLimits, draft_size: int | None = None
             image.draft("RGB", (draft_size, draft_size))
         image.load()
         upright = ImageOps.exif_transpose(image) or image
+        if upright.size != image.size:
+            # EXIF orientation 5-8 turned the image: report the upright width and height.
+            width, height = height, width
         rgb = to_rgb(upright)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageRejected(f"image data is corrupt or truncated: {exc}", 400) from exc

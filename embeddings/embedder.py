@@ -69,7 +69,7 @@ class ImageEmbedder:
         self.preprocess = loaded.preprocess
         self.default_match_threshold = loaded.match_threshold
         self._runner = runner
-        self.info = ModelInfo(spec.name, loaded.weights, fingerprint, dim, runner.name, loaded.random_weights)
+        self.info = ModelInfo(loaded.architecture, loaded.weights, fingerprint, dim, runner.name, loaded.random_weights)
 
     @property
     def input_size(self) -> int:
@@ -98,7 +98,7 @@ def load_embedder(spec: ModelSpec, export_dir: Path | None = None) -> ImageEmbed
     if spec.threads > 0:
         torch.set_num_threads(spec.threads)
     loaded = load_visual(spec)
-    fingerprint = model_fingerprint(spec.name, loaded.visual, loaded.preprocess)
+    fingerprint = model_fingerprint(loaded.architecture, loaded.visual, loaded.preprocess)
     device = resolve_device(spec.device)
     runtime = spec.runtime
     if runtime == "auto":
@@ -109,7 +109,7 @@ def load_embedder(spec: ModelSpec, export_dir: Path | None = None) -> ImageEmbed
     runner: Runner
     if runtime == "onnx":
         directory = export_dir or Path(tempfile.mkdtemp(prefix="counterfeit-scan-onnx-"))
-        path = directory / f"{spec.name}-{fingerprint[:16]}.onnx"
+        path = directory / f"{loaded.architecture}-{fingerprint[:16]}.onnx"
         if not path.is_file():
             log.info("exporting %s to ONNX at %s", spec.name, path)
             with warnings.catch_warnings():

@@ -14,7 +14,7 @@ from torch import nn
 from embeddings.errors import ModelLoadError
 from embeddings.preprocess import PreprocessSpec
 from embeddings.pretrained import find_packaged_weights, load_packaged_weights
-from embeddings.registry import list_model_names, register_model_configs
+from embeddings.registry import list_model_names
 from embeddings.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ FIX_HINT = (
 class LoadedVisual:
     """A vision tower in eval mode with what is needed to feed it and to name its weights."""
 
+    architecture: str
     visual: nn.Module
     preprocess: PreprocessSpec
     weights: str
@@ -49,13 +50,16 @@ def _preprocess_from(visual: nn.Module) -> PreprocessSpec:
     )
 
 
-def _create(name: str, **kwargs: Any) -> nn.Module:
-    register_model_configs()
+def _require_known(name: str) -> None:
     if name not in list_model_names():
         raise ModelLoadError(
             f"unknown model architecture {name!r} (COUNTERFEIT_SCAN_MODEL / --model); "
             f"known: efficientnet-lite0, cs-tiny-vit, ViT-B-32 and the rest of open_clip.list_models()"
         )
+
+
+def _create(name: str, **kwargs: Any) -> nn.Module:
+    _require_known(name)
     # open_clip warns "initialized randomly" when we load the weights ourselves afterwards; that is noise here.
     quiet = logging.getLogger()
     level = quiet.level
@@ -71,6 +75,8 @@ def _create(name: str, **kwargs: Any) -> nn.Module:
 
 def load_visual(spec: ModelSpec) -> LoadedVisual:
     """Load the vision tower described by `spec`, or raise ModelLoadError naming the setting to fix."""
+    if spec.checkpoint is None:
+        _require_known(spec.name)
     if spec.checkpoint is not None:
         return _load_checkpoint(spec, Path(spec.checkpoint))
     packaged = find_packaged_weights(spec.name, spec.pretrained)
@@ -84,7 +90,7 @@ def load_visual(spec: ModelSpec) -> LoadedVisual:
                 f"install the Python package {packaged.package!r}. {FIX_HINT}"
             ) from exc
         pre = PreprocessSpec(_preprocess_from(visual).size, packaged.mean, packaged.std, packaged.interpolation)
-        return LoadedVisual(visual.eval(), pre, f"{spec.name}/{spec.pretrained}", False, packaged.match_threshold)
+        return LoadedVisual(spec.name, visual.eval(), pre, f"{spec.name}/{spec.pretrained}", False, packaged.match_threshold)
     if spec.pretrained:
         try:
             visual = _create(
@@ -99,15 +105,13 @@ def load_visual(spec: ModelSpec) -> LoadedVisual:
             raise ModelLoadError(
                 f"could not load pretrained weights {spec.pretrained!r} for {spec.name!r}: {exc}. {FIX_HINT}"
             ) from exc
-        return LoadedVisual(visual.eval(), _preprocess_from(visual), f"{spec.name}/{spec.pretrained}", False, None)
+        return LoadedVisual(spec.name, visual.eval(), _preprocess_from(visual), f"{spec.name}/{spec.pretrained}", False, None)
     if not spec.allow_random_weights:
-        raise ModelLoadError(
-            f"no weights configured for {spec.name!r} (COUNTERFEIT_SCAN_PRETRAINED is empty). {FIX_HINT}"
-        )
+        raise ModelLoadError(f"no weights configured for {spec.name!r} (COUNTERFEIT_SCAN_PRETRAINED is empty). {FIX_HINT}")
     torch.manual_seed(spec.seed)
     visual = _create(spec.name)
     log.warning("model %s has RANDOM weights (seed %d): similarities are meaningless", spec.name, spec.seed)
-    return LoadedVisual(visual.eval(), _preprocess_from(visual), f"{spec.name}/random-seed-{spec.seed}", True, None)
+    return LoadedVisual(spec.name, visual.eval(), _preprocess_from(visual), f"{spec.name}/random-seed-{spec.seed}", True, None)
 
 
 def _load_checkpoint(spec: ModelSpec, path: Path) -> LoadedVisual:
@@ -126,14 +130,15 @@ def _load_checkpoint(spec: ModelSpec, path: Path) -> LoadedVisual:
         pre: dict[str, Any] = payload.get("preprocess") or _preprocess_from(visual).as_dict()
         preprocess = PreprocessSpec(int(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]), str(pre["interpolation"]))
         threshold = payload.get("match_threshold")
-        return LoadedVisual(visual.eval(), preprocess, f"checkpoint:{path.name}", False, threshold)
+        architecture = str(payload["architecture"])
+        return LoadedVisual(architecture, visual.eval(), preprocess, f"checkpoint:{path.name}", False, threshold)
     try:
         visual = _create(spec.name, pretrained=str(path))
     except ModelLoadError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"checkpoint {path} could not be loaded into {spec.name!r}: {exc}") from exc
-    return LoadedVisual(visual.eval(), _preprocess_from(visual), f"checkpoint:{path.name}", False, None)
+    return LoadedVisual(spec.name, visual.eval(), _preprocess_from(visual), f"checkpoint:{path.name}", False, None)
 
 
 def save_checkpoint(path: Path, architecture: str, loaded: LoadedVisual, metadata: dict[str, Any]) -> None:

@@ -89,9 +89,7 @@ def _parse_row(
     if not resolved.is_relative_to(root):
         return None, f"path {values['path']!r} escapes the manifest's folder"
     extra = {k: v for k, v in values.items() if k not in REQUIRED_COLUMNS}
-    return ManifestRow(
-        number, resolved, values.get("brand", ""), values.get("product", ""), values["label"], extra
-    ), None
+    return ManifestRow(number, resolved, values.get("brand", ""), values.get("product", ""), values["label"], extra), None
 
 
 def write_manifest(path: Path, rows: Iterable[tuple[str, str, str, str, str | None]]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, select
@@ -88,6 +88,10 @@ def new_public_id() -> str:
 
 
 def _ref(image: ReferenceImage) -> ImageRef:
+    created_at = image.created_at
+    if created_at.tzinfo is None:
+        # SQLite hands datetimes back without their zone; they were written in UTC.
+        created_at = created_at.replace(tzinfo=UTC)
     return ImageRef(
         key=image.id,
         image_id=image.public_id,
@@ -99,7 +103,7 @@ def _ref(image: ReferenceImage) -> ImageRef:
         media_type=image.media_type,
         width=image.width,
         height=image.height,
-        created_at=image.created_at,
+        created_at=created_at,
     )
 
 
@@ -235,10 +239,7 @@ class CatalogRepository:
             session.delete(image)
             session.flush()
             others = (
-                session.scalar(
-                    select(func.count()).select_from(ReferenceImage).where(ReferenceImage.sha256 == ref.sha256)
-                )
-                or 0
+                session.scalar(select(func.count()).select_from(ReferenceImage).where(ReferenceImage.sha256 == ref.sha256)) or 0
             )
             self._bump_revision(session)
             return ref, others == 0

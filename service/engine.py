@@ -110,7 +110,7 @@ class ScanEngine:
             refs = self.catalog.all_images()
             self._refs = {ref.key: ref for ref in refs}
             self._catalog_changed()
-            if index is not None and index.revision == revision and len(index) == len(refs):
+            if index is not None and index.revision == revision and set(index.ids().tolist()) == set(self._refs):
                 self.index = index
                 return
             index = index or VectorIndex(info.dim, info.fingerprint)
@@ -195,9 +195,7 @@ class ScanEngine:
         return decoded
 
     # --- catalog writes ------------------------------------------------------------------------------------
-    def add_reference(
-        self, photo: PhotoInput, brand: str, product: str, label: str, source: str | None = None
-    ) -> AddedImage:
+    def add_reference(self, photo: PhotoInput, brand: str, product: str, label: str, source: str | None = None) -> AddedImage:
         """Add one reference image; it is searchable when this returns. Nothing is written if it is rejected."""
         brand, product = clean_name(brand, "brand"), clean_name(product, "product")
         if label not in LABELS:
@@ -241,7 +239,7 @@ class ScanEngine:
         step = 32
         for start in range(0, len(rows), step):
             batch: list[tuple[NewImage, DecodedImage, bytes]] = []
-            seen: set[tuple[str, str, str]] = set()
+            seen: dict[tuple[str, str, str], str] = {}
             with self._write_lock:
                 for name, photo, brand, product, label, source in rows[start : start + step]:
                     try:
@@ -253,10 +251,12 @@ class ScanEngine:
                         existing = self.catalog.find_duplicate(*key)
                         if existing is not None and existing.label != label:
                             raise RequestRejected(str(DuplicateLabelConflict(existing)), 409)
+                        if key in seen and seen[key] != label:
+                            raise RequestRejected(f"the same image is listed earlier as {seen[key]} for {brand}/{product}", 409)
                         if existing is not None or key in seen:
                             summary.duplicates += 1
                             continue
-                        seen.add(key)
+                        seen[key] = label
                         new = NewImage(
                             brand,
                             product,
@@ -291,8 +291,8 @@ class ScanEngine:
             self._catalog_changed()
             self.index.revision = self.catalog.revision()
             self._dirty = True
-        if blob_unused:
-            self.blobs.delete(ref.sha256)
+            if blob_unused:  # inside the lock: an upload of the same bytes cannot slip in between
+                self.blobs.delete(ref.sha256)
         return ref
 
     # --- scanning ---------------------------------------------------------------------------------------------
@@ -305,9 +305,7 @@ class ScanEngine:
         if cached is not None and cached[0] == generation:
             return cached[1]
         refs = tuple(self._refs.items())  # snapshot: writers may change the dict meanwhile
-        keys = [
-            k for k, ref in refs if (brand is None or ref.brand == brand) and (product is None or ref.product == product)
-        ]
+        keys = [k for k, ref in refs if (brand is None or ref.brand == brand) and (product is None or ref.product == product)]
         scope = np.array(keys, dtype=np.int64)
         self._scopes[(brand, product)] = (generation, scope)
         return scope
@@ -364,7 +362,8 @@ class ScanEngine:
         reasons = list(score.reasons)
         if brand or product:
             scope = "/".join(x for x in (brand, product) if x)
-            if len(self._scope(brand, product) or []) == 0:
+            scope_keys = self._scope(brand, product)
+            if scope_keys is not None and len(scope_keys) == 0:
                 reasons.insert(0, f"the catalog has no reference images for {scope}")
         if self.embedder.info.random_weights:
             reasons.insert(0, "the model has random weights (test configuration): these scores are meaningless")

@@ -8,9 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.scans = Counter(
-            "counterfeit_scan_scans_total", "Scans answered, by verdict", ["verdict"], registry=self.registry
-        )
+        self.scans = Counter("counterfeit_scan_scans_total", "Scans answered, by verdict", ["verdict"], registry=self.registry)
         self.photos = Counter("counterfeit_scan_photos_total", "Photos scanned", registry=self.registry)
         self.scan_seconds = Histogram(
             "counterfeit_scan_scan_seconds",
@@ -21,9 +19,7 @@ class ServiceMetrics:
         self.rejected = Counter(
             "counterfeit_scan_rejected_total", "Requests rejected, by status", ["status"], registry=self.registry
         )
-        self.catalog_images = Gauge(
-            "counterfeit_scan_catalog_images", "Reference images in the index", registry=self.registry
-        )
+        self.catalog_images = Gauge("counterfeit_scan_catalog_images", "Reference images in the index", registry=self.registry)
         self.catalog_changes = Counter(
             "counterfeit_scan_catalog_changes_total", "Catalog writes, by kind", ["kind"], registry=self.registry
         )

@@ -90,7 +90,5 @@ async def list_brands(engine: EngineDep) -> dict[str, Any]:
 async def list_products(engine: EngineDep, brand: str | None = None) -> dict[str, Any]:
     products = await run_in_threadpool(engine.catalog.list_products, brand)
     return {
-        "products": [
-            {"brand": p.brand, "name": p.name, "authentic": p.authentic, "counterfeit": p.counterfeit} for p in products
-        ]
+        "products": [{"brand": p.brand, "name": p.name, "authentic": p.authentic, "counterfeit": p.counterfeit} for p in products]
     }

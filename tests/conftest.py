@@ -1,0 +1,119 @@
+"""Fixtures: image byte factories, settings in tmp dirs, one tiny embedder per session, engines and clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from embeddings import ImageEmbedder, load_embedder
+from service.app import create_app
+from service.config import Settings
+from service.engine import ScanEngine
+from tests import imaging
+from tests.helpers import read_rows, shared_set, tiny_settings
+
+
+@pytest.fixture(autouse=True)
+def _no_env_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's COUNTERFEIT_SCAN_* variables must not change what the tests run."""
+    for key in list(os.environ):
+        if key.startswith("COUNTERFEIT_SCAN_"):
+            monkeypatch.delenv(key)
+
+
+# --- images -----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def jpeg_bytes() -> Callable[..., bytes]:
+    return imaging.jpeg
+
+
+@pytest.fixture
+def png_bytes() -> Callable[..., bytes]:
+    return imaging.png
+
+
+@pytest.fixture
+def webp_bytes() -> Callable[..., bytes]:
+    return imaging.webp
+
+
+# --- model, engine, app -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def model_export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-exports")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(model_export_dir: Path) -> ImageEmbedder:
+    """Loaded once per session (ONNX export included); engines share it."""
+    return load_embedder(tiny_settings(model_export_dir).model_spec(), model_export_dir)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> Settings:
+    return tiny_settings(data_dir)
+
+
+@pytest.fixture
+def make_engine(tiny_embedder: ImageEmbedder) -> Iterator[Callable[[Settings], ScanEngine]]:
+    """Open engines on a data dir (as a restart would: load or repair the saved index); all closed afterwards."""
+    engines: list[ScanEngine] = []
+
+    def make(settings: Settings) -> ScanEngine:
+        engine = ScanEngine(settings, tiny_embedder)
+        engine.sync_index()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.close()
+
+
+@pytest.fixture
+def engine(make_engine: Callable[[Settings], ScanEngine], settings: Settings) -> ScanEngine:
+    return make_engine(settings)
+
+
+@pytest.fixture
+def make_client(make_engine: Callable[[Settings], ScanEngine]) -> Iterator[Callable[..., TestClient]]:
+    """Start the real app (lifespan included) on a tiny engine with the given settings."""
+    with ExitStack() as stack:
+
+        def make(settings: Settings, engine: ScanEngine | None = None) -> TestClient:
+            engine = engine or make_engine(settings)
+            return stack.enter_context(TestClient(create_app(settings, engine=engine)))
+
+        yield make
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient], settings: Settings, engine: ScanEngine) -> TestClient:
+    return make_client(settings, engine)
+
+
+# --- shared photo data ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def sneakers_dir() -> Path:
+    return shared_set("sneakers")
+
+
+@pytest.fixture(scope="session")
+def sneaker_rows(sneakers_dir: Path) -> list[dict[str, str]]:
+    return read_rows(sneakers_dir / "manifest.csv")
+
+
+@pytest.fixture(scope="session")
+def real_embedder(model_export_dir: Path) -> ImageEmbedder:
+    """The offline default model (packaged EfficientNet-Lite0 ImageNet weights), loaded once."""
+    return load_embedder(Settings(data_dir=model_export_dir).model_spec(), model_export_dir)

@@ -1,0 +1,108 @@
+"""Small helpers shared by the tests: the shared photo data, HTTP shortcuts, and what the service has stored."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+TINY_MODEL: dict[str, Any] = {"model": "cs-tiny-vit", "pretrained": None, "allow_random_weights": True}
+TINY_MODEL_FLAGS = ["--model", "cs-tiny-vit", "--pretrained", "", "--allow-random-weights"]
+
+
+def tiny_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for the tiny registered open_clip config with seeded random weights (tests only)."""
+    return Settings(**{**TINY_MODEL, "data_dir": data_dir, **overrides})
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def shared_set(name: str) -> Path:
+    """The folder of one shared data set, or skip the test with the reason."""
+    folder = SHARED_DATA / name
+    if not (folder / "manifest.csv").is_file():
+        pytest.skip(f"shared data set not found: {folder / 'manifest.csv'} (expected ../shared/data next to the repo)")
+    return folder
+
+
+def read_rows(manifest: Path) -> list[dict[str, str]]:
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def pick_sneakers(rows: list[dict[str, str]], n: int, split: str = "reference") -> list[dict[str, str]]:
+    """`n` photos of `split`, one per group (no two shots of one photo session), spread over the four classes."""
+    per_class = -(-n // 4)
+    chosen: list[dict[str, str]] = []
+    groups: set[str] = set()
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        cls = (row["product"], row["label"])
+        if row["split"] != split or row["group"] in groups or counts.get(cls, 0) >= per_class:
+            continue
+        groups.add(row["group"])
+        counts[cls] = counts.get(cls, 0) + 1
+        chosen.append(row)
+        if len(chosen) == n:
+            break
+    assert len(chosen) == n, f"only {len(chosen)} distinct-group {split} photos found"
+    return chosen
+
+
+def add_reference(
+    client: TestClient,
+    data: bytes,
+    brand: str = "Acme",
+    product: str = "runner",
+    label: str = "authentic",
+    filename: str = "ref.jpg",
+    content_type: str = "image/jpeg",
+    expect: int = 201,
+    **form: str,
+) -> dict[str, Any]:
+    response = client.post(
+        "/v1/catalog/images",
+        files={"file": (filename, data, content_type)},
+        data={"brand": brand, "product": product, "label": label, **form},
+    )
+    assert response.status_code == expect, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def scan(client: TestClient, photos: list[bytes], expect: int = 200, content_type: str = "image/jpeg", **form: str) -> Any:
+    files = [("images", (f"photo{i}.jpg", data, content_type)) for i, data in enumerate(photos)]
+    response = client.post("/v1/scan", files=files, data=form)
+    assert response.status_code == expect, response.text
+    return response.json()
+
+
+def stored_state(client: TestClient, data_dir: Path) -> dict[str, Any]:
+    """Everything a rejected request must leave untouched: catalog, index, blobs, scan records."""
+    ready = client.get("/readyz").json()
+    with sqlite3.connect(data_dir / "catalog.sqlite3") as db:
+        images = db.execute("select count(*) from reference_images").fetchone()[0]
+        scans = db.execute("select count(*) from scan_records").fetchone()[0]
+    blobs = sorted(p.name for p in (data_dir / "blobs").rglob("*") if p.is_file()) if (data_dir / "blobs").exists() else []
+    return {
+        "brands": client.get("/v1/catalog/brands").json(),
+        "products": client.get("/v1/catalog/products").json(),
+        "index_size": ready["index_size"],
+        "index_version": ready["index_version"],
+        "images": images,
+        "scans": scans,
+        "blobs": blobs,
+    }

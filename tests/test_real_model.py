@@ -1,0 +1,150 @@
+"""The offline default model on real sneaker photos, and the model-loading errors users will meet."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from embeddings import ImageEmbedder, ImageLimits, ModelLoadError, ModelSpec, decode_image, load_embedder
+from embeddings.embedder import model_fingerprint
+from embeddings.loading import load_visual, save_checkpoint
+from embeddings.pretrained import PACKAGED_WEIGHTS
+from service.config import Settings
+from service.engine import PhotoInput, ScanEngine
+from tests import imaging
+from tests.helpers import pick_sneakers
+
+
+def jpeg_of(image: Image.Image) -> bytes:
+    return imaging.encode(image, "JPEG", quality=90)
+
+
+def centre_crop(image: Image.Image, keep: float) -> Image.Image:
+    width, height = image.size
+    dx, dy = round(width * (1 - keep) / 2), round(height * (1 - keep) / 2)
+    return image.crop((dx, dy, width - dx, height - dy))
+
+
+def test_default_model_is_the_packaged_efficientnet(real_embedder: ImageEmbedder) -> None:
+    info = real_embedder.info
+    assert (info.architecture, info.weights, info.dim, info.random_weights) == (
+        "efficientnet-lite0",
+        "efficientnet-lite0/imagenet",
+        1280,
+        False,
+    )
+    assert real_embedder.default_match_threshold == PACKAGED_WEIGHTS[("efficientnet-lite0", "imagenet")].match_threshold
+    vectors = real_embedder.embed_images([imaging.noise_image(1), imaging.noise_image(2)])
+    assert vectors.shape == (2, 1280) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_crops_and_mirrors_find_their_original(
+    real_embedder: ImageEmbedder,
+    tmp_path: Path,
+    sneakers_dir: Path,
+    sneaker_rows: list[dict[str, str]],
+) -> None:
+    rows = pick_sneakers(sneaker_rows, 20)
+    engine = ScanEngine(Settings(data_dir=tmp_path / "data"), real_embedder)
+    engine.sync_index()
+    try:
+        originals = [(sneakers_dir / row["path"]).read_bytes() for row in rows]
+        summary = engine.import_rows(
+            [
+                (row["path"], PhotoInput(data, Path(row["path"]).name), row["brand"], row["product"], row["label"], None)
+                for row, data in zip(rows, originals, strict=True)
+            ]
+        )
+        assert (summary.added, summary.errors) == (20, [])
+        by_sha = {ref.sha256: ref.image_id for ref in engine.catalog.all_images()}
+        misses = []
+        for row, data in zip(rows, originals, strict=True):
+            expected = by_sha[decode_image(data, ImageLimits()).sha256]
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+            queries = [data, jpeg_of(centre_crop(image, 0.8)), jpeg_of(ImageOps.mirror(image))]
+            result = engine.scan([PhotoInput(q) for q in queries], record=False)
+            assert not any("random weights" in reason for reason in result["reasons"])
+            same, crop, mirror = (photo["matches"][0] for photo in result["images"])
+            assert same["image_id"] == expected and same["similarity"] > 0.99
+            for kind, top in (("crop", crop), ("mirror", mirror)):
+                if top["image_id"] != expected:
+                    misses.append(f"{kind} of {row['path']} matched {top['image_id']} ({top['similarity']:.3f})")
+        assert misses == []
+    finally:
+        engine.close()
+
+
+def test_missing_open_clip_weights_say_how_to_provide_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Offline, so the hub is not even tried (huggingface_hub reads the variable at import; set both).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cache = tmp_path / "empty-cache"
+    cache.mkdir()
+    spec = ModelSpec(name="ViT-B-32", pretrained="laion2b_s34b_b79k", cache_dir=cache)
+    with pytest.raises(ModelLoadError) as caught:
+        load_visual(spec)
+    message = str(caught.value)
+    assert "laion2b_s34b_b79k" in message
+    assert "COUNTERFEIT_SCAN_CHECKPOINT" in message and "COUNTERFEIT_SCAN_MODEL_CACHE_DIR" in message
+
+
+def test_random_weights_must_be_asked_for() -> None:
+    with pytest.raises(ModelLoadError, match="no weights configured for 'cs-tiny-vit'"):
+        load_visual(ModelSpec(name="cs-tiny-vit", pretrained=None))
+    with pytest.raises(ModelLoadError, match="unknown model architecture 'no-such-net'"):
+        load_visual(ModelSpec(name="no-such-net", pretrained=None, allow_random_weights=True))
+
+
+def test_missing_or_unreadable_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist") as missing:
+        load_visual(ModelSpec(checkpoint=tmp_path / "nope.pt"))
+    assert "COUNTERFEIT_SCAN_CHECKPOINT" in str(missing.value)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ModelLoadError, match="not a readable torch file"):
+        load_visual(ModelSpec(checkpoint=garbage))
+
+
+def test_checkpoint_round_trip_keeps_the_fingerprint(
+    real_embedder: ImageEmbedder, model_export_dir: Path, tmp_path: Path
+) -> None:
+    spec = Settings().model_spec()
+    loaded = load_visual(spec)
+    path = tmp_path / "ckpt" / "model.pt"
+    save_checkpoint(path, spec.name, loaded, {"note": "test"})
+    assert path.is_file() and not path.with_suffix(".pt.tmp").exists()
+
+    again = load_visual(ModelSpec(name=spec.name, pretrained=None, checkpoint=path))
+    assert again.weights == "checkpoint:model.pt"
+    assert again.random_weights is False
+    assert again.preprocess == loaded.preprocess
+    assert again.match_threshold == loaded.match_threshold
+    assert model_fingerprint(spec.name, again.visual, again.preprocess) == real_embedder.info.fingerprint
+
+    from_checkpoint = load_embedder(ModelSpec(name=spec.name, pretrained=None, checkpoint=path), model_export_dir)
+    assert from_checkpoint.info.fingerprint == real_embedder.info.fingerprint
+    images = [imaging.noise_image(5, (120, 90))]
+    assert np.allclose(from_checkpoint.embed_images(images), real_embedder.embed_images(images), atol=1e-5)
+
+
+def test_tiny_checkpoint_carries_its_architecture(tmp_path: Path, tiny_embedder: ImageEmbedder) -> None:
+    tiny = ModelSpec(name="cs-tiny-vit", pretrained=None, allow_random_weights=True)
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, "cs-tiny-vit", load_visual(tiny), {})
+    # a checkpoint names its own architecture; the random-weights flag is not needed to load it
+    again = load_visual(ModelSpec(name="cs-tiny-vit", pretrained=None, checkpoint=path))
+    assert model_fingerprint("cs-tiny-vit", again.visual, again.preprocess) == tiny_embedder.info.fingerprint
+
+
+def test_torch_and_onnx_runtimes_agree(real_embedder: ImageEmbedder, model_export_dir: Path) -> None:
+    torch_embedder = load_embedder(ModelSpec(runtime="torch", device="cpu"), model_export_dir)
+    assert real_embedder.info.runtime == "onnxruntime-cpu" and torch_embedder.info.runtime == "torch-cpu"
+    assert torch_embedder.info.fingerprint == real_embedder.info.fingerprint
+    images = [imaging.noise_image(seed, (100, 80)) for seed in range(3)]
+    assert np.allclose(torch_embedder.embed_images(images), real_embedder.embed_images(images), atol=1e-4)
