@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import ForeignKey, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -57,6 +57,14 @@ class ImageEmbedding(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("reference_images.id", ondelete="CASCADE"), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ImageHash(Base):
+    """64-bit perceptual hash (pHash) of a reference image, for near-duplicate detection."""
+
+    __tablename__ = "image_hashes"
+    image_id: Mapped[int] = mapped_column(ForeignKey("reference_images.id", ondelete="CASCADE"), primary_key=True)
+    phash: Mapped[int] = mapped_column(BigInteger)
 
 
 class CatalogState(Base):

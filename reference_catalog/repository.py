@@ -11,7 +11,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from reference_catalog.models import Base, Brand, CatalogState, ImageEmbedding, Product, ReferenceImage
+from reference_catalog.models import Base, Brand, CatalogState, ImageEmbedding, ImageHash, Product, ReferenceImage
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class NewImage:
     width: int
     height: int
     source: str | None = None
+    phash: int | None = None  # signed 64-bit view of the perceptual hash
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,8 @@ class CatalogRepository:
                 session.add(image)
                 session.flush()
                 session.add(ImageEmbedding(image_id=image.id, fingerprint=fingerprint, vector=_vector_bytes(vector)))
+                if new.phash is not None:
+                    session.add(ImageHash(image_id=image.id, phash=new.phash))
                 refs.append(_ref(image))
             self._bump_revision(session)
             return refs
@@ -223,6 +226,19 @@ class CatalogRepository:
         with self._sessions.begin() as session:
             for key, vector in zip(keys, vectors, strict=True):
                 session.merge(ImageEmbedding(image_id=int(key), fingerprint=fingerprint, vector=_vector_bytes(vector)))
+
+    def perceptual_hashes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, hashes as uint64) of every image with a perceptual hash."""
+        with self._sessions() as session:
+            rows = session.execute(select(ImageHash.image_id, ImageHash.phash)).all()
+        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        hashes = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)).view(np.uint64)
+        return keys, hashes
+
+    def store_hashes(self, keys: Iterable[int], hashes: Iterable[int]) -> None:
+        with self._sessions.begin() as session:
+            for key, value in zip(keys, hashes, strict=True):
+                session.merge(ImageHash(image_id=int(key), phash=int(value)))
 
     def drop_vectors(self, fingerprint: str) -> None:
         with self._sessions.begin() as session:
@@ -236,6 +252,7 @@ class CatalogRepository:
                 return None
             ref = _ref(image)
             session.execute(delete(ImageEmbedding).where(ImageEmbedding.image_id == image.id))
+            session.execute(delete(ImageHash).where(ImageHash.image_id == image.id))
             session.delete(image)
             session.flush()
             others = (

@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     counterfeit_threshold: float = Field(0.8, ge=0, le=1, description="Risk at or above: likely_counterfeit.")
     authentic_threshold: float = Field(0.2, ge=0, le=1, description="Risk at or below: likely_authentic.")
     vote_temperature: float = Field(0.05, gt=0, description="Softness of the similarity-weighted kNN vote.")
+    near_duplicate_max_bits: int = Field(6, ge=-1, le=32, description="pHash bits that may differ for a near copy; -1: off.")
+    keep_scan_photos: Literal["flagged", "all", "none"] = Field(
+        "flagged", description="Which scans keep their photos, so that reviewer feedback can add them to the catalog."
+    )
+
+    # Calibration targets (used by `calibrate`; the fitted thresholds travel with the calibrator)
+    target_fpr: float = Field(0.01, gt=0, lt=1, description="Max false-positive rate of likely_counterfeit.")
+    target_miss_rate: float = Field(0.05, gt=0, lt=1, description="Max share of fakes answered likely_authentic.")
 
     # Serving
     host: str = "127.0.0.1"

@@ -15,12 +15,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from embeddings import DecodedImage, ImageEmbedder, ImageRejected, VectorIndex, decode_image, load_embedder
+from embeddings.perceptual_hash import perceptual_hash
 from reference_catalog import LABELS, BlobStore, CatalogRepository, ImageRef, NewImage, create_catalog_engine
 from reference_catalog.repository import DuplicateLabelConflict
+from service.calibration import CalibratorError, LoadedCalibrator, calibrator_path, load_calibrator
 from service.config import Settings
 from service.errors import RequestRejected
+from service.feedback import FeedbackStore
+from service.near_duplicates import NearDuplicateTable
 from service.scan_records import ScanRecordStore, new_scan_id
-from service.scoring import Match, ScoringParams, score_listing
+from service.scoring import FEATURES, Match, NearDuplicate, PhotoEvidence, ScoringParams, photo_risk, score_listing
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,12 @@ class ScanEngine:
         self.catalog = CatalogRepository(self.db)
         self.catalog.create_schema()
         self.scans = ScanRecordStore(self.db)
+        self.feedback = FeedbackStore(self.db)
         self.blobs = BlobStore(settings.blob_dir)
+        self.scan_photos = BlobStore(settings.data_dir / "scan_photos")
         self.index = VectorIndex(embedder.info.dim, embedder.info.fingerprint)
+        self.near_duplicates = NearDuplicateTable()
+        self.calibrator: LoadedCalibrator | None = None
         self._refs: dict[int, ImageRef] = {}
         self._scopes: dict[tuple[str | None, str | None], tuple[int, np.ndarray]] = {}
         self._generation = 0
@@ -94,7 +102,26 @@ class ScanEngine:
         embedder = load_embedder(settings.model_spec(), settings.export_dir)
         engine = cls(settings, embedder)
         engine.sync_index(show_progress)
+        engine.refresh_calibrator()
         return engine
+
+    # --- calibration ----------------------------------------------------------------------------------------
+    @property
+    def calibrator_path(self) -> Path:
+        return calibrator_path(self.settings.data_dir / "calibration", self.embedder.info.fingerprint)
+
+    def refresh_calibrator(self) -> None:
+        """Load (or reload, when the file changed) the calibrator fitted for this model; keep the old one on error."""
+        path = self.calibrator_path
+        current = self.calibrator
+        if current is not None and path.is_file() and path.stat().st_mtime == current.mtime:
+            return
+        try:
+            self.calibrator = load_calibrator(path, self.embedder.info.fingerprint, FEATURES)
+        except CalibratorError as exc:
+            log.error("not using calibrator: %s", exc)
+        if self.calibrator is not None and self.calibrator is not current:
+            log.info("risk is calibrated (%s, fitted %s)", self.calibrator.spec["method"], self.calibrator.spec.get("fitted_at"))
 
     # --- index lifecycle ------------------------------------------------------------------------------------
     @property
@@ -110,6 +137,7 @@ class ScanEngine:
             refs = self.catalog.all_images()
             self._refs = {ref.key: ref for ref in refs}
             self._catalog_changed()
+            self._sync_hashes()
             if index is not None and index.revision == revision and set(index.ids().tolist()) == set(self._refs):
                 self.index = index
                 return
@@ -129,6 +157,16 @@ class ScanEngine:
             index.revision = revision
             self.index = index
             self.save_index()
+
+    def _sync_hashes(self) -> None:
+        """Load perceptual hashes, computing those missing (catalogs written before hashes existed)."""
+        keys, hashes = self.catalog.perceptual_hashes()
+        missing = sorted(set(self._refs) - set(keys.tolist()))
+        if missing:
+            computed = [perceptual_hash(self._decode_stored(self._refs[k])) for k in missing]
+            self.catalog.store_hashes(missing, computed)
+            keys, hashes = self.catalog.perceptual_hashes()
+        self.near_duplicates.replace(keys, hashes)
 
     def _load_saved_index(self) -> VectorIndex | None:
         if not self.index_path.is_file():
@@ -203,7 +241,17 @@ class ScanEngine:
         if source is not None and len(source) > 500:
             raise RequestRejected("source is longer than 500 characters", 422)
         decoded = self.decode(photo)
-        new = NewImage(brand, product, label, decoded.sha256, decoded.media_type, decoded.width, decoded.height, source)
+        new = NewImage(
+            brand,
+            product,
+            label,
+            decoded.sha256,
+            decoded.media_type,
+            decoded.width,
+            decoded.height,
+            source,
+            perceptual_hash(decoded.image),
+        )
         with self._write_lock:
             existing = self.catalog.find_duplicate(brand, product, decoded.sha256)
             if existing is not None:
@@ -222,8 +270,10 @@ class ScanEngine:
         if fresh:
             rows = [i for i, _ in fresh]
             self.index.add(np.array([ref.key for _, ref in fresh], dtype=np.int64), vectors[rows])
-            for _, ref in fresh:
+            for i, ref in fresh:
                 self._refs[ref.key] = ref
+                if images[i].phash is not None:
+                    self.near_duplicates.add(ref.key, images[i].phash or 0)
         self.index.revision = self.catalog.revision()
         self._catalog_changed()
         self._dirty = True
@@ -266,6 +316,7 @@ class ScanEngine:
                             decoded.width,
                             decoded.height,
                             source,
+                            perceptual_hash(decoded.image),
                         )
                         batch.append((new, decoded, photo.data))
                     except (ImageRejected, RequestRejected) as exc:
@@ -287,6 +338,7 @@ class ScanEngine:
                 return None
             ref, blob_unused = deleted
             self.index.remove(np.array([ref.key], dtype=np.int64))
+            self.near_duplicates.remove(ref.key)
             self._refs.pop(ref.key, None)
             self._catalog_changed()
             self.index.revision = self.catalog.revision()
@@ -328,6 +380,14 @@ class ScanEngine:
         product = clean_name(product, "product") if product else None
         if listing_id is not None and len(listing_id) > MAX_NAME_LENGTH:
             raise RequestRejected(f"listing_id is longer than {MAX_NAME_LENGTH} characters", 422)
+        decoded = self._decode_listing(photos)
+        vectors = self.embedder.embed_images([d.image for d in decoded])
+        result = self.score_photos(vectors, decoded, brand, product, listing_id)
+        if record:
+            self._record(result, photos)
+        return result
+
+    def _decode_listing(self, photos: Sequence[PhotoInput]) -> list[DecodedImage]:
         decoded: list[DecodedImage] = []
         for number, photo in enumerate(photos, start=1):
             try:
@@ -335,66 +395,173 @@ class ScanEngine:
             except ImageRejected as exc:
                 name = f" ({photo.filename})" if photo.filename else ""
                 raise ImageRejected(f"photo {number}{name}: {exc}", exc.status) from exc
-        vectors = self.embedder.embed_images([d.image for d in decoded])
-        return self.score_vectors(vectors, [d.sha256 for d in decoded], brand, product, listing_id, record)
+        return decoded
 
-    def score_vectors(
-        self,
-        vectors: np.ndarray,
-        sha256s: Sequence[str],
-        brand: str | None,
-        product: str | None,
-        listing_id: str | None,
-        record: bool = True,
-    ) -> dict[str, Any]:
+    def scan_many(
+        self, listings: Sequence[Sequence[PhotoInput]], show_progress: bool = False, batch_photos: int = 64
+    ) -> list[dict[str, Any] | ImageRejected]:
+        """Scan many listings without recording them (evaluation, calibration), embedding photos in big batches.
+
+        A listing whose photo cannot be decoded yields its ImageRejected instead of a result.
+        """
+        results: list[dict[str, Any] | ImageRejected] = []
+        bar = tqdm(total=sum(len(x) for x in listings), desc="scanning", unit="photo", disable=not show_progress)
+        start = 0
+        while start < len(listings):
+            chunk: list[Sequence[PhotoInput]] = []
+            size = 0
+            while start + len(chunk) < len(listings) and (not chunk or size + len(listings[start + len(chunk)]) <= batch_photos):
+                size += len(listings[start + len(chunk)])
+                chunk.append(listings[start + len(chunk)])
+            decoded: list[list[DecodedImage] | ImageRejected] = []
+            for photos in chunk:
+                try:
+                    decoded.append(self._decode_listing(photos))
+                except ImageRejected as exc:
+                    decoded.append(exc)
+            flat = [d for item in decoded if not isinstance(item, ImageRejected) for d in item]
+            vectors = self.embedder.embed_images([d.image for d in flat])
+            offset = 0
+            for item in decoded:
+                if isinstance(item, ImageRejected):
+                    results.append(item)
+                    continue
+                results.append(self.score_photos(vectors[offset : offset + len(item)], item, None, None, None))
+                offset += len(item)
+            bar.update(size)
+            start += len(chunk)
+        bar.close()
+        return results
+
+    def _evidence(
+        self, vectors: np.ndarray, phashes: Sequence[int], brand: str | None, product: str | None
+    ) -> tuple[list[PhotoEvidence], str]:
         index, refs = self.index, self._refs
         index_version = index.version
-        hits = index.search(vectors, self.settings.top_k, self._scope(brand, product))
-        photo_matches = [
-            [
+        scope = self._scope(brand, product)
+        allowed = None if scope is None else set(scope.tolist())
+        hits = index.search(vectors, self.settings.top_k, scope)
+        evidence = []
+        for row, phash in zip(hits, phashes, strict=True):
+            matches = [
                 Match(ref.image_id, ref.brand, ref.product, ref.label, hit.similarity)
                 for hit in row
                 if (ref := refs.get(hit.id)) is not None
             ]
-            for row in hits
-        ]
-        score = score_listing(photo_matches, self.scoring)
-        reasons = list(score.reasons)
-        if brand or product:
+            duplicates = [
+                NearDuplicate(ref.image_id, ref.brand, ref.product, ref.label, distance)
+                for key, distance in self.near_duplicates.find(phash, self.settings.near_duplicate_max_bits)
+                if (ref := refs.get(key)) is not None and (allowed is None or key in allowed)
+            ]
+            evidence.append(PhotoEvidence(matches, duplicates))
+        return evidence, index_version
+
+    def score_photos(
+        self,
+        vectors: np.ndarray,
+        decoded: Sequence[DecodedImage],
+        brand: str | None,
+        product: str | None,
+        listing_id: str | None,
+    ) -> dict[str, Any]:
+        """Search, score and describe one listing whose photos are already embedded."""
+        evidence, index_version = self._evidence(vectors, [perceptual_hash(d.image) for d in decoded], brand, product)
+        calibrator = self.calibrator
+        score = score_listing(evidence, self.scoring, calibrator)
+        reasons = [reason.as_dict() for reason in score.reasons]
+        scope_keys = self._scope(brand, product)
+        if scope_keys is not None and len(scope_keys) == 0:
             scope = "/".join(x for x in (brand, product) if x)
-            scope_keys = self._scope(brand, product)
-            if scope_keys is not None and len(scope_keys) == 0:
-                reasons.insert(0, f"the catalog has no reference images for {scope}")
+            reasons.insert(0, {"code": "empty_scope", "message": f"the catalog has no reference images for {scope}"})
         if self.embedder.info.random_weights:
-            reasons.insert(0, "the model has random weights (test configuration): these scores are meaningless")
-        created_at = datetime.now(UTC)
-        result: dict[str, Any] = {
+            reasons.insert(
+                0,
+                {
+                    "code": "random_model_weights",
+                    "message": "the model has random weights (test configuration): these scores are meaningless",
+                },
+            )
+        return {
             "scan_id": new_scan_id(),
             "listing_id": listing_id,
-            "created_at": created_at.isoformat(),
-            "risk": None if score.risk is None else round(score.risk, 6),
+            "created_at": datetime.now(UTC).isoformat(),
+            "risk": _round(score.risk),
             "verdict": score.verdict,
-            "calibrated": False,
+            "calibrated": score.calibrated,
+            "calibration": calibrator.summary() if calibrator is not None else None,
+            "score": _round(score.score),
+            "features": {name: round(value, 6) for name, value in score.features.items()},
             "brand": brand,
             "product": product,
             "model": self.embedder.info.as_dict(),
             "index_version": index_version,
             "images": [
                 {
-                    "sha256": sha,
-                    "risk": None if photo.risk is None else round(photo.risk, 6),
+                    "sha256": image.sha256,
+                    "risk": _round(photo_risk(photo, calibrator)),
+                    "score": _round(photo.score),
                     "in_catalog": photo.in_catalog,
-                    "nearest_authentic": photo.nearest_authentic,
-                    "nearest_counterfeit": photo.nearest_counterfeit,
-                    "matches": [m.as_dict() for m in photo.matches],
+                    "nearest_authentic": _round(photo.nearest_authentic),
+                    "nearest_counterfeit": _round(photo.nearest_counterfeit),
+                    "margin": _round(photo.margin),
+                    "near_duplicates": [d.as_dict() for d in photo.near_duplicates],
+                    "matches": [m.as_dict() for m in photo_evidence.matches],
                 }
-                for sha, photo in zip(sha256s, score.photos, strict=True)
+                for image, photo, photo_evidence in zip(decoded, score.photos, evidence, strict=True)
             ],
             "reasons": reasons,
+            "photos_kept": False,
         }
-        if record:
-            self.scans.save(result, created_at, self.embedder.info.fingerprint)
-        return result
+
+    def _record(self, result: dict[str, Any], photos: Sequence[PhotoInput]) -> None:
+        """Store the scan; keep its photos when the policy says so, so that feedback can add them to the catalog."""
+        policy = self.settings.keep_scan_photos
+        if policy == "all" or (policy == "flagged" and result["verdict"] in ("likely_counterfeit", "needs_review")):
+            for image, photo in zip(result["images"], photos, strict=True):
+                self.scan_photos.put(image["sha256"], photo.data)
+            result["photos_kept"] = True
+        self.scans.save(result, datetime.fromisoformat(result["created_at"]), self.embedder.info.fingerprint)
+
+    # --- feedback --------------------------------------------------------------------------------------------
+    def give_feedback(
+        self, scan_id: str, verdict: str, note: str | None = None, brand: str | None = None, product: str | None = None
+    ) -> dict[str, Any]:
+        """Record a reviewer's verdict; a confirmed counterfeit's photos join the catalog as known fakes at once."""
+        record = self.scans.get(scan_id)
+        if record is None:
+            raise RequestRejected(f"no scan {scan_id!r}", 404)
+        added: list[str] = []
+        index_version: str | None = None
+        if verdict == "confirmed_counterfeit":
+            with self._write_lock:  # check every photo first, so that a rejected request adds nothing
+                plan = [self._feedback_target(record, image, brand, product) for image in record["images"]]
+                for sha, target_brand, target_product in plan:
+                    added_image = self.add_reference(
+                        PhotoInput(self.scan_photos.get(sha)), target_brand, target_product, "counterfeit", f"scan:{scan_id}"
+                    )
+                    added.append(added_image.ref.image_id)
+                    index_version = added_image.index_version
+        return self.feedback.add(scan_id, verdict, note, added, index_version)
+
+    def _feedback_target(
+        self, record: dict[str, Any], image: dict[str, Any], brand: str | None, product: str | None
+    ) -> tuple[str, str, str]:
+        sha = str(image["sha256"])
+        if not record.get("photos_kept") or not self.scan_photos.path(sha).is_file():
+            raise RequestRejected(
+                "this scan's photos were not kept (COUNTERFEIT_SCAN_KEEP_SCAN_PHOTOS); add them with POST /v1/catalog/images",
+                409,
+            )
+        top = image["matches"][0] if image["matches"] else {}
+        target_brand = brand or record.get("brand") or top.get("brand")
+        target_product = product or record.get("product") or top.get("product")
+        if not target_brand or not target_product:
+            raise RequestRejected("the scan matched no product: give brand and product with the feedback", 422)
+        target_brand, target_product = clean_name(target_brand, "brand"), clean_name(target_product, "product")
+        existing = self.catalog.find_duplicate(target_brand, target_product, sha)
+        if existing is not None and existing.label != "counterfeit":
+            raise RequestRejected(str(DuplicateLabelConflict(existing)), 409)
+        return sha, target_brand, target_product
 
     def _catalog_changed(self) -> None:
         # Bump first, so a scope computed from the old refs can never be taken as current.
@@ -404,3 +571,7 @@ class ScanEngine:
     def close(self) -> None:
         self.save_index_if_dirty()
         self.db.dispose()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)

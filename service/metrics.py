@@ -23,3 +23,6 @@ class ServiceMetrics:
         self.catalog_changes = Counter(
             "counterfeit_scan_catalog_changes_total", "Catalog writes, by kind", ["kind"], registry=self.registry
         )
+        self.feedback = Counter(
+            "counterfeit_scan_feedback_total", "Reviewer feedback, by verdict", ["verdict"], registry=self.registry
+        )

@@ -49,6 +49,7 @@ class ServiceRuntime:
             if engine is not None:
                 try:
                     engine.save_index_if_dirty()
+                    engine.refresh_calibrator()
                 except OSError:
                     log.exception("could not save the index; will retry")
 

@@ -11,11 +11,11 @@ from sqlalchemy import JSON, Engine, Float, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
-class _Base(DeclarativeBase):
+class ScanRecordBase(DeclarativeBase):
     pass
 
 
-class ScanRecord(_Base):
+class ScanRecord(ScanRecordBase):
     __tablename__ = "scan_records"
     scan_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     listing_id: Mapped[str | None] = mapped_column(String(200), index=True)
@@ -35,7 +35,7 @@ def new_scan_id() -> str:
 class ScanRecordStore:
     def __init__(self, engine: Engine) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        _Base.metadata.create_all(engine)
+        ScanRecordBase.metadata.create_all(engine)
 
     def save(self, result: dict[str, Any], created_at: datetime, model_fingerprint: str) -> None:
         record = ScanRecord(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 Verdict = Literal["likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog"]
 
@@ -17,13 +17,40 @@ class MatchOut(BaseModel):
     similarity: float
 
 
+class NearDuplicateOut(BaseModel):
+    image_id: str
+    brand: str
+    product: str
+    label: Literal["authentic", "counterfeit"]
+    distance: int
+
+
 class ImageResultOut(BaseModel):
     sha256: str
     risk: float | None
+    score: float | None
     in_catalog: bool
     nearest_authentic: float | None
     nearest_counterfeit: float | None
+    margin: float | None
+    near_duplicates: list[NearDuplicateOut]
     matches: list[MatchOut]
+
+
+class ReasonOut(BaseModel):
+    """A machine-readable reason code, a sentence for people, and the numbers behind it."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+
+
+class CalibrationOut(BaseModel):
+    method: str
+    fitted_at: str | None
+    index_version_at_fit: str | None
+    thresholds: dict[str, float]
+    targets: dict[str, float | None]
 
 
 class ModelOut(BaseModel):
@@ -35,6 +62,26 @@ class ModelOut(BaseModel):
     random_weights: bool
 
 
+FeedbackVerdict = Literal["confirmed_counterfeit", "confirmed_authentic", "not_applicable"]
+
+
+class FeedbackIn(BaseModel):
+    verdict: FeedbackVerdict
+    note: str | None = Field(None, max_length=2000)
+    brand: str | None = Field(None, max_length=200, description="Brand for confirmed fakes; default: the scan's.")
+    product: str | None = Field(None, max_length=200, description="Product for confirmed fakes; default: the scan's.")
+
+
+class FeedbackOut(BaseModel):
+    feedback_id: str
+    scan_id: str
+    verdict: FeedbackVerdict
+    note: str | None
+    created_at: str
+    added_image_ids: list[str]
+    index_version: str | None
+
+
 class ScanOut(BaseModel):
     scan_id: str
     listing_id: str | None
@@ -42,12 +89,17 @@ class ScanOut(BaseModel):
     risk: float | None
     verdict: Verdict
     calibrated: bool
+    calibration: CalibrationOut | None
+    score: float | None
+    features: dict[str, float]
     brand: str | None
     product: str | None
     model: ModelOut
     index_version: str
     images: list[ImageResultOut]
-    reasons: list[str]
+    reasons: list[ReasonOut]
+    photos_kept: bool
+    feedback: list[FeedbackOut] = []
 
 
 class ReferenceImageOut(BaseModel):

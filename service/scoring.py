@@ -1,13 +1,19 @@
-"""The one place that turns kNN hits into a risk, a verdict and reasons. Calibration will replace `photo_risk`."""
+"""The one place that turns kNN hits and near-duplicates into features, a risk, a verdict and reasons.
+
+Without a calibrator the risk is the raw score (a similarity-weighted vote of known fakes); with one, the risk is the
+calibrator's probability and the verdict bands are the ones it was fitted with.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 Verdict = Literal["likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog"]
+FEATURES = ("score", "max_score", "margin", "top_similarity", "spread", "near_dup_fake", "near_dup_authentic")
+NEAR_DUP_FAKE_SCORE = 0.95
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,32 @@ class Match:
 
 
 @dataclass(frozen=True)
+class NearDuplicate:
+    image_id: str
+    brand: str
+    product: str
+    label: str
+    distance: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "image_id": self.image_id,
+            "brand": self.brand,
+            "product": self.product,
+            "label": self.label,
+            "distance": self.distance,
+        }
+
+
+@dataclass(frozen=True)
+class PhotoEvidence:
+    """What the index and the hash table found for one photo, best match first."""
+
+    matches: Sequence[Match]
+    near_duplicates: Sequence[NearDuplicate] = ()
+
+
+@dataclass(frozen=True)
 class ScoringParams:
     match_threshold: float
     counterfeit_threshold: float
@@ -36,76 +68,200 @@ class ScoringParams:
     vote_temperature: float
 
 
-@dataclass(frozen=True)
-class PhotoScore:
-    risk: float | None
-    matches: Sequence[Match]
-    nearest_authentic: float | None
-    nearest_counterfeit: float | None
-    vote: float | None
+class Calibrator(Protocol):
+    """Maps listing features to P(counterfeit); fitted by `counterfeit-scan calibrate`."""
 
     @property
-    def in_catalog(self) -> bool:
-        return self.risk is not None
+    def likely_counterfeit(self) -> float: ...
+
+    @property
+    def likely_authentic(self) -> float: ...
+
+    def probability(self, features: dict[str, float]) -> float: ...
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    message: str
+    values: dict[str, object] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, **self.values}
+
+
+@dataclass(frozen=True)
+class PhotoScore:
+    score: float | None
+    in_catalog: bool
+    top: Match | None
+    nearest_authentic: float | None
+    nearest_counterfeit: float | None
+    margin: float | None
+    near_duplicates: Sequence[NearDuplicate]
+
+    @property
+    def near_dup_fake(self) -> NearDuplicate | None:
+        return next((d for d in self.near_duplicates if d.label == "counterfeit"), None)
+
+    @property
+    def near_dup_authentic(self) -> NearDuplicate | None:
+        return next((d for d in self.near_duplicates if d.label == "authentic"), None)
 
 
 @dataclass(frozen=True)
 class ListingScore:
     risk: float | None
+    score: float | None
     verdict: Verdict
+    calibrated: bool
     photos: Sequence[PhotoScore]
-    reasons: list[str] = field(default_factory=list)
+    features: dict[str, float]
+    reasons: list[Reason]
 
 
-def _nearest(matches: Sequence[Match], label: str) -> float | None:
-    sims = [m.similarity for m in matches if m.label == label]
-    return max(sims) if sims else None
+def score_photo(evidence: PhotoEvidence, params: ScoringParams) -> PhotoScore:
+    """Features of one photo: fake vote over its matches, same-product margin, near-duplicates."""
+    matches = evidence.matches
+    if not matches:
+        return PhotoScore(None, False, None, None, None, None, evidence.near_duplicates)
+    top = matches[0]
+    weights = [math.exp((m.similarity - top.similarity) / params.vote_temperature) for m in matches]
+    vote = sum(w for w, m in zip(weights, matches, strict=True) if m.label == "counterfeit") / sum(weights)
+    same = [m for m in matches if (m.brand, m.product) == (top.brand, top.product)]
+    floor = matches[-1].similarity  # an unseen label is at most as similar as the last match seen
+    fake = max((m.similarity for m in same if m.label == "counterfeit"), default=None)
+    real = max((m.similarity for m in same if m.label == "authentic"), default=None)
+    margin = (fake if fake is not None else floor) - (real if real is not None else floor)
+    photo = PhotoScore(vote, top.similarity >= params.match_threshold, top, real, fake, margin, evidence.near_duplicates)
+    if photo.near_dup_fake is not None:
+        # A near copy of a known fake's photo is strong evidence whatever the embedding says.
+        return PhotoScore(max(vote, NEAR_DUP_FAKE_SCORE), True, top, real, fake, margin, evidence.near_duplicates)
+    return photo
 
 
-def score_photo(matches: Sequence[Match], params: ScoringParams) -> PhotoScore:
-    """Risk of one photo: a similarity-weighted vote of known fakes among the matches above the threshold."""
-    close = [m for m in matches if m.similarity >= params.match_threshold]
-    authentic, counterfeit = _nearest(matches, "authentic"), _nearest(matches, "counterfeit")
-    if not close:
-        return PhotoScore(None, matches, authentic, counterfeit, None)
-    top = max(m.similarity for m in close)
-    weights = [math.exp((m.similarity - top) / params.vote_temperature) for m in close]
-    vote = sum(w for w, m in zip(weights, close, strict=True) if m.label == "counterfeit") / sum(weights)
-    return PhotoScore(vote, matches, authentic, counterfeit, vote)
+def listing_features(photos: Sequence[PhotoScore]) -> dict[str, float]:
+    """The calibrator's inputs; names in FEATURES. Photos outside the catalog count only when all are."""
+    scored = [p for p in photos if p.score is not None]
+    used = [p for p in scored if p.in_catalog] or scored
+    scores = [p.score for p in used if p.score is not None]
+    margins = [p.margin for p in used if p.margin is not None]
+    return {
+        "score": sum(scores) / len(scores) if scores else 0.0,
+        "max_score": max(scores, default=0.0),
+        "margin": sum(margins) / len(margins) if margins else 0.0,
+        "top_similarity": max((p.top.similarity for p in photos if p.top is not None), default=0.0),
+        "spread": (max(scores) - min(scores)) if scores else 0.0,
+        "near_dup_fake": float(any(p.near_dup_fake is not None for p in photos)),
+        "near_dup_authentic": float(any(p.near_dup_authentic is not None for p in photos)),
+    }
 
 
-def score_listing(photo_matches: Sequence[Sequence[Match]], params: ScoringParams) -> ListingScore:
-    """Score a listing's photos; the listing's risk is the mean risk of the photos that matched the catalog."""
-    photos = [score_photo(m, params) for m in photo_matches]
-    matched = [p for p in photos if p.risk is not None]
-    reasons: list[str] = []
-    if not matched:
-        best = max((m.similarity for p in photos for m in p.matches), default=None)
-        detail = f"best similarity {best:.3f}" if best is not None else "no reference images to compare with"
-        reasons.append(f"no photo resembles a reference image closely enough ({detail} < {params.match_threshold:.3f})")
-        return ListingScore(None, "not_in_catalog", photos, reasons)
-    risk = sum(p.risk for p in matched if p.risk is not None) / len(matched)
-    for number, photo in enumerate(photos, start=1):
-        reasons.append(_photo_reason(number, photo, params))
-    if len(matched) < len(photos):
-        reasons.append(f"{len(photos) - len(matched)} of {len(photos)} photos matched nothing in the catalog")
-    if risk >= params.counterfeit_threshold:
+def score_listing(evidence: Sequence[PhotoEvidence], params: ScoringParams, calibrator: Calibrator | None = None) -> ListingScore:
+    """Score a listing's photos: features, risk (calibrated when a calibrator is given), verdict and reasons."""
+    photos = [score_photo(e, params) for e in evidence]
+    features = listing_features(photos)
+    reasons = _photo_reasons(photos)
+    raw = features["score"] if any(p.score is not None for p in photos) else None
+    if not any(p.in_catalog for p in photos):
+        best = max((p.top.similarity for p in photos if p.top is not None), default=None)
+        shown = "no reference images to compare with" if best is None else f"best similarity {best:.3f}"
+        reasons.insert(
+            0,
+            Reason(
+                "not_in_catalog",
+                f"no photo resembles a reference image closely enough ({shown} < {params.match_threshold:.3f})",
+                {"best_similarity": best, "match_threshold": params.match_threshold},
+            ),
+        )
+        return ListingScore(None, raw, "not_in_catalog", calibrator is not None, photos, features, reasons)
+    outside = sum(not p.in_catalog for p in photos)
+    if outside:
+        reasons.append(
+            Reason(
+                "photos_not_in_catalog", f"{outside} of {len(photos)} photos matched nothing in the catalog", {"count": outside}
+            )
+        )
+    if features["spread"] >= 0.5:
+        reasons.append(
+            Reason(
+                "photos_disagree",
+                f"the photos point different ways (fake votes differ by {features['spread']:.2f})",
+                {"spread": round(features["spread"], 6)},
+            )
+        )
+    if calibrator is not None:
+        risk = calibrator.probability(features)
+        high, low = calibrator.likely_counterfeit, calibrator.likely_authentic
+    else:
+        risk, high, low = features["score"], params.counterfeit_threshold, params.authentic_threshold
+        reasons.append(Reason("uncalibrated", "risk is the raw fake vote, not a calibrated probability (run calibrate)"))
+    if risk >= high:
         verdict: Verdict = "likely_counterfeit"
-    elif risk <= params.authentic_threshold:
+    elif risk <= low and features["near_dup_authentic"] == 0:
         verdict = "likely_authentic"
     else:
         verdict = "needs_review"
-    return ListingScore(risk, verdict, photos, reasons)
+    reasons.append(
+        Reason(
+            "risk_band",
+            f"risk {risk:.3f} against bands ≤ {low:.3f} authentic, ≥ {high:.3f} counterfeit",
+            {"risk": round(risk, 6), "likely_authentic_at_most": low, "likely_counterfeit_at_least": high},
+        )
+    )
+    return ListingScore(risk, raw, verdict, calibrator is not None, photos, features, reasons)
 
 
-def _photo_reason(number: int, photo: PhotoScore, params: ScoringParams) -> str:
-    if photo.risk is None:
-        return f"photo {number}: nothing in the catalog above similarity {params.match_threshold:.3f}"
-    top = photo.matches[0]
-    parts = [f"photo {number}: closest reference is {top.label} {top.brand}/{top.product} ({top.similarity:.3f})"]
-    if photo.nearest_counterfeit is not None:
-        parts.append(f"nearest known fake {photo.nearest_counterfeit:.3f}")
-    if photo.nearest_authentic is not None:
-        parts.append(f"nearest authentic {photo.nearest_authentic:.3f}")
-    parts.append(f"weighted fake vote {photo.vote:.2f}")
-    return ", ".join(parts)
+def _photo_reasons(photos: Sequence[PhotoScore]) -> list[Reason]:
+    reasons: list[Reason] = []
+    for number, photo in enumerate(photos, start=1):
+        if photo.top is None:
+            continue
+        top = photo.top
+        reasons.append(
+            Reason(
+                "nearest_reference",
+                f"photo {number}: closest reference is {top.label} {top.brand}/{top.product} ({top.similarity:.3f})",
+                {"photo": number, "image_id": top.image_id, "label": top.label, "similarity": round(top.similarity, 6)},
+            )
+        )
+        if photo.score is not None:
+            reasons.append(
+                Reason(
+                    "fake_vote",
+                    f"photo {number}: similarity-weighted share of known fakes among its matches {photo.score:.2f}; "
+                    f"same-product margin fake - authentic {photo.margin:+.3f}",
+                    {
+                        "photo": number,
+                        "vote": round(photo.score, 6),
+                        "margin": round(photo.margin or 0.0, 6),
+                        "nearest_counterfeit": photo.nearest_counterfeit,
+                        "nearest_authentic": photo.nearest_authentic,
+                    },
+                )
+            )
+        if (dup := photo.near_dup_fake) is not None:
+            reasons.append(
+                Reason(
+                    "near_duplicate_of_known_fake",
+                    f"photo {number} is a near copy of known-fake photo {dup.image_id} ({dup.distance} bits apart)",
+                    {"photo": number, "image_id": dup.image_id, "distance": dup.distance},
+                )
+            )
+        if (dup := photo.near_dup_authentic) is not None:
+            reasons.append(
+                Reason(
+                    "reused_official_photo",
+                    f"photo {number} is a near copy of the brand's own photo {dup.image_id}: "
+                    f"listings that reuse official imagery need a look",
+                    {"photo": number, "image_id": dup.image_id, "distance": dup.distance},
+                )
+            )
+    return reasons
+
+
+def photo_risk(photo: PhotoScore, calibrator: Calibrator | None = None) -> float | None:
+    """One photo's risk on the listing scale: the photo scored as a one-photo listing."""
+    if not photo.in_catalog or photo.score is None:
+        return None
+    return calibrator.probability(listing_features([photo])) if calibrator is not None else photo.score

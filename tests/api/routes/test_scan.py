@@ -39,7 +39,7 @@ def test_scan_response_contract(client: TestClient, catalog: dict[str, dict[str,
     model = result["model"]
     assert model == ready["model"]
     assert model["architecture"] == "cs-tiny-vit" and model["random_weights"] is True and model["dim"] == 32
-    assert "random weights" in result["reasons"][0] and "meaningless" in result["reasons"][0]
+    assert result["reasons"][0]["code"] == "random_model_weights" and "meaningless" in result["reasons"][0]["message"]
 
     (photo,) = result["images"]
     assert photo["sha256"] == sha256(query)
@@ -94,7 +94,7 @@ def test_scope_with_no_references_is_not_in_catalog(client: TestClient, catalog:
     assert result["verdict"] == "not_in_catalog"
     assert result["risk"] is None
     assert result["images"][0]["matches"] == []
-    assert any("no reference images for Nobody" in reason for reason in result["reasons"])
+    assert any("no reference images for Nobody" in reason["message"] for reason in result["reasons"])
 
 
 def test_empty_catalog_is_not_in_catalog(client: TestClient) -> None:
@@ -107,8 +107,15 @@ def test_empty_catalog_is_not_in_catalog(client: TestClient) -> None:
 def test_risk_follows_the_labels_of_the_matches(client: TestClient, catalog: dict[str, dict[str, Any]]) -> None:
     fake = scan(client, [imaging.jpeg(4)], brand="Acme", product="court")  # only a known fake in scope
     assert (fake["risk"], fake["verdict"]) == (1.0, "likely_counterfeit")
-    genuine = scan(client, [imaging.jpeg(5)], brand="Zeta")  # only an authentic reference in scope
+    genuine = scan(client, [imaging.jpeg(6)], brand="Zeta")  # only an authentic reference in scope
+    assert genuine["images"][0]["in_catalog"] is True
     assert (genuine["risk"], genuine["verdict"]) == (0.0, "likely_authentic")
+    # The brand's own photo reused in a listing: authentic-looking, but flagged for a reviewer.
+    copied = scan(client, [imaging.jpeg(5)], brand="Zeta")
+    assert (copied["risk"], copied["verdict"]) == (0.0, "needs_review")
+    reused = [r for r in copied["reasons"] if r["code"] == "reused_official_photo"]
+    assert reused and reused[0]["image_id"] == catalog["slide-a"]["image_id"] and reused[0]["distance"] == 0
+    assert copied["images"][0]["near_duplicates"][0]["label"] == "authentic"
     both = scan(client, [imaging.jpeg(4), imaging.jpeg(5)], brand="Zeta")
     assert both["risk"] == 0.0
 
