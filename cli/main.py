@@ -5,37 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
+from cli.common import make_settings, open_engine
 from cli.options import engine_options, scoring_options
+from cli.quality import calibrate, evaluate
 from embeddings import ModelLoadError
 from reference_catalog import ManifestError, read_manifest, write_manifest
-from service.config import Settings
-from service.engine import PhotoInput, ScanEngine
+from service.engine import PhotoInput
 from service.errors import RequestRejected
-
-
-def make_settings(**flags: Any) -> Settings:
-    """Settings from the environment, overridden by the flags that were given."""
-    given = {key: value for key, value in flags.items() if value is not None}
-    return Settings(**given)
-
-
-@contextmanager
-def open_engine(settings: Settings) -> Iterator[ScanEngine]:
-    try:
-        engine = ScanEngine.open(settings, show_progress=sys.stderr.isatty())
-    except ModelLoadError as exc:
-        raise click.ClickException(str(exc)) from exc
-    try:
-        yield engine
-    finally:
-        engine.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
@@ -191,6 +172,10 @@ def model_info(**flags: Any) -> None:
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(embedder.info.as_dict(), indent=2))
+
+
+cli.add_command(evaluate)
+cli.add_command(calibrate)
 
 
 def main() -> None:

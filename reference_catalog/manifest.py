@@ -36,10 +36,13 @@ def read_manifest(
     split: str | None = None,
     labels: Iterable[str] = ("authentic", "counterfeit"),
     require_brand: bool = True,
+    split_required: bool = True,
 ) -> ManifestRead:
     """Read rows, keeping those whose `split` is `split` (all when None); bad rows go to `errors` by line number.
 
-    Paths are relative to the manifest's folder and may not escape it.
+    Paths are relative to the manifest's folder and may not escape it. With `require_brand=False`, brand and
+    product may be missing (photos of nothing in the catalog); with `split_required=False`, a manifest without a
+    `split` column is taken whole.
     """
     allowed = set(labels)
     if not manifest.is_file():
@@ -55,6 +58,8 @@ def read_manifest(
                 raise ManifestError(
                     f"manifest {manifest} lacks column(s) {', '.join(missing)}; header must have {','.join(needed)}"
                 )
+            if split is not None and "split" not in columns and not split_required:
+                split = None  # a manifest without splits (e.g. distractors) is taken whole
             if split is not None and "split" not in columns:
                 raise ManifestError(f"--split {split} given but manifest {manifest} has no 'split' column")
             result = ManifestRead([], [])

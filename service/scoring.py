@@ -205,11 +205,16 @@ def score_listing(evidence: Sequence[PhotoEvidence], params: ScoringParams, cali
     reasons.append(
         Reason(
             "risk_band",
-            f"risk {risk:.3f} against bands ≤ {low:.3f} authentic, ≥ {high:.3f} counterfeit",
+            f"risk {risk:.3f} against bands: authentic at most {_band(low)}, counterfeit at least {_band(high)}",
             {"risk": round(risk, 6), "likely_authentic_at_most": low, "likely_counterfeit_at_least": high},
         )
     )
     return ListingScore(risk, raw, verdict, calibrator is not None, photos, features, reasons)
+
+
+def _band(threshold: float) -> str:
+    # A calibrator that cannot meet its target sets a band outside [0, 1]: that verdict is never given.
+    return f"{threshold:.3f}" if 0.0 <= threshold <= 1.0 else "never"
 
 
 def _photo_reasons(photos: Sequence[PhotoScore]) -> list[Reason]:
