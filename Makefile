@@ -18,7 +18,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 IMAGE ?= counterfeit-scan:latest
 
-TYPED_PACKAGES := embeddings reference_catalog service cli training
+TYPED_PACKAGES := embeddings reference_catalog service cli training benchmarks tests
 
 .PHONY: help venv serve test lint ruff mypy format lock docker clean distclean
 

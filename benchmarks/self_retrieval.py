@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def centre_crop(image: Image.Image, fraction: float) -> Image.Image:
     return image.crop((left, top, left + cw, top + ch))
 
 
-VARIANTS = {
+VARIANTS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "crop 80%": lambda im: centre_crop(im, 0.8),
     "crop 60%": lambda im: centre_crop(im, 0.6),
     "mirror": ImageOps.mirror,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -134,6 +135,8 @@ def evaluate(
         metrics["errors"] = [{"row": row, "reason": reason} for row, reason in errors]
         out = out_dir or settings.data_dir / "reports" / datetime.now(UTC).strftime("eval-%Y%m%dT%H%M%SZ")
         report = write_report(out, records, metrics, reference_image(engine))
+        with open(out / "records.jsonl", "w", encoding="utf-8") as fh:  # one line per listing, for error analysis
+            fh.writelines(json.dumps(dataclasses.asdict(record)) + "\n" for record in records)
     if as_json:
         click.echo(json.dumps(metrics))
     else:
@@ -169,7 +172,8 @@ def to_record(record_type: Any, listing: QueryListing, result: dict[str, Any]) -
         truth=listing.truth,
         brand=listing.brand,
         product=listing.product,
-        score=float(result["score"] if result["score"] is not None else 0.0),
+        # Rank by what the service answers (the calibrated risk when there is one); raw score where it gives none.
+        score=float(result["risk"] if result["risk"] is not None else result["score"] or 0.0),
         risk=result["risk"],
         calibrated=bool(result["calibrated"]),
         verdict=result["verdict"],
@@ -225,7 +229,7 @@ def calibrate(manifests: tuple[Path, ...], split: str | None, seed: int, **flags
     with open_engine(settings) as engine:
         engine.calibrator = None  # fit on raw features, never on a previous calibrator's output
         results = scan_queries(engine, queries)
-        rows, truths = [], []
+        rows, truths, groups = [], [], []
         skipped = 0
         for listing, result in zip(queries, results, strict=True):
             if isinstance(result, ImageRejected):
@@ -235,6 +239,7 @@ def calibrate(manifests: tuple[Path, ...], split: str | None, seed: int, **flags
             else:
                 rows.append([float(result["features"][name]) for name in FEATURES])
                 truths.append(listing.truth == "counterfeit")
+                groups.append(listing.group or listing.name)
         try:
             spec = fit_calibrator(
                 np.array(rows, dtype=np.float64).reshape(-1, len(FEATURES)),
@@ -243,6 +248,7 @@ def calibrate(manifests: tuple[Path, ...], split: str | None, seed: int, **flags
                 target_fpr=settings.target_fpr,
                 target_miss_rate=settings.target_miss_rate,
                 seed=seed,
+                groups=groups,
             )
         except ValueError as exc:
             raise click.ClickException(f"cannot calibrate: {exc}") from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -31,18 +31,10 @@ class ImageRef:
     created_at: datetime
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "image_id": self.image_id,
-            "brand": self.brand,
-            "product": self.product,
-            "label": self.label,
-            "sha256": self.sha256,
-            "source": self.source,
-            "media_type": self.media_type,
-            "width": self.width,
-            "height": self.height,
-            "created_at": self.created_at.isoformat(),
-        }
+        """The public view: no internal key, times as ISO 8601."""
+        view = asdict(self)
+        del view["key"]
+        return {**view, "created_at": self.created_at.isoformat()}
 
 
 @dataclass(frozen=True)

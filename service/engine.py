@@ -241,17 +241,7 @@ class ScanEngine:
         if source is not None and len(source) > 500:
             raise RequestRejected("source is longer than 500 characters", 422)
         decoded = self.decode(photo)
-        new = NewImage(
-            brand,
-            product,
-            label,
-            decoded.sha256,
-            decoded.media_type,
-            decoded.width,
-            decoded.height,
-            source,
-            perceptual_hash(decoded.image),
-        )
+        new = _new_image(decoded, brand, product, label, source)
         with self._write_lock:
             existing = self.catalog.find_duplicate(brand, product, decoded.sha256)
             if existing is not None:
@@ -307,17 +297,7 @@ class ScanEngine:
                             summary.duplicates += 1
                             continue
                         seen[key] = label
-                        new = NewImage(
-                            brand,
-                            product,
-                            label,
-                            decoded.sha256,
-                            decoded.media_type,
-                            decoded.width,
-                            decoded.height,
-                            source,
-                            perceptual_hash(decoded.image),
-                        )
+                        new = _new_image(decoded, brand, product, label, source)
                         batch.append((new, decoded, photo.data))
                     except (ImageRejected, RequestRejected) as exc:
                         summary.errors.append((name, str(exc)))
@@ -575,3 +555,10 @@ class ScanEngine:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
+
+
+def _new_image(decoded: DecodedImage, brand: str, product: str, label: str, source: str | None) -> NewImage:
+    return NewImage(
+        brand, product, label, decoded.sha256, decoded.media_type, decoded.width, decoded.height, source,
+        perceptual_hash(decoded.image),
+    )  # fmt: skip

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 Verdict = Literal["likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog"]
@@ -25,13 +25,7 @@ class Match:
     similarity: float
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "image_id": self.image_id,
-            "brand": self.brand,
-            "product": self.product,
-            "label": self.label,
-            "similarity": round(self.similarity, 6),
-        }
+        return {**asdict(self), "similarity": round(self.similarity, 6)}
 
 
 @dataclass(frozen=True)
@@ -43,13 +37,7 @@ class NearDuplicate:
     distance: int
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "image_id": self.image_id,
-            "brand": self.brand,
-            "product": self.product,
-            "label": self.label,
-            "distance": self.distance,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)

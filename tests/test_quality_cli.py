@@ -75,6 +75,8 @@ def test_evaluate_reports_every_figure(tmp_path: Path, sets: dict[str, Path]) ->
     for key in ("roc_auc", "pr_auc", "product_recall_at_1", "unrelated_not_in_catalog_rate"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["product_recall_at_1"] <= metrics["product_recall_at_5"]
+    lines = (data_dir / "report" / "records.jsonl").read_text().splitlines()
+    assert len(lines) == metrics["n_queries"] and {"truth", "score", "matches"} <= set(json.loads(lines[0]))
     for name in ("metrics.json", "report.html", "roc.png", "score_histograms.png", "reliability.png", "confusion.png"):
         assert (data_dir / "report" / name).is_file(), name
     assert json.loads((data_dir / "report" / "metrics.json").read_text())["n_queries"] == metrics["n_queries"]

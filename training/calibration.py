@@ -25,7 +25,7 @@ from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -53,6 +53,7 @@ def fit_calibrator(
     target_fpr: float = 0.01,
     target_miss_rate: float = 0.05,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Fit Platt and isotonic calibrators, keep the one with the lower cross-validated log-loss, derive thresholds.
 
@@ -62,11 +63,18 @@ def fit_calibrator(
     `target_miss_rate` of fakes would be cleared (`NEVER_CLEAR`, just below 0, when none is). When they cross, both
     targets can be met without a review band: the boundary goes midway between them, with `likely_authentic` one
     float below it. Raises ValueError on fewer than MIN_ROWS rows or MIN_PER_CLASS of either class.
+    With `groups` (e.g. photo sessions), folds keep each group whole, so near-copies cannot flatter the held-out fit.
     """
     x, y, names = _validated(features, feature_names, is_counterfeit, score_feature, target_fpr, target_miss_rate)
     score = names.index(score_feature)
     oof = {method: np.empty(len(y)) for method in METHODS}
-    for train, test in StratifiedKFold(N_FOLDS, shuffle=True, random_state=seed).split(x, y):
+    grouped = groups is not None and len(set(groups)) >= N_FOLDS
+    if grouped:
+        assert groups is not None
+        folds = StratifiedGroupKFold(N_FOLDS, shuffle=True, random_state=seed).split(x, y, np.asarray(groups))
+    else:
+        folds = StratifiedKFold(N_FOLDS, shuffle=True, random_state=seed).split(x, y)
+    for train, test in folds:
         oof["platt"][test] = _fit_platt(x[train], y[train]).predict_proba(x[test])[:, 1]
         oof["isotonic"][test] = _fit_isotonic(x[train, score], y[train]).predict(x[test, score])
     clipped = {m: np.clip(p, PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP) for m, p in oof.items()}
@@ -95,6 +103,7 @@ def fit_calibrator(
             "n": len(y),
             "n_counterfeit": int(y.sum()),
             "n_folds": N_FOLDS,
+            "folds": "by group" if grouped else "by row",
             "cv_log_loss": losses,
             "cv_brier": briers,
             "target_fpr": target_fpr,
