@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from embeddings import DecodedImage, ImageEmbedder, ImageRejected, VectorIndex, decode_image, load_embedder
+from embeddings import DecodedImage, ImageEmbedder, ImageRejected, ModelSpec, VectorIndex, decode_image, load_embedder
 from embeddings.perceptual_hash import perceptual_hash
 from reference_catalog import LABELS, BlobStore, CatalogRepository, ImageRef, NewImage, create_catalog_engine
 from reference_catalog.repository import DuplicateLabelConflict
@@ -22,6 +22,7 @@ from service.calibration import CalibratorError, LoadedCalibrator, calibrator_pa
 from service.config import Settings
 from service.errors import RequestRejected
 from service.feedback import FeedbackStore
+from service.model_registry import ModelRegistry
 from service.near_duplicates import NearDuplicateTable
 from service.scan_records import ScanRecordStore, new_scan_id
 from service.scoring import FEATURES, Match, NearDuplicate, PhotoEvidence, ScoringParams, photo_risk, score_listing
@@ -31,6 +32,16 @@ log = logging.getLogger(__name__)
 ACCEPTED_CONTENT_TYPES = {"image/jpeg", "image/png", "image/webp", "image/jpg", "application/octet-stream", ""}
 DEFAULT_MATCH_THRESHOLD = 0.5
 MAX_NAME_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """The model a scan runs on, with its index, calibrator and scoring parameters."""
+
+    embedder: ImageEmbedder
+    index: VectorIndex
+    calibrator: LoadedCalibrator | None
+    scoring: ScoringParams
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,6 @@ def clean_name(value: str | None, field: str) -> str:
 class ScanEngine:
     def __init__(self, settings: Settings, embedder: ImageEmbedder) -> None:
         self.settings = settings
-        self.embedder = embedder
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = create_catalog_engine(settings.resolved_database_url)
         self.catalog = CatalogRepository(self.db)
@@ -78,136 +88,216 @@ class ScanEngine:
         self.feedback = FeedbackStore(self.db)
         self.blobs = BlobStore(settings.blob_dir)
         self.scan_photos = BlobStore(settings.data_dir / "scan_photos")
-        self.index = VectorIndex(embedder.info.dim, embedder.info.fingerprint)
+        self.registry = ModelRegistry(settings.data_dir)
         self.near_duplicates = NearDuplicateTable()
-        self.calibrator: LoadedCalibrator | None = None
+        # Everything a scan needs from the model, replaced as one value so that a switch is atomic.
+        self.model = ServingModel(
+            embedder, VectorIndex(embedder.info.dim, embedder.info.fingerprint), None, self._scoring_for(embedder)
+        )
         self._refs: dict[int, ImageRef] = {}
         self._scopes: dict[tuple[str | None, str | None], tuple[int, np.ndarray]] = {}
         self._generation = 0
         self._write_lock = threading.RLock()
         self._dirty = False
-        threshold = settings.match_threshold
-        if threshold is None:
-            threshold = embedder.default_match_threshold or DEFAULT_MATCH_THRESHOLD
-        self.scoring = ScoringParams(
-            match_threshold=threshold,
-            counterfeit_threshold=settings.counterfeit_threshold,
-            authentic_threshold=settings.authentic_threshold,
-            vote_temperature=settings.vote_temperature,
-        )
 
     @classmethod
     def open(cls, settings: Settings, show_progress: bool = False) -> ScanEngine:
-        """Load the model, the catalog and the index, repairing or rebuilding the index if it is stale."""
-        embedder = load_embedder(settings.model_spec(), settings.export_dir)
+        """Load the model (the activated one, if any), the catalog and the index, repairing a stale index."""
+        active = ModelRegistry(settings.data_dir).active()
+        spec = active.spec(settings.model_spec()) if active else settings.model_spec()
+        if active:
+            log.warning("serving %s, activated %s (%s); the model settings apply again after `model rollback` "
+                        "past it or removing that file", active.weights, active.activated_at,
+                        settings.data_dir / "models" / "active.json")  # fmt: skip
+        embedder = load_embedder(spec, settings.export_dir)
         engine = cls(settings, embedder)
         engine.sync_index(show_progress)
         engine.refresh_calibrator()
         return engine
 
+    def _scoring_for(self, embedder: ImageEmbedder) -> ScoringParams:
+        threshold = self.settings.match_threshold
+        if threshold is None:
+            threshold = embedder.default_match_threshold or DEFAULT_MATCH_THRESHOLD
+        return ScoringParams(
+            match_threshold=threshold,
+            counterfeit_threshold=self.settings.counterfeit_threshold,
+            authentic_threshold=self.settings.authentic_threshold,
+            vote_temperature=self.settings.vote_temperature,
+        )
+
+    @property
+    def embedder(self) -> ImageEmbedder:
+        return self.model.embedder
+
+    @property
+    def index(self) -> VectorIndex:
+        return self.model.index
+
+    @property
+    def scoring(self) -> ScoringParams:
+        return self.model.scoring
+
+    @property
+    def calibrator(self) -> LoadedCalibrator | None:
+        return self.model.calibrator
+
+    @calibrator.setter
+    def calibrator(self, calibrator: LoadedCalibrator | None) -> None:
+        self.model = replace(self.model, calibrator=calibrator)
+
     # --- calibration ----------------------------------------------------------------------------------------
+    def calibrator_path_for(self, fingerprint: str) -> Path:
+        return calibrator_path(self.settings.data_dir / "calibration", fingerprint)
+
     @property
     def calibrator_path(self) -> Path:
-        return calibrator_path(self.settings.data_dir / "calibration", self.embedder.info.fingerprint)
+        return self.calibrator_path_for(self.embedder.info.fingerprint)
 
-    def refresh_calibrator(self) -> None:
-        """Load (or reload, when the file changed) the calibrator fitted for this model; keep the old one on error."""
-        path = self.calibrator_path
-        current = self.calibrator
-        if current is not None and path.is_file() and path.stat().st_mtime == current.mtime:
-            return
+    def _load_calibrator(self, fingerprint: str) -> LoadedCalibrator | None:
         try:
-            self.calibrator = load_calibrator(path, self.embedder.info.fingerprint, FEATURES)
+            return load_calibrator(self.calibrator_path_for(fingerprint), fingerprint, FEATURES)
         except CalibratorError as exc:
             log.error("not using calibrator: %s", exc)
-        if self.calibrator is not None and self.calibrator is not current:
-            log.info("risk is calibrated (%s, fitted %s)", self.calibrator.spec["method"], self.calibrator.spec.get("fitted_at"))
+            return None
+
+    def refresh_calibrator(self) -> None:
+        """Load (or reload, when the file changed) the calibrator fitted for this model."""
+        model = self.model
+        path = self.calibrator_path_for(model.embedder.info.fingerprint)
+        current = model.calibrator
+        if current is not None and path.is_file() and path.stat().st_mtime == current.mtime:
+            return
+        calibrator = self._load_calibrator(model.embedder.info.fingerprint)
+        if calibrator is None and current is not None and path.is_file():
+            return  # keep the one that works rather than a broken replacement
+        with self._write_lock:
+            if self.model.embedder is model.embedder:
+                self.calibrator = calibrator
+        if calibrator is not None and calibrator is not current:
+            log.info("risk is calibrated (%s, fitted %s)", calibrator.spec["method"], calibrator.spec.get("fitted_at"))
+
+    # --- models: prepare in the background, switch atomically -----------------------------------------------
+    def prepare(self, spec: ModelSpec, show_progress: bool = False) -> ServingModel:
+        """Load a model and build its index from the catalog (stored vectors, embedding what is missing).
+
+        Runs beside the serving model; `activate` then switches to it. Raises ModelLoadError.
+        """
+        embedder = load_embedder(spec, self.settings.export_dir)
+        index = self._load_saved_index(embedder) or VectorIndex(embedder.info.dim, embedder.info.fingerprint)
+        with self._write_lock:
+            revision, refs = self.catalog.revision(), dict(self._refs)
+        self._repair(index, embedder, refs, revision, show_progress)
+        index.save(self.index_path_for(embedder.info.fingerprint))
+        return ServingModel(embedder, index, self._load_calibrator(embedder.info.fingerprint), self._scoring_for(embedder))
+
+    def activate(self, model: ServingModel) -> None:
+        """Switch to a prepared model: catch up with catalog writes made meanwhile, then swap in one assignment."""
+        with self._write_lock:
+            self._repair(model.index, model.embedder, dict(self._refs), self.catalog.revision(), False)
+            self.save_index_if_dirty()
+            self.model = model
+            self._dirty = True
+            self.save_index()
+        log.info("now serving %s with index %s", model.embedder.info.short_id, model.index.version)
 
     # --- index lifecycle ------------------------------------------------------------------------------------
+    def index_path_for(self, fingerprint: str) -> Path:
+        return self.settings.index_dir / f"{fingerprint[:16]}.faiss"
+
     @property
     def index_path(self) -> Path:
-        return self.settings.index_dir / f"{self.embedder.info.fingerprint[:16]}.faiss"
+        return self.index_path_for(self.embedder.info.fingerprint)
 
     def sync_index(self, show_progress: bool = False) -> None:
         """Make the in-memory index agree with the catalog: load the saved one, then add/drop what differs."""
-        info = self.embedder.info
         with self._write_lock:
+            embedder = self.embedder
             revision = self.catalog.revision()
-            index = self._load_saved_index()
-            refs = self.catalog.all_images()
-            self._refs = {ref.key: ref for ref in refs}
+            self._refs = {ref.key: ref for ref in self.catalog.all_images()}
             self._catalog_changed()
             self._sync_hashes()
-            if index is not None and index.revision == revision and set(index.ids().tolist()) == set(self._refs):
-                self.index = index
-                return
-            index = index or VectorIndex(info.dim, info.fingerprint)
-            catalog_keys = set(self._refs)
-            indexed = set(index.ids().tolist())
-            index.remove(np.fromiter(indexed - catalog_keys, dtype=np.int64))
-            missing = catalog_keys - indexed
-            keys, vectors = self.catalog.stored_vectors(info.fingerprint, info.dim)
-            if len(keys):
-                keep = np.isin(keys, np.fromiter(missing, dtype=np.int64))
-                index.add(keys[keep], vectors[keep])
-            to_embed = sorted(missing - set(keys.tolist()))
-            if to_embed:
-                log.info("embedding %d catalog images with %s", len(to_embed), info.short_id)
-                self._embed_stored(index, [self._refs[k] for k in to_embed], show_progress)
-            index.revision = revision
-            self.index = index
-            self.save_index()
+            saved = self._load_saved_index(embedder)
+            index = saved or VectorIndex(embedder.info.dim, embedder.info.fingerprint)
+            changed = self._repair(index, embedder, self._refs, revision, show_progress)
+            self.model = replace(self.model, index=index)
+            if changed or saved is None:
+                self.save_index()
+
+    def _repair(
+        self, index: VectorIndex, embedder: ImageEmbedder, refs: dict[int, ImageRef], revision: int, show_progress: bool
+    ) -> bool:
+        """Drop vectors of deleted images, add stored ones, embed the rest; returns whether anything changed."""
+        catalog_keys = set(refs)
+        indexed = set(index.ids().tolist())
+        if index.revision == revision and indexed == catalog_keys:
+            return False
+        info = embedder.info
+        index.remove(np.fromiter(indexed - catalog_keys, dtype=np.int64))
+        missing = catalog_keys - indexed
+        keys, vectors = self.catalog.stored_vectors(info.fingerprint, info.dim)
+        if len(keys):
+            keep = np.isin(keys, np.fromiter(missing, dtype=np.int64))
+            index.add(keys[keep], vectors[keep])
+        to_embed = sorted(missing - set(keys.tolist()))
+        if to_embed:
+            log.info("embedding %d catalog images with %s", len(to_embed), info.short_id)
+            self._embed_stored(embedder, index, [refs[k] for k in to_embed], show_progress)
+        index.revision = revision
+        return True
 
     def _sync_hashes(self) -> None:
         """Load perceptual hashes, computing those missing (catalogs written before hashes existed)."""
         keys, hashes = self.catalog.perceptual_hashes()
         missing = sorted(set(self._refs) - set(keys.tolist()))
         if missing:
-            computed = [perceptual_hash(self._decode_stored(self._refs[k])) for k in missing]
+            computed = [perceptual_hash(self._decode_stored(self._refs[k], None)) for k in missing]
             self.catalog.store_hashes(missing, computed)
             keys, hashes = self.catalog.perceptual_hashes()
         self.near_duplicates.replace(keys, hashes)
 
-    def _load_saved_index(self) -> VectorIndex | None:
-        if not self.index_path.is_file():
+    def _load_saved_index(self, embedder: ImageEmbedder) -> VectorIndex | None:
+        path = self.index_path_for(embedder.info.fingerprint)
+        if not path.is_file():
             return None
         try:
-            index = VectorIndex.load(self.index_path)
+            index = VectorIndex.load(path)
         except (OSError, ValueError, RuntimeError) as exc:
-            log.warning("ignoring unreadable index file %s: %s", self.index_path, exc)
+            log.warning("ignoring unreadable index file %s: %s", path, exc)
             return None
-        if index.fingerprint != self.embedder.info.fingerprint or index.dim != self.embedder.info.dim:
+        if index.fingerprint != embedder.info.fingerprint or index.dim != embedder.info.dim:
             return None
         return index
 
-    def _embed_stored(self, index: VectorIndex, refs: Sequence[ImageRef], show_progress: bool) -> None:
+    def _embed_stored(self, embedder: ImageEmbedder, index: VectorIndex, refs: Sequence[ImageRef], show_progress: bool) -> None:
         step = 64
         bar = tqdm(total=len(refs), desc="embedding catalog", unit="img", disable=not show_progress)
         for start in range(0, len(refs), step):
             chunk = refs[start : start + step]
-            images = [self._decode_stored(ref) for ref in chunk]
-            vectors = self.embedder.embed_images(images)
+            images = [self._decode_stored(ref, embedder.input_size) for ref in chunk]
+            vectors = embedder.embed_images(images)
             keys = np.array([ref.key for ref in chunk], dtype=np.int64)
-            self.catalog.store_vectors(self.embedder.info.fingerprint, keys.tolist(), vectors)
+            self.catalog.store_vectors(embedder.info.fingerprint, keys.tolist(), vectors)
             index.add(keys, vectors)
             bar.update(len(chunk))
         bar.close()
 
-    def _decode_stored(self, ref: ImageRef) -> Image.Image:
-        return decode_image(self.blobs.get(ref.sha256), self.settings.image_limits(), self.embedder.input_size).image
+    def _decode_stored(self, ref: ImageRef, size: int | None) -> Image.Image:
+        return decode_image(self.blobs.get(ref.sha256), self.settings.image_limits(), size).image
 
     def rebuild_index(self, show_progress: bool = False) -> VectorIndex:
         """Re-embed every catalog image with the current model and replace the index."""
         with self._write_lock:
-            info = self.embedder.info
+            embedder = self.embedder
+            info = embedder.info
             self.catalog.drop_vectors(info.fingerprint)
             refs = self.catalog.all_images()
             index = VectorIndex(info.dim, info.fingerprint)
-            self._embed_stored(index, refs, show_progress)
+            self._embed_stored(embedder, index, refs, show_progress)
             index.revision = self.catalog.revision()
             self._refs = {ref.key: ref for ref in refs}
             self._catalog_changed()
-            self.index = index
+            self.model = replace(self.model, index=index)
             self.save_index()
             return index
 
@@ -223,11 +313,13 @@ class ScanEngine:
         return True
 
     # --- decoding -------------------------------------------------------------------------------------------
-    def decode(self, photo: PhotoInput) -> DecodedImage:
+    def decode(self, photo: PhotoInput, draft_size: int | None = None) -> DecodedImage:
+        """Check the declared type and decode; JPEGs decode straight to about `draft_size` (the model's input)."""
         declared = (photo.content_type or "").split(";")[0].strip().lower()
         if declared not in ACCEPTED_CONTENT_TYPES:
             raise ImageRejected(f"unsupported content type {declared!r}: send image/jpeg, image/png or image/webp", 415)
-        decoded = decode_image(photo.data, self.settings.image_limits(), self.embedder.input_size)
+        size = draft_size if draft_size is not None else self.embedder.input_size
+        decoded = decode_image(photo.data, self.settings.image_limits(), size)
         if declared.startswith("image/") and declared.replace("jpg", "jpeg") != decoded.media_type:
             raise ImageRejected(f"declared {declared} but the bytes are {decoded.format}", 415)
         return decoded
@@ -360,18 +452,19 @@ class ScanEngine:
         product = clean_name(product, "product") if product else None
         if listing_id is not None and len(listing_id) > MAX_NAME_LENGTH:
             raise RequestRejected(f"listing_id is longer than {MAX_NAME_LENGTH} characters", 422)
-        decoded = self._decode_listing(photos)
-        vectors = self.embedder.embed_images([d.image for d in decoded])
-        result = self.score_photos(vectors, decoded, brand, product, listing_id)
+        model = self.model  # one snapshot: a model switch meanwhile does not mix versions within this scan
+        decoded = self._decode_listing(photos, model.embedder.input_size)
+        vectors = model.embedder.embed_images([d.image for d in decoded])
+        result = self.score_photos(vectors, decoded, brand, product, listing_id, model)
         if record:
             self._record(result, photos)
         return result
 
-    def _decode_listing(self, photos: Sequence[PhotoInput]) -> list[DecodedImage]:
+    def _decode_listing(self, photos: Sequence[PhotoInput], draft_size: int) -> list[DecodedImage]:
         decoded: list[DecodedImage] = []
         for number, photo in enumerate(photos, start=1):
             try:
-                decoded.append(self.decode(photo))
+                decoded.append(self.decode(photo, draft_size))
             except ImageRejected as exc:
                 name = f" ({photo.filename})" if photo.filename else ""
                 raise ImageRejected(f"photo {number}{name}: {exc}", exc.status) from exc
@@ -385,6 +478,7 @@ class ScanEngine:
         A listing whose photo cannot be decoded yields its ImageRejected instead of a result.
         """
         results: list[dict[str, Any] | ImageRejected] = []
+        model = self.model
         bar = tqdm(total=sum(len(x) for x in listings), desc="scanning", unit="photo", disable=not show_progress)
         start = 0
         while start < len(listings):
@@ -396,17 +490,17 @@ class ScanEngine:
             decoded: list[list[DecodedImage] | ImageRejected] = []
             for photos in chunk:
                 try:
-                    decoded.append(self._decode_listing(photos))
+                    decoded.append(self._decode_listing(photos, model.embedder.input_size))
                 except ImageRejected as exc:
                     decoded.append(exc)
             flat = [d for item in decoded if not isinstance(item, ImageRejected) for d in item]
-            vectors = self.embedder.embed_images([d.image for d in flat])
+            vectors = model.embedder.embed_images([d.image for d in flat])
             offset = 0
             for item in decoded:
                 if isinstance(item, ImageRejected):
                     results.append(item)
                     continue
-                results.append(self.score_photos(vectors[offset : offset + len(item)], item, None, None, None))
+                results.append(self.score_photos(vectors[offset : offset + len(item)], item, None, None, None, model))
                 offset += len(item)
             bar.update(size)
             start += len(chunk)
@@ -414,9 +508,9 @@ class ScanEngine:
         return results
 
     def _evidence(
-        self, vectors: np.ndarray, phashes: Sequence[int], brand: str | None, product: str | None
+        self, index: VectorIndex, vectors: np.ndarray, phashes: Sequence[int], brand: str | None, product: str | None
     ) -> tuple[list[PhotoEvidence], str]:
-        index, refs = self.index, self._refs
+        refs = self._refs
         index_version = index.version
         scope = self._scope(brand, product)
         allowed = None if scope is None else set(scope.tolist())
@@ -443,17 +537,20 @@ class ScanEngine:
         brand: str | None,
         product: str | None,
         listing_id: str | None,
+        model: ServingModel | None = None,
     ) -> dict[str, Any]:
-        """Search, score and describe one listing whose photos are already embedded."""
-        evidence, index_version = self._evidence(vectors, [perceptual_hash(d.image) for d in decoded], brand, product)
-        calibrator = self.calibrator
-        score = score_listing(evidence, self.scoring, calibrator)
+        """Search, score and describe one listing whose photos were embedded by `model` (default: the current one)."""
+        model = model or self.model
+        phashes = [perceptual_hash(d.image) for d in decoded]
+        evidence, index_version = self._evidence(model.index, vectors, phashes, brand, product)
+        calibrator = model.calibrator
+        score = score_listing(evidence, model.scoring, calibrator)
         reasons = [reason.as_dict() for reason in score.reasons]
         scope_keys = self._scope(brand, product)
         if scope_keys is not None and len(scope_keys) == 0:
             scope = "/".join(x for x in (brand, product) if x)
             reasons.insert(0, {"code": "empty_scope", "message": f"the catalog has no reference images for {scope}"})
-        if self.embedder.info.random_weights:
+        if model.embedder.info.random_weights:
             reasons.insert(
                 0,
                 {
@@ -473,7 +570,7 @@ class ScanEngine:
             "features": {name: round(value, 6) for name, value in score.features.items()},
             "brand": brand,
             "product": product,
-            "model": self.embedder.info.as_dict(),
+            "model": model.embedder.info.as_dict(),
             "index_version": index_version,
             "images": [
                 {
@@ -500,7 +597,7 @@ class ScanEngine:
             for image, photo in zip(result["images"], photos, strict=True):
                 self.scan_photos.put(image["sha256"], photo.data)
             result["photos_kept"] = True
-        self.scans.save(result, datetime.fromisoformat(result["created_at"]), self.embedder.info.fingerprint)
+        self.scans.save(result, datetime.fromisoformat(result["created_at"]), result["model"]["fingerprint"])
 
     # --- feedback --------------------------------------------------------------------------------------------
     def give_feedback(

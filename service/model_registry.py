@@ -1,0 +1,111 @@
+"""Which model the data directory serves: the active record, the history to roll back to, stored checkpoints.
+
+`<data_dir>/models/active.json` is written atomically; a running service watches it, so a model activated from the
+CLI (or rolled back) is switched to without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from embeddings import ModelSpec
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    pretrained: str | None
+    checkpoint: str | None
+    fingerprint: str
+    weights: str
+    activated_at: str
+
+    def spec(self, base: ModelSpec) -> ModelSpec:
+        """`base` (device, runtime, batch size…) with this record's model and weights."""
+        return replace(
+            base,
+            name=self.name,
+            pretrained=self.pretrained,
+            checkpoint=Path(self.checkpoint) if self.checkpoint else None,
+            allow_random_weights=base.allow_random_weights,
+        )
+
+    @classmethod
+    def of(cls, spec: ModelSpec, fingerprint: str, weights: str) -> ModelRecord:
+        return cls(
+            name=spec.name,
+            pretrained=spec.pretrained if spec.checkpoint is None else None,
+            checkpoint=str(spec.checkpoint) if spec.checkpoint else None,
+            fingerprint=fingerprint,
+            weights=weights,
+            activated_at=datetime.now(UTC).isoformat(),
+        )
+
+
+class NothingToRollBack(ValueError):
+    pass
+
+
+class ModelRegistry:
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / "models"
+        self.path = self.root / "active.json"
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            return {"active": None, "history": []}
+        data: dict[str, Any] = json.loads(self.path.read_text())
+        return data
+
+    def _write(self, data: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"active.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.path)
+
+    def active(self) -> ModelRecord | None:
+        record = self._read()["active"]
+        return ModelRecord(**record) if record else None
+
+    def history(self) -> list[ModelRecord]:
+        """Previously active models, most recent first (what `rollback` returns to)."""
+        return [ModelRecord(**record) for record in self._read()["history"]]
+
+    def record(self, new: ModelRecord) -> None:
+        """Make `new` the active model; the one it replaces goes to the front of the history."""
+        data = self._read()
+        if data["active"] and data["active"]["fingerprint"] != new.fingerprint:
+            data["history"].insert(0, data["active"])
+        data["active"] = asdict(new)
+        self._write(data)
+
+    def rollback(self) -> ModelRecord:
+        """Return to the previously active model."""
+        data = self._read()
+        if not data["history"]:
+            raise NothingToRollBack("no previous model to roll back to")
+        previous = data["history"].pop(0)
+        data["active"] = {**previous, "activated_at": datetime.now(UTC).isoformat()}
+        self._write(data)
+        return ModelRecord(**data["active"])
+
+    def store_checkpoint(self, path: Path) -> Path:
+        """Copy a checkpoint into the data directory (content-addressed), so the record outlives the training run."""
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        target = self.root / "checkpoints" / f"{digest.hexdigest()[:16]}{path.suffix or '.pt'}"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+            shutil.copyfile(path, tmp)
+            tmp.replace(target)
+        return target.resolve()
