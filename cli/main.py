@@ -15,7 +15,7 @@ from cli.options import engine_options, scoring_options
 from cli.quality import calibrate, evaluate
 from embeddings import ModelLoadError
 from reference_catalog import ManifestError, read_manifest, write_manifest
-from service.engine import PhotoInput
+from service.engine import PhotoInput, serving_spec
 from service.errors import RequestRejected
 
 
@@ -157,18 +157,18 @@ def scan(photos: tuple[Path, ...], brand: str | None, product: str | None, listi
 
 @cli.group()
 def model() -> None:
-    """Inspect the configured model."""
+    """Inspect, activate and roll back models."""
 
 
 @model.command("info")
 @engine_options
 def model_info(**flags: Any) -> None:
-    """Load the configured model and print its fingerprint, dimension and runtime."""
+    """Load the served model (the activated one, else the settings') and print its fingerprint and runtime."""
     from embeddings import load_embedder
 
     settings = make_settings(**flags)
     try:
-        embedder = load_embedder(settings.model_spec(), settings.export_dir)
+        embedder = load_embedder(serving_spec(settings), settings.export_dir)
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(embedder.info.as_dict(), indent=2))
@@ -176,6 +176,72 @@ def model_info(**flags: Any) -> None:
 
 cli.add_command(evaluate)
 cli.add_command(calibrate)
+
+
+@model.command("activate")
+@click.argument(
+    "checkpoint_file", metavar="CHECKPOINT", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--to-model", help="Activate an open_clip architecture instead of a checkpoint (with --to-pretrained).")
+@click.option("--to-pretrained", help="Pretrained tag for --to-model.")
+@engine_options
+def model_activate(checkpoint_file: Path | None, to_model: str | None, to_pretrained: str | None, **flags: Any) -> None:
+    """Embed the catalog with another model into a new index, then make it the active model.
+
+    A service running on the same data directory switches to it within a few seconds, without downtime.
+    """
+    from dataclasses import replace
+
+    from service.model_registry import ModelRecord
+
+    if (checkpoint_file is None) == (to_model is None):
+        raise click.UsageError("give a CHECKPOINT or --to-model (with --to-pretrained)")
+    settings = make_settings(**flags)
+    with open_engine(settings) as engine:
+        base = engine.embedder.spec
+        if checkpoint_file is not None:
+            spec = replace(base, checkpoint=engine.registry.store_checkpoint(checkpoint_file))
+        else:
+            spec = replace(base, name=str(to_model), pretrained=to_pretrained or None, checkpoint=None)
+        try:
+            prepared = engine.prepare(spec, show_progress=sys.stderr.isatty())
+        except ModelLoadError as exc:
+            raise click.ClickException(str(exc)) from exc
+        info = prepared.embedder.info
+        previous = engine.embedder.info
+        replacing = ModelRecord.of(engine.embedder.spec, previous.fingerprint, previous.weights)
+        engine.registry.record(ModelRecord.of(spec, info.fingerprint, info.weights), replacing)
+    click.echo(json.dumps({"active": info.as_dict(), "index_version": prepared.index.version,
+                           "index_size": len(prepared.index), "previous": previous.as_dict()}, indent=2))  # fmt: skip
+
+
+@model.command("list")
+@engine_options
+def model_list(**flags: Any) -> None:
+    """The active model and the ones `rollback` can return to, most recent first."""
+    from dataclasses import asdict
+
+    from service.model_registry import ModelRegistry
+
+    registry = ModelRegistry(make_settings(**flags).data_dir)
+    active = registry.active()
+    click.echo(json.dumps({"active": asdict(active) if active else None,
+                           "history": [asdict(record) for record in registry.history()]}, indent=2))  # fmt: skip
+
+
+@model.command("rollback")
+@engine_options
+def model_rollback(**flags: Any) -> None:
+    """Make the previously active model active again (a running service follows)."""
+    from dataclasses import asdict
+
+    from service.model_registry import ModelRegistry, NothingToRollBack
+
+    try:
+        record = ModelRegistry(make_settings(**flags).data_dir).rollback()
+    except NothingToRollBack as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps({"active": asdict(record)}, indent=2))
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from embeddings import ImageRejected
-from service.api.routes import catalog, health, scan, scans
+from service.api.routes import admin, catalog, health, scan, scans
 from service.config import Settings
 from service.engine import ScanEngine
 from service.errors import RequestRejected, ServiceNotReady
@@ -65,6 +65,6 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
     async def _not_ready(_: Request, exc: ServiceNotReady) -> JSONResponse:
         return JSONResponse({"detail": f"service not ready: {exc}"}, status_code=503, headers={"Retry-After": "5"})
 
-    for router in (health.router, scan.router, scans.router, catalog.router):
+    for router in (health.router, scan.router, scans.router, catalog.router, admin.router):
         app.include_router(router)
     return app

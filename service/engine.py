@@ -104,7 +104,7 @@ class ScanEngine:
     def open(cls, settings: Settings, show_progress: bool = False) -> ScanEngine:
         """Load the model (the activated one, if any), the catalog and the index, repairing a stale index."""
         active = ModelRegistry(settings.data_dir).active()
-        spec = active.spec(settings.model_spec()) if active else settings.model_spec()
+        spec = serving_spec(settings)
         if active:
             log.warning("serving %s, activated %s (%s); the model settings apply again after `model rollback` "
                         "past it or removing that file", active.weights, active.activated_at,
@@ -652,6 +652,12 @@ class ScanEngine:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
+
+
+def serving_spec(settings: Settings) -> ModelSpec:
+    """The model a data directory serves: the activated one if any (model activate/rollback), else the settings'."""
+    active = ModelRegistry(settings.data_dir).active()
+    return active.spec(settings.model_spec()) if active else settings.model_spec()
 
 
 def _new_image(decoded: DecodedImage, brand: str, product: str, label: str, source: str | None) -> NewImage:

@@ -78,11 +78,16 @@ class ModelRegistry:
         """Previously active models, most recent first (what `rollback` returns to)."""
         return [ModelRecord(**record) for record in self._read()["history"]]
 
-    def record(self, new: ModelRecord) -> None:
-        """Make `new` the active model; the one it replaces goes to the front of the history."""
+    def record(self, new: ModelRecord, replacing: ModelRecord | None = None) -> None:
+        """Make `new` the active model; the one it replaces goes to the front of the history.
+
+        `replacing` names the model served until now when the registry has none yet (the settings' model), so that
+        the first activation can be rolled back too.
+        """
         data = self._read()
-        if data["active"] and data["active"]["fingerprint"] != new.fingerprint:
-            data["history"].insert(0, data["active"])
+        previous = data["active"] or (asdict(replacing) if replacing else None)
+        if previous and previous["fingerprint"] != new.fingerprint:
+            data["history"].insert(0, previous)
         data["active"] = asdict(new)
         self._write(data)
 

@@ -8,6 +8,7 @@ import threading
 from service.config import Settings
 from service.engine import ScanEngine
 from service.errors import ServiceNotReady
+from service.model_switch import ModelSwitcher
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +18,7 @@ class ServiceRuntime:
         self.settings = settings
         self.engine = engine
         self.error: str | None = None
+        self.switcher = ModelSwitcher()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -50,8 +52,9 @@ class ServiceRuntime:
                 try:
                     engine.save_index_if_dirty()
                     engine.refresh_calibrator()
-                except OSError:
-                    log.exception("could not save the index; will retry")
+                    self.switcher.follow_registry(engine)
+                except (OSError, ValueError):
+                    log.exception("periodic upkeep failed (index save, calibrator, model registry); will retry")
 
     def require_engine(self) -> ScanEngine:
         if self.engine is None:

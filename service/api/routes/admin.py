@@ -1,0 +1,70 @@
+"""Model rollout: see what is served, activate another model without downtime, roll back."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import EngineDep, RuntimeDep
+from service.errors import RequestRejected
+from service.model_registry import NothingToRollBack
+from service.model_switch import SwitchBusy
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+class ActivateIn(BaseModel):
+    checkpoint: str | None = Field(None, max_length=1000, description="Checkpoint file on the server (e.g. from train).")
+    model: str | None = Field(None, max_length=200, description="open_clip architecture, with `pretrained`.")
+    pretrained: str | None = Field(None, max_length=200)
+
+
+@router.get("/model")
+async def model_status(runtime: RuntimeDep, engine: EngineDep) -> dict[str, Any]:
+    """The model and index being served, the registry (active and history) and the state of the last switch."""
+    registry = engine.registry
+    return {
+        "serving": engine.embedder.info.as_dict(),
+        "index_version": engine.index.version,
+        "calibrated": engine.calibrator is not None,
+        "active": registry.active(),
+        "history": registry.history(),
+        "switch": runtime.switcher.snapshot(),
+    }
+
+
+@router.post("/model/activate", status_code=202)
+async def activate(body: ActivateIn, runtime: RuntimeDep, engine: EngineDep) -> dict[str, Any]:
+    """Re-embed the catalog with another model in the background, then switch to it atomically."""
+    base = engine.settings.model_spec()
+    if body.checkpoint:
+        path = Path(body.checkpoint)
+        if not path.is_file():
+            raise RequestRejected(f"no checkpoint file {body.checkpoint!r} on the server", 422)
+        stored = await run_in_threadpool(engine.registry.store_checkpoint, path)
+        spec = replace(base, checkpoint=stored)
+    elif body.model:
+        spec = replace(base, name=body.model, pretrained=body.pretrained, checkpoint=None)
+    else:
+        raise RequestRejected("give a checkpoint, or a model with its pretrained tag", 422)
+    try:
+        return runtime.switcher.switch(engine, spec)
+    except SwitchBusy as exc:
+        raise RequestRejected(str(exc), 409) from exc
+
+
+@router.post("/model/rollback", status_code=202)
+async def rollback(runtime: RuntimeDep, engine: EngineDep) -> dict[str, Any]:
+    """Switch back to the previously active model."""
+    try:
+        record = await run_in_threadpool(engine.registry.rollback)
+        return runtime.switcher.switch(engine, record.spec(engine.settings.model_spec()), record=False)
+    except NothingToRollBack as exc:
+        raise RequestRejected(str(exc), 409) from exc
+    except SwitchBusy as exc:
+        raise RequestRejected(str(exc), 409) from exc

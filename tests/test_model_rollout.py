@@ -1,0 +1,149 @@
+"""Rolling a model out: prepare beside the serving one, switch atomically, follow the registry, roll back."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from cli.main import cli
+from embeddings import ModelSpec
+from embeddings.loading import load_visual, save_checkpoint
+from service.config import Settings
+from service.engine import PhotoInput, ScanEngine
+from service.model_registry import ModelRecord, ModelRegistry, NothingToRollBack
+from tests import imaging
+from tests.helpers import TINY_MODEL_FLAGS, add_reference, scan, tiny_settings
+
+
+@pytest.fixture
+def other_checkpoint(tmp_path: Path) -> Path:
+    """A tiny-model checkpoint with other weights than the serving one (seed 1 instead of 0)."""
+    loaded = load_visual(ModelSpec(name="cs-tiny-vit", pretrained=None, allow_random_weights=True, seed=1))
+    path = tmp_path / "other.pt"
+    save_checkpoint(path, "cs-tiny-vit", loaded, {"note": "test"})
+    return path
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_registry_records_history_and_rolls_back(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    assert registry.active() is None
+    with pytest.raises(NothingToRollBack):
+        registry.rollback()
+    first = ModelRecord("a", "x", None, "f" * 64, "a/x", "t1")
+    second = ModelRecord("b", None, "/c.pt", "e" * 64, "checkpoint:c.pt", "t2")
+    registry.record(first)
+    registry.record(second)
+    assert registry.active() == second and registry.history() == [first]
+    back = registry.rollback()
+    assert (back.fingerprint, registry.history()) == (first.fingerprint, [])
+
+
+def test_prepare_then_activate_catches_up_with_writes(engine: ScanEngine, other_checkpoint: Path) -> None:
+    first = engine.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "runner", "authentic").ref
+    old = engine.embedder.info.fingerprint
+    prepared = engine.prepare(ModelSpec(checkpoint=other_checkpoint))
+    assert engine.embedder.info.fingerprint == old  # still serving the old model
+    late = engine.add_reference(PhotoInput(imaging.jpeg(2)), "Acme", "runner", "counterfeit").ref  # written meanwhile
+    engine.activate(prepared)
+    assert engine.embedder.info.fingerprint == prepared.embedder.info.fingerprint != old
+    assert set(engine.index.ids().tolist()) == {first.key, late.key}
+    result = engine.scan([PhotoInput(imaging.jpeg(2))])
+    assert result["model"]["fingerprint"] == engine.embedder.info.fingerprint
+    assert result["images"][0]["matches"][0]["image_id"] == late.image_id
+    assert result["index_version"] == engine.index.version
+
+
+def test_http_activation_does_not_fail_concurrent_scans(
+    make_client: Callable[..., TestClient], settings: Settings, other_checkpoint: Path
+) -> None:
+    client = make_client(settings)
+    for seed in range(4):
+        add_reference(client, imaging.jpeg(seed), label="counterfeit" if seed % 2 else "authentic")
+    old = client.get("/v1/admin/model").json()["serving"]["fingerprint"]
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def keep_scanning() -> None:
+        while not stop.is_set():
+            response = client.post("/v1/scan", files=[("images", ("q.jpg", imaging.jpeg(1), "image/jpeg"))])
+            seen.append((response.status_code, response.json().get("model", {}).get("fingerprint", "")))
+
+    workers = [threading.Thread(target=keep_scanning) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        accepted = client.post("/v1/admin/model/activate", json={"checkpoint": str(other_checkpoint)})
+        assert accepted.status_code == 202 and accepted.json()["state"] == "preparing"
+        wait_for(lambda: client.get("/v1/admin/model").json()["switch"]["state"] != "preparing")
+        status = client.get("/v1/admin/model").json()
+        assert status["switch"]["state"] == "done", status["switch"]
+        new = status["serving"]["fingerprint"]
+        wait_for(lambda: any(fp == new for _, fp in seen))
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert new != old and status["active"]["fingerprint"] == new
+    assert {code for code, _ in seen} == {200}, "a scan failed during the switch"
+    assert {fp for _, fp in seen} <= {old, new}
+    assert scan(client, [imaging.jpeg(3)])["model"]["fingerprint"] == new
+    assert client.get("/readyz").json()["index_size"] == 4
+
+    rolled = client.post("/v1/admin/model/rollback")
+    assert rolled.status_code == 202
+    wait_for(lambda: client.get("/v1/admin/model").json()["switch"]["state"] == "done")
+    wait_for(lambda: client.get("/v1/admin/model").json()["serving"]["fingerprint"] == old)
+    assert client.post("/v1/admin/model/rollback").status_code == 409  # nothing older than the first model
+
+
+def test_bad_activations_are_refused(client: TestClient, tmp_path: Path) -> None:
+    assert client.post("/v1/admin/model/activate", json={}).status_code == 422
+    missing = client.post("/v1/admin/model/activate", json={"checkpoint": str(tmp_path / "nope.pt")})
+    assert missing.status_code == 422 and "no checkpoint file" in missing.json()["detail"]
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert client.post("/v1/admin/model/activate", json={"checkpoint": str(junk)}).status_code == 202
+    wait_for(lambda: client.get("/v1/admin/model").json()["switch"]["state"] != "preparing")
+    status: dict[str, Any] = client.get("/v1/admin/model").json()
+    assert status["switch"]["state"] == "failed" and "not a readable torch file" in status["switch"]["error"]
+    assert status["active"] is None
+    assert scan(client, [imaging.jpeg(1)])["model"]["architecture"] == "cs-tiny-vit"  # still serving
+
+
+def test_cli_activation_reaches_a_running_service(
+    make_client: Callable[..., TestClient], data_dir: Path, other_checkpoint: Path
+) -> None:
+    client = make_client(tiny_settings(data_dir, index_save_interval_s=0.05))
+    add_reference(client, imaging.jpeg(5))
+    old = client.get("/v1/admin/model").json()["serving"]["fingerprint"]
+
+    def run(*args: str) -> dict[str, Any]:
+        result = CliRunner().invoke(cli, [*args, *TINY_MODEL_FLAGS, "--data-dir", str(data_dir)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        body: dict[str, Any] = json.loads(result.stdout)
+        return body
+
+    activated = run("model", "activate", str(other_checkpoint))
+    new = activated["active"]["fingerprint"]
+    assert new != old and activated["index_size"] == 1
+    wait_for(lambda: client.get("/v1/admin/model").json()["serving"]["fingerprint"] == new)
+    listed = run("model", "list")
+    assert listed["active"]["fingerprint"] == new and listed["active"]["checkpoint"].startswith(str(data_dir))
+    assert run("model", "info")["fingerprint"] == new
+    run("model", "rollback")
+    wait_for(lambda: client.get("/v1/admin/model").json()["serving"]["fingerprint"] == old)
