@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from cli.common import make_settings, open_engine
+from cli.common import make_settings, open_catalog, open_engine
 from cli.options import engine_options, scoring_options
 from cli.quality import calibrate, evaluate
 from embeddings import ModelLoadError
@@ -76,7 +76,7 @@ def catalog_import(manifest: Path, split: str | None, **flags: Any) -> None:
             )
         )
     with open_engine(make_settings(**flags)) as engine:
-        summary = engine.import_rows(rows, show_progress=sys.stderr.isatty())
+        summary = engine.import_rows(rows, show_progress=sys.stderr.isatty(), actor="cli")
         engine.save_index()
         errors.extend(summary.errors or [])
         result = {
@@ -149,7 +149,7 @@ def scan(photos: tuple[Path, ...], brand: str | None, product: str | None, listi
     inputs = [PhotoInput(path.read_bytes(), path.name) for path in photos]
     with open_engine(make_settings(**flags)) as engine:
         try:
-            result = engine.scan(inputs, brand, product, listing_id)
+            result = engine.scan(inputs, brand, product, listing_id, actor="cli")
         except (RequestRejected, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(result, indent=2))
@@ -242,6 +242,52 @@ def model_rollback(**flags: Any) -> None:
     except NothingToRollBack as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"active": asdict(record)}, indent=2))
+
+
+@cli.group()
+def keys() -> None:
+    """API keys: admin (everything), brand (its brands' catalog, scans and feedback), scanner (scan only)."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice(["admin", "brand", "scanner"]), required=True)
+@click.option("--brand", "brands", multiple=True, help="A brand this key may manage (repeat for several); brand keys only.")
+@click.option("--name", default="", help="Who or what the key is for.")
+@engine_options
+def keys_create(role: str, brands: tuple[str, ...], name: str, **flags: Any) -> None:
+    """Create a key. The key is printed once and stored only as a hash: keep it."""
+    from reference_catalog import AuditEvent
+
+    with open_catalog(make_settings(**flags)) as (store, audit):
+        try:
+            record, token = store.create(role, list(brands), name)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+        audit.record(AuditEvent("cli", "key.create", record["key_id"], None, {"role": role, "brands": list(brands)}))
+    click.echo(json.dumps({**record, "key": token}, indent=2))
+
+
+@keys.command("list")
+@engine_options
+def keys_list(**flags: Any) -> None:
+    """Keys with their role, brands and state (never the secrets)."""
+    with open_catalog(make_settings(**flags)) as (store, _):
+        click.echo(json.dumps({"keys": store.list()}, indent=2))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@engine_options
+def keys_revoke(key_id: str, **flags: Any) -> None:
+    """Revoke a key at once (requests with it get 401)."""
+    from reference_catalog import AuditEvent
+
+    with open_catalog(make_settings(**flags)) as (store, audit):
+        record = store.revoke(key_id)
+        if record is None:
+            raise click.ClickException(f"no key {key_id!r}")
+        audit.record(AuditEvent("cli", "key.revoke", key_id, None, {}))
+    click.echo(json.dumps(record, indent=2))
 
 
 def main() -> None:

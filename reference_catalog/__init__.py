@@ -1,5 +1,6 @@
 """Reference catalog: brands, products and labelled reference images, with content-addressed blobs."""
 
+from reference_catalog.audit import AuditEvent, AuditLog
 from reference_catalog.blobs import BlobStore
 from reference_catalog.database import create_catalog_engine
 from reference_catalog.labels import LABELS, Label
@@ -8,6 +9,8 @@ from reference_catalog.repository import BrandSummary, CatalogRepository, ImageR
 
 __all__ = [
     "LABELS",
+    "AuditEvent",
+    "AuditLog",
     "BlobStore",
     "BrandSummary",
     "CatalogRepository",

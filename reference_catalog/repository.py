@@ -11,6 +11,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from reference_catalog.audit import AuditEvent
 from reference_catalog.models import Base, Brand, CatalogState, ImageEmbedding, ImageHash, Product, ReferenceImage
 
 
@@ -179,7 +180,9 @@ class CatalogRepository:
         return keys, vectors
 
     # --- writes ----------------------------------------------------------------------------------------------
-    def add_images(self, images: Sequence[NewImage], vectors: np.ndarray, fingerprint: str) -> list[ImageRef]:
+    def add_images(
+        self, images: Sequence[NewImage], vectors: np.ndarray, fingerprint: str, actor: str = "system"
+    ) -> list[ImageRef]:
         """Insert images with their vectors in one transaction; returns refs in input order.
 
         Raises DuplicateLabelConflict (nothing written) when a row repeats an image under another label.
@@ -210,7 +213,11 @@ class CatalogRepository:
                 session.add(ImageEmbedding(image_id=image.id, fingerprint=fingerprint, vector=_vector_bytes(vector)))
                 if new.phash is not None:
                     session.add(ImageHash(image_id=image.id, phash=new.phash))
-                refs.append(_ref(image))
+                ref = _ref(image)
+                AuditEvent(actor, "catalog.add", ref.image_id, ref.brand,
+                           {"product": ref.product, "label": ref.label, "sha256": ref.sha256, "source": ref.source}
+                           ).add_to(session)  # fmt: skip
+                refs.append(ref)
             self._bump_revision(session)
             return refs
 
@@ -236,7 +243,7 @@ class CatalogRepository:
         with self._sessions.begin() as session:
             session.execute(delete(ImageEmbedding).where(ImageEmbedding.fingerprint == fingerprint))
 
-    def delete_image(self, image_id: str) -> tuple[ImageRef, bool] | None:
+    def delete_image(self, image_id: str, actor: str = "system") -> tuple[ImageRef, bool] | None:
         """Delete one image; returns its ref and whether its blob is no longer referenced by any row."""
         with self._sessions.begin() as session:
             image = session.scalar(select(ReferenceImage).where(ReferenceImage.public_id == image_id))
@@ -247,6 +254,8 @@ class CatalogRepository:
             session.execute(delete(ImageHash).where(ImageHash.image_id == image.id))
             session.delete(image)
             session.flush()
+            AuditEvent(actor, "catalog.delete", ref.image_id, ref.brand,
+                       {"product": ref.product, "label": ref.label, "sha256": ref.sha256}).add_to(session)  # fmt: skip
             others = (
                 session.scalar(select(func.count()).select_from(ReferenceImage).where(ReferenceImage.sha256 == ref.sha256)) or 0
             )

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from embeddings import ImageRejected
-from service.api.routes import admin, catalog, health, scan, scans
+from service.api.routes import admin, audit, catalog, health, scan, scans
 from service.config import Settings
 from service.engine import ScanEngine
 from service.errors import RequestRejected, ServiceNotReady
@@ -44,13 +44,13 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
     app.state.runtime = runtime
     app.state.metrics = metrics
 
-    def reject(status: int, detail: object) -> JSONResponse:
+    def reject(status: int, detail: object, headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.rejected.labels(str(status)).inc()
-        return JSONResponse({"detail": detail}, status_code=status)
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestRejected)
     async def _rejected(_: Request, exc: RequestRejected) -> JSONResponse:
-        return reject(exc.status, exc.detail)
+        return reject(exc.status, exc.detail, exc.headers)
 
     @app.exception_handler(ImageRejected)
     async def _image_rejected(_: Request, exc: ImageRejected) -> JSONResponse:
@@ -65,6 +65,6 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
     async def _not_ready(_: Request, exc: ServiceNotReady) -> JSONResponse:
         return JSONResponse({"detail": f"service not ready: {exc}"}, status_code=503, headers={"Retry-After": "5"})
 
-    for router in (health.router, scan.router, scans.router, catalog.router, admin.router):
+    for router in (health.router, scan.router, scans.router, catalog.router, admin.router, audit.router):
         app.include_router(router)
     return app

@@ -49,10 +49,23 @@ class Settings(BaseSettings):
     target_fpr: float = Field(0.01, gt=0, lt=1, description="Max false-positive rate of likely_counterfeit.")
     target_miss_rate: float = Field(0.05, gt=0, lt=1, description="Max share of fakes answered likely_authentic.")
 
+    # Access
+    auth_disabled: bool = Field(False, description="Local demos only: every request acts as admin, with no API key.")
+
     # Serving
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     index_save_interval_s: float = Field(5.0, gt=0, description="How often a changed index is written to disk.")
+
+    # Throughput: micro-batching of /v1/scan, decoding threads, backpressure (see service/batching.py)
+    batch_max_size: int = Field(16, ge=1, le=1024, description="Most photos of concurrent scans run as one model batch.")
+    batch_max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long the first photo of a batch waits for others (no wait when busy)."
+    )
+    queue_max_photos: int = Field(256, ge=1, description="Photos admitted and not yet answered; beyond it: 429.")
+    retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a 429 when the queue is full.")
+    decode_workers: int = Field(0, ge=0, le=256, description="Image decoding threads; 0: one per CPU core.")
+    torch_compile: bool = Field(False, description="GPU runtime: compile the model with torch.compile (slow start).")
     log_level: str = "info"
 
     @property

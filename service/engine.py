@@ -15,9 +15,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from embeddings import DecodedImage, ImageEmbedder, ImageRejected, ModelSpec, VectorIndex, decode_image, load_embedder
+from embeddings.index import IndexHit
 from embeddings.perceptual_hash import perceptual_hash
-from reference_catalog import LABELS, BlobStore, CatalogRepository, ImageRef, NewImage, create_catalog_engine
+from reference_catalog import LABELS, AuditLog, BlobStore, CatalogRepository, ImageRef, NewImage, create_catalog_engine
 from reference_catalog.repository import DuplicateLabelConflict
+from service.api_keys import ApiKeyStore
 from service.calibration import CalibratorError, LoadedCalibrator, calibrator_path, load_calibrator
 from service.config import Settings
 from service.errors import RequestRejected
@@ -86,6 +88,8 @@ class ScanEngine:
         self.catalog.create_schema()
         self.scans = ScanRecordStore(self.db)
         self.feedback = FeedbackStore(self.db)
+        self.keys = ApiKeyStore(self.db)
+        self.audit = AuditLog(self.db)
         self.blobs = BlobStore(settings.blob_dir)
         self.scan_photos = BlobStore(settings.data_dir / "scan_photos")
         self.registry = ModelRegistry(settings.data_dir)
@@ -325,7 +329,9 @@ class ScanEngine:
         return decoded
 
     # --- catalog writes ------------------------------------------------------------------------------------
-    def add_reference(self, photo: PhotoInput, brand: str, product: str, label: str, source: str | None = None) -> AddedImage:
+    def add_reference(
+        self, photo: PhotoInput, brand: str, product: str, label: str, source: str | None = None, actor: str = "system"
+    ) -> AddedImage:
         """Add one reference image; it is searchable when this returns. Nothing is written if it is rejected."""
         brand, product = clean_name(brand, "brand"), clean_name(product, "product")
         if label not in LABELS:
@@ -342,12 +348,12 @@ class ScanEngine:
                 return AddedImage(existing, False, self.index.version)
             vectors = self.embedder.embed_images([decoded.image])
             self.blobs.put(decoded.sha256, photo.data)
-            (ref,) = self._commit([new], vectors)
+            (ref,) = self._commit([new], vectors, actor)
             return AddedImage(ref, True, self.index.version)
 
-    def _commit(self, images: Sequence[NewImage], vectors: np.ndarray) -> list[ImageRef]:
-        """Write rows and vectors in one transaction, then make them searchable."""
-        refs = self.catalog.add_images(images, vectors, self.embedder.info.fingerprint)
+    def _commit(self, images: Sequence[NewImage], vectors: np.ndarray, actor: str) -> list[ImageRef]:
+        """Write rows, vectors and audit entries in one transaction, then make them searchable."""
+        refs = self.catalog.add_images(images, vectors, self.embedder.info.fingerprint, actor)
         fresh = [(i, ref) for i, ref in enumerate(refs) if ref.key not in self._refs]
         if fresh:
             rows = [i for i, _ in fresh]
@@ -362,7 +368,10 @@ class ScanEngine:
         return refs
 
     def import_rows(
-        self, rows: Sequence[tuple[str, PhotoInput, str, str, str, str | None]], show_progress: bool = False
+        self,
+        rows: Sequence[tuple[str, PhotoInput, str, str, str, str | None]],
+        show_progress: bool = False,
+        actor: str = "system",
     ) -> ImportSummary:
         """Import (row name, photo, brand, product, label, source) rows; bad rows are reported, good ones kept."""
         summary = ImportSummary(errors=[])
@@ -397,15 +406,15 @@ class ScanEngine:
                     vectors = self.embedder.embed_images([decoded.image for _, decoded, _ in batch])
                     for new, _, data in batch:
                         self.blobs.put(new.sha256, data)
-                    self._commit([new for new, _, _ in batch], vectors)
+                    self._commit([new for new, _, _ in batch], vectors, actor)
                     summary.added += len(batch)
             bar.update(min(step, len(rows) - start))
         bar.close()
         return summary
 
-    def delete_reference(self, image_id: str) -> ImageRef | None:
+    def delete_reference(self, image_id: str, actor: str = "system") -> ImageRef | None:
         with self._write_lock:
-            deleted = self.catalog.delete_image(image_id)
+            deleted = self.catalog.delete_image(image_id, actor)
             if deleted is None:
                 return None
             ref, blob_unused = deleted
@@ -441,8 +450,22 @@ class ScanEngine:
         product: str | None = None,
         listing_id: str | None = None,
         record: bool = True,
+        actor: str = "system",
     ) -> dict[str, Any]:
         """Scan one listing's photos against the catalog; returns (and records) the scan result."""
+        brand, product = self.check_scan(photos, brand, product, listing_id)
+        model = self.model  # one snapshot: a model switch meanwhile does not mix versions within this scan
+        decoded = self._decode_listing(photos, model.embedder.input_size)
+        vectors = model.embedder.embed_images([d.image for d in decoded])
+        result = self.score_photos(vectors, decoded, brand, product, listing_id, model)
+        if record:
+            self._record(result, photos, actor)
+        return result
+
+    def check_scan(
+        self, photos: Sequence[PhotoInput], brand: str | None, product: str | None, listing_id: str | None
+    ) -> tuple[str | None, str | None]:
+        """Validate a scan request before any work (photo count, names); returns the cleaned brand and product."""
         if not photos:
             raise RequestRejected("send at least one photo in the 'images' field", 400)
         limit = self.settings.max_photos_per_scan
@@ -452,13 +475,7 @@ class ScanEngine:
         product = clean_name(product, "product") if product else None
         if listing_id is not None and len(listing_id) > MAX_NAME_LENGTH:
             raise RequestRejected(f"listing_id is longer than {MAX_NAME_LENGTH} characters", 422)
-        model = self.model  # one snapshot: a model switch meanwhile does not mix versions within this scan
-        decoded = self._decode_listing(photos, model.embedder.input_size)
-        vectors = model.embedder.embed_images([d.image for d in decoded])
-        result = self.score_photos(vectors, decoded, brand, product, listing_id, model)
-        if record:
-            self._record(result, photos)
-        return result
+        return brand, product
 
     def _decode_listing(self, photos: Sequence[PhotoInput], draft_size: int) -> list[DecodedImage]:
         decoded: list[DecodedImage] = []
@@ -507,14 +524,26 @@ class ScanEngine:
         bar.close()
         return results
 
+    def search(
+        self, index: VectorIndex, vectors: np.ndarray, brand: str | None, product: str | None
+    ) -> tuple[list[list[IndexHit]], str]:
+        """One index search for photos that share a brand/product scope: top-k hits per row, and the index version."""
+        index_version = index.version
+        return index.search(vectors, self.settings.top_k, self._scope(brand, product)), index_version
+
     def _evidence(
-        self, index: VectorIndex, vectors: np.ndarray, phashes: Sequence[int], brand: str | None, product: str | None
+        self,
+        index: VectorIndex,
+        vectors: np.ndarray,
+        phashes: Sequence[int],
+        brand: str | None,
+        product: str | None,
+        searched: tuple[Sequence[Sequence[IndexHit]], str] | None = None,
     ) -> tuple[list[PhotoEvidence], str]:
         refs = self._refs
-        index_version = index.version
         scope = self._scope(brand, product)
         allowed = None if scope is None else set(scope.tolist())
-        hits = index.search(vectors, self.settings.top_k, scope)
+        hits, index_version = searched or self.search(index, vectors, brand, product)
         evidence = []
         for row, phash in zip(hits, phashes, strict=True):
             matches = [
@@ -538,11 +567,18 @@ class ScanEngine:
         product: str | None,
         listing_id: str | None,
         model: ServingModel | None = None,
+        phashes: Sequence[int] | None = None,
+        searched: tuple[Sequence[Sequence[IndexHit]], str] | None = None,
     ) -> dict[str, Any]:
-        """Search, score and describe one listing whose photos were embedded by `model` (default: the current one)."""
+        """Search, score and describe one listing whose photos were embedded by `model` (default: the current one).
+
+        `phashes` (the photos' perceptual hashes) and `searched` (`search`'s answer for `vectors`) may come precomputed,
+        as the micro-batcher computes them for many listings at once.
+        """
         model = model or self.model
-        phashes = [perceptual_hash(d.image) for d in decoded]
-        evidence, index_version = self._evidence(model.index, vectors, phashes, brand, product)
+        if phashes is None:
+            phashes = [perceptual_hash(d.image) for d in decoded]
+        evidence, index_version = self._evidence(model.index, vectors, phashes, brand, product, searched)
         calibrator = model.calibrator
         score = score_listing(evidence, model.scoring, calibrator)
         reasons = [reason.as_dict() for reason in score.reasons]
@@ -590,18 +626,25 @@ class ScanEngine:
             "photos_kept": False,
         }
 
-    def _record(self, result: dict[str, Any], photos: Sequence[PhotoInput]) -> None:
+    def _record(self, result: dict[str, Any], photos: Sequence[PhotoInput], actor: str = "system") -> None:
         """Store the scan; keep its photos when the policy says so, so that feedback can add them to the catalog."""
         policy = self.settings.keep_scan_photos
         if policy == "all" or (policy == "flagged" and result["verdict"] in ("likely_counterfeit", "needs_review")):
             for image, photo in zip(result["images"], photos, strict=True):
                 self.scan_photos.put(image["sha256"], photo.data)
             result["photos_kept"] = True
-        self.scans.save(result, datetime.fromisoformat(result["created_at"]), result["model"]["fingerprint"])
+        self.scans.save(result, datetime.fromisoformat(result["created_at"]), result["model"]["fingerprint"], actor)
 
     # --- feedback --------------------------------------------------------------------------------------------
     def give_feedback(
-        self, scan_id: str, verdict: str, note: str | None = None, brand: str | None = None, product: str | None = None
+        self,
+        scan_id: str,
+        verdict: str,
+        note: str | None = None,
+        brand: str | None = None,
+        product: str | None = None,
+        actor: str = "system",
+        allowed_brands: frozenset[str] | None = None,
     ) -> dict[str, Any]:
         """Record a reviewer's verdict; a confirmed counterfeit's photos join the catalog as known fakes at once."""
         record = self.scans.get(scan_id)
@@ -612,13 +655,21 @@ class ScanEngine:
         if verdict == "confirmed_counterfeit":
             with self._write_lock:  # check every photo first, so that a rejected request adds nothing
                 plan = [self._feedback_target(record, image, brand, product) for image in record["images"]]
+                outside = {b for _, b, _ in plan} - allowed_brands if allowed_brands is not None else set()
+                if outside:
+                    raise RequestRejected(f"this key may not add to the catalog of {', '.join(sorted(outside))}", 403)
                 for sha, target_brand, target_product in plan:
                     added_image = self.add_reference(
-                        PhotoInput(self.scan_photos.get(sha)), target_brand, target_product, "counterfeit", f"scan:{scan_id}"
+                        PhotoInput(self.scan_photos.get(sha)),
+                        target_brand,
+                        target_product,
+                        "counterfeit",
+                        f"scan:{scan_id}",
+                        actor,
                     )
                     added.append(added_image.ref.image_id)
                     index_version = added_image.index_version
-        return self.feedback.add(scan_id, verdict, note, added, index_version)
+        return self.feedback.add(scan_id, verdict, note, added, index_version, actor)
 
     def _feedback_target(
         self, record: dict[str, Any], image: dict[str, Any], brand: str | None, product: str | None

@@ -2,10 +2,11 @@
 
 
 class RequestRejected(ValueError):
-    def __init__(self, detail: str, status: int = 400) -> None:
+    def __init__(self, detail: str, status: int = 400, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.status = status
+        self.headers = headers
 
 
 class ServiceNotReady(RuntimeError):

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Engine, ForeignKey, String, select
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
+from reference_catalog import AuditEvent
 from service.scan_records import ScanRecordBase
 
 
@@ -28,7 +29,9 @@ class FeedbackStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         ScanRecordBase.metadata.create_all(engine)
 
-    def add(self, scan_id: str, verdict: str, note: str | None, added: list[str], index_version: str | None) -> dict[str, Any]:
+    def add(
+        self, scan_id: str, verdict: str, note: str | None, added: list[str], index_version: str | None, actor: str = "system"
+    ) -> dict[str, Any]:
         row = ScanFeedback(
             feedback_id="fb_" + secrets.token_urlsafe(12),
             scan_id=scan_id,
@@ -40,6 +43,8 @@ class FeedbackStore:
         )
         with self._sessions.begin() as session:
             session.add(row)
+            AuditEvent(actor, "feedback.create", scan_id, None,
+                       {"verdict": verdict, "note": note, "added_image_ids": added}).add_to(session)  # fmt: skip
         return _as_dict(row)
 
     def for_scan(self, scan_id: str) -> list[dict[str, Any]]:

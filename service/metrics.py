@@ -26,3 +26,38 @@ class ServiceMetrics:
         self.feedback = Counter(
             "counterfeit_scan_feedback_total", "Reviewer feedback, by verdict", ["verdict"], registry=self.registry
         )
+        # Micro-batching (service/batching.py)
+        self.queue_depth = Gauge(
+            "counterfeit_scan_queue_photos", "Photos admitted to the scan queue and not yet answered", registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "counterfeit_scan_batch_photos",
+            "Photos per model batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=self.registry,
+        )
+        latency = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+        self.queue_wait = Histogram(
+            "counterfeit_scan_queue_wait_seconds",
+            "Time a decoded listing waited for its model batch",
+            buckets=latency,
+            registry=self.registry,
+        )
+        self.decode_seconds = Histogram(
+            "counterfeit_scan_decode_seconds",
+            "Time to decode and preprocess one listing's photos",
+            buckets=latency,
+            registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "counterfeit_scan_inference_seconds", "Model forward time per batch", buckets=latency, registry=self.registry
+        )
+        self.search_seconds = Histogram(
+            "counterfeit_scan_search_seconds", "Index search time per batch", buckets=latency, registry=self.registry
+        )
+        self.finish_seconds = Histogram(
+            "counterfeit_scan_finish_seconds",
+            "Index search, scoring and recording of one batch's listings",
+            buckets=latency,
+            registry=self.registry,
+        )

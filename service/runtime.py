@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 
+from service.batching import ScanBatcher
 from service.config import Settings
 from service.engine import ScanEngine
 from service.errors import ServiceNotReady
+from service.metrics import ServiceMetrics
 from service.model_switch import ModelSwitcher
 
 log = logging.getLogger(__name__)
@@ -21,8 +23,15 @@ class ServiceRuntime:
         self.switcher = ModelSwitcher()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._batcher: ScanBatcher | None = None
+        self._batcher_lock = threading.Lock()
 
     def start(self) -> None:
+        if self.settings.auth_disabled:
+            log.warning("!" * 80)
+            log.warning("AUTHENTICATION IS DISABLED (COUNTERFEIT_SCAN_AUTH_DISABLED): every request acts as admin.")
+            log.warning("Use this for local demos only; never expose this service.")
+            log.warning("!" * 80)
         if self.engine is None:
             self._spawn(self._load, "engine-loader")
         self._spawn(self._save_periodically, "index-saver")
@@ -61,7 +70,21 @@ class ServiceRuntime:
             raise ServiceNotReady(self.error or "the model and index are still loading")
         return self.engine
 
+    def batcher(self, metrics: ServiceMetrics | None = None) -> ScanBatcher:
+        """The serving engine's micro-batcher (service/batching.py), started on first use."""
+        engine = self.require_engine()
+        with self._batcher_lock:
+            if self._stop.is_set():
+                raise ServiceNotReady("the service is shutting down")
+            if self._batcher is None:
+                self._batcher = ScanBatcher(engine, self.settings, metrics)
+            return self._batcher
+
     def stop(self) -> None:
         self._stop.set()
+        with self._batcher_lock:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
         if self.engine is not None:
             self.engine.close()

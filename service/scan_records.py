@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Engine, Float, String
+from sqlalchemy import JSON, Engine, Float, ForeignKey, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
@@ -28,6 +28,24 @@ class ScanRecord(ScanRecordBase):
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class ScanAccess(ScanRecordBase):
+    """Who may read a scan: the key that made it, and the brands it concerns (asked for, or matched first)."""
+
+    __tablename__ = "scan_access"
+    scan_id: Mapped[str] = mapped_column(ForeignKey("scan_records.scan_id"), primary_key=True)
+    created_by: Mapped[str] = mapped_column(String(80), index=True)
+    brands: Mapped[list[str]] = mapped_column(JSON)
+
+
+def concerned_brands(result: dict[str, Any]) -> list[str]:
+    """The brand a scan was restricted to, and the brands of each photo's closest matches."""
+    brands = {result["brand"]} if result.get("brand") else set()
+    for image in result["images"]:
+        brands.update(m["brand"] for m in image["matches"][:3])
+        brands.update(d["brand"] for d in image["near_duplicates"])
+    return sorted(brands)
+
+
 def new_scan_id() -> str:
     return "scan_" + secrets.token_urlsafe(16)
 
@@ -37,7 +55,7 @@ class ScanRecordStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         ScanRecordBase.metadata.create_all(engine)
 
-    def save(self, result: dict[str, Any], created_at: datetime, model_fingerprint: str) -> None:
+    def save(self, result: dict[str, Any], created_at: datetime, model_fingerprint: str, created_by: str = "system") -> None:
         record = ScanRecord(
             scan_id=result["scan_id"],
             listing_id=result.get("listing_id"),
@@ -51,6 +69,16 @@ class ScanRecordStore:
         )
         with self._sessions.begin() as session:
             session.add(record)
+            session.flush()
+            session.add(ScanAccess(scan_id=record.scan_id, created_by=created_by, brands=concerned_brands(result)))
+
+    def access(self, scan_id: str) -> tuple[str, list[str]] | None:
+        """(created_by, brands) of a scan, or None when there is no such scan."""
+        with self._sessions() as session:
+            row = session.get(ScanAccess, scan_id)
+            if row is not None:
+                return row.created_by, list(row.brands)
+            return ("system", []) if session.get(ScanRecord, scan_id) is not None else None
 
     def get(self, scan_id: str) -> dict[str, Any] | None:
         with self._sessions() as session:

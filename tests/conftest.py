@@ -91,8 +91,12 @@ def make_client(make_engine: Callable[[Settings], ScanEngine]) -> Iterator[Calla
     with ExitStack() as stack:
 
         def make(settings: Settings, engine: ScanEngine | None = None) -> TestClient:
+            """A client that sends an admin key (the auth tests make keys of other roles themselves)."""
             engine = engine or make_engine(settings)
-            return stack.enter_context(TestClient(create_app(settings, engine=engine)))
+            client = stack.enter_context(TestClient(create_app(settings, engine=engine)))
+            _, token = engine.keys.create("admin", [], "tests")
+            client.headers["Authorization"] = f"Bearer {token}"
+            return client
 
         yield make
 

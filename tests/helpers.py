@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from reference_catalog import create_catalog_engine
+from service.api_keys import ApiKeyStore
 from service.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +26,16 @@ TINY_MODEL_FLAGS = ["--model", "cs-tiny-vit", "--pretrained", "", "--allow-rando
 def tiny_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for the tiny registered open_clip config with seeded random weights (tests only)."""
     return Settings(**{**TINY_MODEL, "data_dir": data_dir, **overrides})
+
+
+def admin_token(settings: Settings) -> str:
+    """An admin API key in the data directory's database (for apps the fixtures do not build)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = create_catalog_engine(settings.resolved_database_url)
+    try:
+        return ApiKeyStore(db).create("admin", [], "tests")[1]
+    finally:
+        db.dispose()
 
 
 def sha256(data: bytes) -> str:

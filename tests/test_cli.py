@@ -24,6 +24,10 @@ from tests.helpers import TINY_MODEL_FLAGS, pick_sneakers, tiny_settings
 COLUMNS = ["path", "brand", "product", "label", "group", "split"]
 
 
+def auth(engine: ScanEngine) -> dict[str, str]:
+    return {"Authorization": f"Bearer {engine.keys.create('admin', [], 'tests')[1]}"}
+
+
 def run(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> Result:
     flags = [*TINY_MODEL_FLAGS, "--data-dir", str(data_dir)] if data_dir is not None else []
     # Options follow the sub-command; CliRunner keeps stdout (JSON) and stderr (progress, errors) apart.
@@ -128,7 +132,7 @@ def test_import_reports_bad_rows_and_keeps_the_good_ones(
     settings = tiny_settings(data)
     engine = ScanEngine(settings, tiny_embedder)
     engine.sync_index()
-    with TestClient(create_app(settings, engine=engine)) as client:  # the service reads what the CLI wrote
+    with TestClient(create_app(settings, engine=engine), headers=auth(engine)) as client:  # the service reads what the CLI wrote
         brands = client.get("/v1/catalog/brands").json()["brands"]
         assert brands == [{"name": "Nike", "products": len({r["product"] for r in good}), "images": 3}]
 
@@ -194,7 +198,7 @@ def test_scan_and_rebuild_and_serve_share_the_data_dir(
     settings = tiny_settings(data)
     engine = ScanEngine(settings, tiny_embedder)
     engine.sync_index()
-    with TestClient(create_app(settings, engine=engine)) as client:
+    with TestClient(create_app(settings, engine=engine), headers=auth(engine)) as client:
         ready = client.get("/readyz").json()
         assert (ready["index_size"], ready["index_version"]) == (10, info["index_version"])
         assert client.get(f"/v1/scans/{result['scan_id']}").json()["listing_id"] == "L-9"

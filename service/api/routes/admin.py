@@ -10,6 +10,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from reference_catalog import AuditEvent
+from service.api.auth import AdminKey
 from service.api.deps import EngineDep, RuntimeDep
 from service.errors import RequestRejected
 from service.model_registry import NothingToRollBack
@@ -25,7 +27,7 @@ class ActivateIn(BaseModel):
 
 
 @router.get("/model")
-async def model_status(runtime: RuntimeDep, engine: EngineDep) -> dict[str, Any]:
+async def model_status(runtime: RuntimeDep, engine: EngineDep, _: AdminKey) -> dict[str, Any]:
     """The model and index being served, the registry (active and history) and the state of the last switch."""
     registry = engine.registry
     return {
@@ -39,7 +41,7 @@ async def model_status(runtime: RuntimeDep, engine: EngineDep) -> dict[str, Any]
 
 
 @router.post("/model/activate", status_code=202)
-async def activate(body: ActivateIn, runtime: RuntimeDep, engine: EngineDep) -> dict[str, Any]:
+async def activate(body: ActivateIn, runtime: RuntimeDep, engine: EngineDep, principal: AdminKey) -> dict[str, Any]:
     """Re-embed the catalog with another model in the background, then switch to it atomically."""
     base = engine.settings.model_spec()
     if body.checkpoint:
@@ -53,16 +55,20 @@ async def activate(body: ActivateIn, runtime: RuntimeDep, engine: EngineDep) -> 
     else:
         raise RequestRejected("give a checkpoint, or a model with its pretrained tag", 422)
     try:
-        return runtime.switcher.switch(engine, spec)
+        started = runtime.switcher.switch(engine, spec)
+        engine.audit.record(AuditEvent(principal.key_id, "model.activate", str(spec.checkpoint or spec.name), None,
+                                       {"model": spec.name, "pretrained": spec.pretrained}))  # fmt: skip
+        return started
     except SwitchBusy as exc:
         raise RequestRejected(str(exc), 409) from exc
 
 
 @router.post("/model/rollback", status_code=202)
-async def rollback(runtime: RuntimeDep, engine: EngineDep) -> dict[str, Any]:
+async def rollback(runtime: RuntimeDep, engine: EngineDep, principal: AdminKey) -> dict[str, Any]:
     """Switch back to the previously active model."""
     try:
         record = await run_in_threadpool(engine.registry.rollback)
+        engine.audit.record(AuditEvent(principal.key_id, "model.rollback", record.fingerprint, None, {"weights": record.weights}))
         return runtime.switcher.switch(engine, record.spec(engine.settings.model_spec()), record=False)
     except NothingToRollBack as exc:
         raise RequestRejected(str(exc), 409) from exc

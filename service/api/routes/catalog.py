@@ -1,23 +1,36 @@
-"""Reference catalog: add, list, fetch and delete reference images."""
+"""Reference catalog: add, list, fetch and delete reference images. Brand keys see and change their brands only."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from reference_catalog import ImageRef
+from service.api.auth import CatalogKey
 from service.api.deps import EngineDep, MetricsDep, read_upload
+from service.api_keys import Principal
+from service.engine import ScanEngine
 from service.errors import RequestRejected
 from service.schemas import AddedImageOut, BrandsOut, DeletedImageOut, ImagesOut, ProductsOut, ReferenceImageOut
 
 router = APIRouter(prefix="/v1/catalog", tags=["catalog"])
 
 
+async def _owned_image(engine: ScanEngine, principal: Principal, image_id: str) -> ImageRef:
+    ref = await run_in_threadpool(engine.catalog.get_image, image_id)
+    if ref is None or not principal.owns(ref.brand):
+        raise RequestRejected(f"no reference image {image_id!r}", 404)  # the same answer whether it exists or not
+    return ref
+
+
 @router.post("/images", status_code=201, response_model=AddedImageOut)
 async def add_image(
     engine: EngineDep,
     metrics: MetricsDep,
+    principal: CatalogKey,
     response: Response,
     file: Annotated[UploadFile, File(description="Reference photo (JPEG, PNG or WebP)")],
     brand: Annotated[str, Form(min_length=1, max_length=200)],
@@ -26,8 +39,10 @@ async def add_image(
     source: Annotated[str | None, Form(max_length=500)] = None,
 ) -> dict[str, Any]:
     """Add a reference image; it is searchable when this returns. A repeat upload answers 200 with the original."""
+    if not principal.owns(brand.strip()):
+        raise RequestRejected(f"this key may not add to the catalog of {brand!r}", 403)
     photo = await read_upload(file, engine.settings.max_image_bytes)
-    added = await run_in_threadpool(engine.add_reference, photo, brand, product, label, source)
+    added = await run_in_threadpool(partial(engine.add_reference, photo, brand, product, label, source, actor=principal.key_id))
     if not added.created:
         response.status_code = 200
     metrics.catalog_changes.labels("add" if added.created else "duplicate").inc()
@@ -37,6 +52,7 @@ async def add_image(
 @router.get("/images", response_model=ImagesOut)
 async def list_images(
     engine: EngineDep,
+    principal: CatalogKey,
     brand: str | None = None,
     product: str | None = None,
     label: str | None = None,
@@ -46,7 +62,8 @@ async def list_images(
     refs = [
         ref
         for ref in await run_in_threadpool(engine.catalog.all_images)
-        if (brand is None or ref.brand == brand)
+        if principal.owns(ref.brand)
+        and (brand is None or ref.brand == brand)
         and (product is None or ref.product == product)
         and (label is None or ref.label == label)
     ]
@@ -54,26 +71,22 @@ async def list_images(
 
 
 @router.get("/images/{image_id}", response_model=ReferenceImageOut)
-async def get_image(image_id: str, engine: EngineDep) -> dict[str, Any]:
-    ref = await run_in_threadpool(engine.catalog.get_image, image_id)
-    if ref is None:
-        raise RequestRejected(f"no reference image {image_id!r}", 404)
-    return ref.as_dict()
+async def get_image(image_id: str, engine: EngineDep, principal: CatalogKey) -> dict[str, Any]:
+    return (await _owned_image(engine, principal, image_id)).as_dict()
 
 
 @router.get("/images/{image_id}/content", response_class=Response)
-async def get_image_content(image_id: str, engine: EngineDep) -> Response:
-    ref = await run_in_threadpool(engine.catalog.get_image, image_id)
-    if ref is None:
-        raise RequestRejected(f"no reference image {image_id!r}", 404)
+async def get_image_content(image_id: str, engine: EngineDep, principal: CatalogKey) -> Response:
+    ref = await _owned_image(engine, principal, image_id)
     data = await run_in_threadpool(engine.blobs.get, ref.sha256)
     return Response(data, media_type=ref.media_type)
 
 
 @router.delete("/images/{image_id}", response_model=DeletedImageOut)
-async def delete_image(image_id: str, engine: EngineDep, metrics: MetricsDep) -> dict[str, Any]:
+async def delete_image(image_id: str, engine: EngineDep, metrics: MetricsDep, principal: CatalogKey) -> dict[str, Any]:
     """Remove a reference image from the catalog and the index."""
-    ref = await run_in_threadpool(engine.delete_reference, image_id)
+    await _owned_image(engine, principal, image_id)
+    ref = await run_in_threadpool(partial(engine.delete_reference, image_id, actor=principal.key_id))
     if ref is None:
         raise RequestRejected(f"no reference image {image_id!r}", 404)
     metrics.catalog_changes.labels("delete").inc()
@@ -81,14 +94,18 @@ async def delete_image(image_id: str, engine: EngineDep, metrics: MetricsDep) ->
 
 
 @router.get("/brands", response_model=BrandsOut)
-async def list_brands(engine: EngineDep) -> dict[str, Any]:
+async def list_brands(engine: EngineDep, principal: CatalogKey) -> dict[str, Any]:
     brands = await run_in_threadpool(engine.catalog.list_brands)
-    return {"brands": [{"name": b.name, "products": b.products, "images": b.images} for b in brands]}
+    return {"brands": [{"name": b.name, "products": b.products, "images": b.images} for b in brands if principal.owns(b.name)]}
 
 
 @router.get("/products", response_model=ProductsOut)
-async def list_products(engine: EngineDep, brand: str | None = None) -> dict[str, Any]:
+async def list_products(engine: EngineDep, principal: CatalogKey, brand: str | None = None) -> dict[str, Any]:
     products = await run_in_threadpool(engine.catalog.list_products, brand)
     return {
-        "products": [{"brand": p.brand, "name": p.name, "authentic": p.authentic, "counterfeit": p.counterfeit} for p in products]
+        "products": [
+            {"brand": p.brand, "name": p.name, "authentic": p.authentic, "counterfeit": p.counterfeit}
+            for p in products
+            if principal.owns(p.brand)
+        ]
     }

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.api.auth import AnyKey
 from service.api.deps import MetricsDep, RuntimeDep
 
 router = APIRouter(tags=["health"])
@@ -26,6 +27,7 @@ def readyz(runtime: RuntimeDep) -> JSONResponse | dict[str, object]:
         return JSONResponse({"status": "not_ready", "detail": detail}, status_code=503)
     return {
         "status": "ready",
+        "auth": "disabled" if runtime.settings.auth_disabled else "api-keys",
         "model": engine.embedder.info.as_dict(),
         "index_version": engine.index.version,
         "index_size": len(engine.index),
@@ -33,7 +35,7 @@ def readyz(runtime: RuntimeDep) -> JSONResponse | dict[str, object]:
 
 
 @router.get("/metrics")
-def metrics(runtime: RuntimeDep, service_metrics: MetricsDep) -> Response:
+def metrics(runtime: RuntimeDep, service_metrics: MetricsDep, _: AnyKey) -> Response:
     if runtime.engine is not None:
         service_metrics.catalog_images.set(len(runtime.engine.index))
     return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,29 +5,43 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from service.api.deps import EngineDep, MetricsDep, read_upload
+from service.api.auth import ScanKey, redact_scan, scan_scope
+from service.api.deps import EngineDep, MetricsDep, RuntimeDep, read_upload
+from service.batching import ScanBatcher
 from service.schemas import ScanOut
 
 router = APIRouter(prefix="/v1", tags=["scan"])
+
+
+def get_batcher(runtime: RuntimeDep, metrics: MetricsDep) -> ScanBatcher:
+    return runtime.batcher(metrics)
+
+
+BatcherDep = Annotated[ScanBatcher, Depends(get_batcher)]
 
 
 @router.post("/scan", response_model=ScanOut)
 async def scan(
     engine: EngineDep,
     metrics: MetricsDep,
+    batcher: BatcherDep,
+    principal: ScanKey,
     images: Annotated[list[UploadFile], File(description="1..N photos of one listing (JPEG, PNG or WebP)")],
     brand: Annotated[str | None, Form(max_length=200)] = None,
     product: Annotated[str | None, Form(max_length=200)] = None,
     listing_id: Annotated[str | None, Form(max_length=200)] = None,
 ) -> dict[str, Any]:
-    """Scan a listing's photos against the reference catalog (restricted to `brand`/`product` when given)."""
+    """Scan a listing's photos against the reference catalog (restricted to `brand`/`product` when given).
+
+    The photos join those of concurrent scans in one model batch; 429 with Retry-After when the queue is full.
+    """
     started = time.perf_counter()
     photos = [await read_upload(upload, engine.settings.max_image_bytes) for upload in images]
-    result = await run_in_threadpool(engine.scan, photos, brand or None, product or None, listing_id or None)
+    scope = scan_scope(principal, brand or None)
+    result = await batcher.scan(photos, scope, product or None, listing_id or None, actor=principal.key_id)
     metrics.scans.labels(result["verdict"]).inc()
     metrics.photos.inc(len(photos))
     metrics.scan_seconds.observe(time.perf_counter() - started)
-    return result
+    return redact_scan(principal, result)

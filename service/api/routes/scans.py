@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from service.api.auth import AnyKey, ReviewKey, may_read_scan, redact_scan
 from service.api.deps import EngineDep, MetricsDep
+from service.api_keys import Principal
+from service.engine import ScanEngine
 from service.errors import RequestRejected
 from service.schemas import FeedbackIn, FeedbackOut, ScanOut
 
@@ -15,18 +19,32 @@ router = APIRouter(prefix="/v1/scans", tags=["scans"])
 
 
 @router.get("/{scan_id}", response_model=ScanOut)
-async def get_scan(scan_id: str, engine: EngineDep) -> dict[str, Any]:
-    """The stored record of a scan, with any reviewer feedback on it."""
+async def get_scan(scan_id: str, engine: EngineDep, principal: AnyKey) -> dict[str, Any]:
+    """The stored record of a scan, with any reviewer feedback on it (brand keys: scans that concern their brands)."""
+    await _require_access(engine, principal, scan_id)
     record = await run_in_threadpool(engine.scans.get, scan_id)
     if record is None:
         raise RequestRejected(f"no scan {scan_id!r}", 404)
     record["feedback"] = await run_in_threadpool(engine.feedback.for_scan, scan_id)
-    return record
+    return redact_scan(principal, record)
+
+
+async def _require_access(engine: ScanEngine, principal: Principal, scan_id: str) -> None:
+    access = await run_in_threadpool(engine.scans.access, scan_id)
+    if access is None or not may_read_scan(principal, *access):
+        raise RequestRejected(f"no scan {scan_id!r}", 404)  # 404, not 403: no hint that it exists
 
 
 @router.post("/{scan_id}/feedback", status_code=201, response_model=FeedbackOut)
-async def give_feedback(scan_id: str, body: FeedbackIn, engine: EngineDep, metrics: MetricsDep) -> dict[str, Any]:
+async def give_feedback(
+    scan_id: str, body: FeedbackIn, engine: EngineDep, metrics: MetricsDep, principal: ReviewKey
+) -> dict[str, Any]:
     """Record a reviewer's verdict. `confirmed_counterfeit` adds the scan's photos to the catalog as known fakes."""
-    result = await run_in_threadpool(engine.give_feedback, scan_id, body.verdict, body.note, body.brand, body.product)
+    await _require_access(engine, principal, scan_id)
+    allowed = principal.brands if principal.is_brand else None
+    result = await run_in_threadpool(
+        partial(engine.give_feedback, scan_id, body.verdict, body.note, body.brand, body.product,
+                actor=principal.key_id, allowed_brands=allowed)
+    )  # fmt: skip
     metrics.feedback.labels(body.verdict).inc()
     return result

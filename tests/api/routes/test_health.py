@@ -15,7 +15,7 @@ from service.app import create_app
 from service.config import Settings
 from service.engine import ScanEngine
 from tests import imaging
-from tests.helpers import add_reference, scan, sha256, tiny_settings
+from tests.helpers import add_reference, admin_token, scan, sha256, tiny_settings
 
 
 def test_healthz(client: TestClient) -> None:
@@ -48,7 +48,8 @@ def wait_until_ready(client: TestClient, timeout: float = 120.0) -> dict[str, ob
 
 def test_app_loads_the_model_in_the_background(tmp_path: Path) -> None:
     settings = tiny_settings(tmp_path / "fresh")  # a fresh data dir: the ONNX export alone takes a while
-    with TestClient(create_app(settings)) as client:
+    token = admin_token(settings)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
         first = client.get("/readyz")
         early_scan = client.post("/v1/scan", files=[("images", ("a.jpg", imaging.jpeg(1), "image/jpeg"))])
         still_loading = client.get("/readyz").status_code == 503
@@ -149,7 +150,8 @@ def test_real_uvicorn_server_on_loopback(engine: ScanEngine, settings: Settings)
             assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.02)
         port = server.servers[0].sockets[0].getsockname()[1]
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        token = engine.keys.create("admin", [], "tests")[1]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
             assert http.get("/healthz").json() == {"status": "ok"}
             data = imaging.jpeg(7)
             added = http.post(

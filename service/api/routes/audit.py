@@ -1,0 +1,32 @@
+"""GET /v1/audit: the append-only log of catalog changes, key changes, feedback and model activations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+from service.api.auth import AdminKey
+from service.api.deps import EngineDep
+
+router = APIRouter(prefix="/v1", tags=["audit"])
+
+
+@router.get("/audit")
+async def audit_log(
+    engine: EngineDep,
+    _: AdminKey,
+    actor: Annotated[str | None, Query(max_length=80, description="Key id")] = None,
+    action: Annotated[str | None, Query(max_length=60, description="e.g. catalog.add, key.revoke")] = None,
+    brand: Annotated[str | None, Query(max_length=200)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before_id: Annotated[int | None, Query(ge=1, description="Page: entries older than this id")] = None,
+) -> dict[str, Any]:
+    """Newest first. Page backwards with `before_id` = the smallest id of the previous page."""
+    entries = await run_in_threadpool(partial(engine.audit.query, actor, action, brand, since, until, limit, before_id))
+    return {"entries": entries}

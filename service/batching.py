@@ -1,0 +1,355 @@
+"""Dynamic micro-batching: the photos of concurrent scans run through the model together.
+
+One `ScanBatcher` per serving engine. A scan is admitted (or refused with 429 when `queue_max_photos` photos are
+already in flight), decoded and preprocessed in a thread pool (`decode_workers`, JPEGs decoded straight to about the
+model's input size), then queued for the inference thread. That thread takes whatever is queued, up to
+`batch_max_size` photos, waiting at most `batch_max_wait_ms` after the oldest one when fewer are there, and runs:
+
+    one ServingModel snapshot ─► one model forward pass ─► (scorer thread) one index search per brand/product scope
+                                                         ─► score, record and answer each listing on its own future
+
+The snapshot (`engine.model`) is taken once per batch, so a model switch never mixes versions within a batch or a
+listing. Scoring and recording run on a second thread, overlapping the next batch's forward pass.
+`counterfeit-scan scan-batch` drives the same machinery through `submit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from embeddings import DecodedImage
+from embeddings.index import IndexHit
+from embeddings.perceptual_hash import perceptual_hash
+from embeddings.preprocess import PreprocessSpec, to_model_input
+from service.config import Settings
+from service.engine import PhotoInput, ScanEngine, ServingModel
+from service.errors import RequestRejected, ServiceNotReady
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, which containers narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Overloaded(RequestRejected):
+    """The scan queue is full: answered 429 with Retry-After."""
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail, 429, {"Retry-After": str(retry_after_s)})
+
+
+@dataclass(frozen=True)
+class PreparedPhoto:
+    """A decoded photo with its model input (for `spec`) and perceptual hash, made off the inference thread."""
+
+    decoded: DecodedImage
+    pixels: np.ndarray  # (3, size, size) float32, normalised for `spec`
+    spec: PreprocessSpec
+    phash: int
+
+
+@dataclass
+class ScanJob:
+    """One listing on its way through the batcher."""
+
+    photos: Sequence[PhotoInput]
+    brand: str | None
+    product: str | None
+    listing_id: str | None
+    record: bool
+    actor: str
+    future: Future[dict[str, Any]] = field(default_factory=Future)
+    prepared: list[PreparedPhoto] = field(default_factory=list)
+    queued_at: float = 0.0
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+def prepare_photos(engine: ScanEngine, model: ServingModel, photos: Sequence[PhotoInput]) -> list[PreparedPhoto]:
+    """Decode (JPEG in draft mode, to about the model's input size), preprocess and hash one listing's photos.
+
+    One resize per photo: the draft decode lands near the input size and `to_model_input` resizes and crops once.
+    Raises ImageRejected naming the photo that failed.
+    """
+    spec = model.embedder.preprocess
+    prepared = []
+    for decoded in engine._decode_listing(photos, model.embedder.input_size):
+        pixels = to_model_input([decoded.image], spec)[0]
+        prepared.append(PreparedPhoto(decoded, pixels, spec, perceptual_hash(decoded.image)))
+    return prepared
+
+
+def model_input(engine: ScanEngine, model: ServingModel, jobs: Sequence[ScanJob]) -> np.ndarray:
+    """Stack the batch's model inputs; a listing prepared for another model (a switch meanwhile) is prepared again."""
+    rows: list[np.ndarray] = []
+    for job in jobs:
+        if any(photo.spec != model.embedder.preprocess for photo in job.prepared):
+            job.prepared = prepare_photos(engine, model, job.photos)
+        rows.extend(photo.pixels for photo in job.prepared)
+    return np.stack(rows) if rows else np.empty((0, 3, 1, 1), dtype=np.float32)
+
+
+def embed(model: ServingModel, batch: np.ndarray, max_size: int) -> np.ndarray:
+    """The model's vectors for a stacked batch, in forward passes of at most `max_size` rows."""
+    if len(batch) <= max_size:
+        return model.embedder.embed_batch(batch)
+    return np.concatenate([model.embedder.embed_batch(batch[i : i + max_size]) for i in range(0, len(batch), max_size)])
+
+
+def search_jobs(
+    engine: ScanEngine, model: ServingModel, jobs: Sequence[ScanJob], vectors: np.ndarray
+) -> list[tuple[list[list[IndexHit]], str]]:
+    """One index search per brand/product scope for the whole batch; each listing's hits and the index version."""
+    offsets = np.cumsum([0, *(len(job.prepared) for job in jobs)])
+    groups: dict[tuple[str | None, str | None], list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault((job.brand, job.product), []).append(i)
+    out: list[tuple[list[list[IndexHit]], str]] = [([], "")] * len(jobs)
+    for (brand, product), members in groups.items():
+        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members])
+        hits, version = engine.search(model.index, vectors[rows], brand, product)
+        start = 0
+        for i in members:
+            count = int(offsets[i + 1] - offsets[i])
+            out[i] = (hits[start : start + count], version)
+            start += count
+    return out
+
+
+def finish_jobs(
+    engine: ScanEngine, model: ServingModel, jobs: Sequence[ScanJob], vectors: np.ndarray, metrics: ServiceMetrics | None
+) -> None:
+    """Search, score, record and answer each listing of a batch embedded by `model`."""
+    started = time.perf_counter()
+    try:
+        searched = search_jobs(engine, model, jobs, vectors)
+    except Exception as exc:
+        for job in jobs:
+            job.fail(exc)
+        return
+    if metrics is not None:
+        metrics.search_seconds.observe(time.perf_counter() - started)
+    offset = 0
+    for job, found in zip(jobs, searched, strict=True):
+        count = len(job.prepared)
+        try:
+            result = engine.score_photos(
+                vectors[offset : offset + count],
+                [photo.decoded for photo in job.prepared],
+                job.brand,
+                job.product,
+                job.listing_id,
+                model,
+                phashes=[photo.phash for photo in job.prepared],
+                searched=found,
+            )
+            if job.record:
+                engine._record(result, job.photos, job.actor)
+        except Exception as exc:
+            job.fail(exc)
+        else:
+            job.future.set_result(result)
+        offset += count
+    if metrics is not None:
+        metrics.finish_seconds.observe(time.perf_counter() - started)
+
+
+class ScanBatcher:
+    """Gathers concurrent scans into model batches run on one inference thread; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: ScanEngine,
+        settings: Settings | None = None,
+        metrics: ServiceMetrics | None = None,
+        *,
+        max_wait_ms: float | None = None,
+    ) -> None:
+        settings = settings or engine.settings
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch = settings.batch_max_size
+        self.max_wait = (settings.batch_max_wait_ms if max_wait_ms is None else max_wait_ms) / 1000.0
+        self.queue_limit = settings.queue_max_photos
+        self.retry_after_s = settings.retry_after_s
+        self.decode_workers = settings.decode_workers or available_cores()
+        self._decode_pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="scan-decode")
+        self._finish_pool = ThreadPoolExecutor(1, thread_name_prefix="scan-finish")
+        self._queue: deque[ScanJob] = deque()
+        self._queued_photos = 0
+        self._in_flight = 0  # photos admitted and not yet answered
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="scan-inference", daemon=True)
+        self._thread.start()
+
+    # --- submitting ---------------------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Photos admitted and not yet answered."""
+        return self._in_flight
+
+    def submit(
+        self,
+        photos: Sequence[PhotoInput],
+        brand: str | None = None,
+        product: str | None = None,
+        listing_id: str | None = None,
+        record: bool = True,
+        actor: str = "system",
+    ) -> Future[dict[str, Any]]:
+        """Admit one listing; its future gets the scan result (or the ImageRejected / RequestRejected to answer).
+
+        Raises RequestRejected for a bad request and Overloaded when `queue_max_photos` photos are in flight.
+        """
+        brand, product = self.engine.check_scan(photos, brand, product, listing_id)
+        job = ScanJob(photos, brand, product, listing_id, record, actor)
+        with self._lock:
+            if self._closed:
+                raise ServiceNotReady("the service is shutting down")
+            if self._in_flight and self._in_flight + len(photos) > self.queue_limit:
+                raise Overloaded(
+                    f"the scan queue is full ({self._in_flight} photos in flight, limit {self.queue_limit}); "
+                    f"retry in {self.retry_after_s} s",
+                    self.retry_after_s,
+                )
+            self._in_flight += len(photos)
+        self._gauge()
+        job.future.add_done_callback(lambda _: self._answered(len(photos)))
+        try:
+            self._decode_pool.submit(self._prepare, job)
+        except RuntimeError as exc:  # the pool was shut down meanwhile
+            job.fail(ServiceNotReady(f"the service is shutting down ({exc})"))
+        return job.future
+
+    async def scan(
+        self,
+        photos: Sequence[PhotoInput],
+        brand: str | None = None,
+        product: str | None = None,
+        listing_id: str | None = None,
+        record: bool = True,
+        actor: str = "system",
+    ) -> dict[str, Any]:
+        """`submit` for the event loop: waits for the answer without holding a thread."""
+        return await asyncio.wrap_future(self.submit(photos, brand, product, listing_id, record, actor))
+
+    def _answered(self, photos: int) -> None:
+        with self._lock:
+            self._in_flight -= photos
+        self._gauge()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self._in_flight)
+
+    # --- decode pool --------------------------------------------------------------------------------------------
+    def _prepare(self, job: ScanJob) -> None:
+        if self._closed:
+            job.fail(ServiceNotReady("the service is shutting down"))
+            return
+        started = time.perf_counter()
+        try:
+            job.prepared = prepare_photos(self.engine, self.engine.model, job.photos)
+        except Exception as exc:  # ImageRejected and anything unexpected: answered on the job's future
+            job.fail(exc)
+            return
+        finished = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.decode_seconds.observe(finished - started)
+        with self._ready:
+            if self._closed:
+                job.fail(ServiceNotReady("the service is shutting down"))
+                return
+            job.queued_at = finished
+            self._queue.append(job)
+            self._queued_photos += len(job.prepared)
+            self._ready.notify()
+
+    # --- inference thread ---------------------------------------------------------------------------------------
+    def _take(self) -> list[ScanJob] | None:
+        """The next batch: whole listings, at most `max_batch` photos (one listing may exceed it alone)."""
+        with self._ready:
+            while not self._queue and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            deadline = self._queue[0].queued_at + self.max_wait
+            while self._queued_photos < self.max_batch and not self._closed:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._ready.wait(remaining)
+            jobs: list[ScanJob] = []
+            photos = 0
+            while self._queue and (not jobs or photos + len(self._queue[0].prepared) <= self.max_batch):
+                job = self._queue.popleft()
+                photos += len(job.prepared)
+                jobs.append(job)
+            self._queued_photos -= photos
+            return jobs
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._take()
+            if jobs is None:
+                return
+            try:
+                self._run_batch(jobs)
+            except Exception as exc:  # never let one bad batch stop the thread
+                log.exception("scan batch failed")
+                for job in jobs:
+                    job.fail(exc)
+
+    def _run_batch(self, jobs: list[ScanJob]) -> None:
+        started = time.perf_counter()
+        model = self.engine.model  # one snapshot for the whole batch: embedding, search and scoring
+        batch = model_input(self.engine, model, jobs)
+        vectors = embed(model, batch, self.max_batch)
+        if self.metrics is not None:
+            self.metrics.inference_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(len(batch))
+            for job in jobs:
+                self.metrics.queue_wait.observe(started - job.queued_at)
+        self._finish_pool.submit(finish_jobs, self.engine, model, jobs, vectors, self.metrics)
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking scans; scans already batched are answered, queued ones fail with 503."""
+        with self._ready:
+            self._closed = True
+            queued = list(self._queue)
+            self._queue.clear()
+            self._queued_photos = 0
+            self._ready.notify_all()
+        for job in queued:
+            job.fail(ServiceNotReady("the service is shutting down"))
+        self._thread.join(timeout)
+        self._decode_pool.shutdown(wait=True)
+        self._finish_pool.shutdown(wait=True)
+
+    def __enter__(self) -> ScanBatcher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
