@@ -60,6 +60,8 @@ def decode_image(data: bytes, limits: ImageLimits, draft_size: int | None = None
     fmt = image.format or ""
     if fmt not in SUPPORTED_FORMATS:
         raise ImageRejected(f"unsupported image format {fmt or 'unknown'}: use JPEG, PNG or WebP", 415)
+    if getattr(image, "n_frames", 1) > 1 and fmt != "MPO":  # MPO: phone JPEGs with a depth map; frame 0 is the photo
+        raise ImageRejected("animated or multi-frame images are not accepted: send a still photo", 415)
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageRejected(f"image is {width}x{height} pixels, the limit is {limits.max_pixels} pixels", 413)

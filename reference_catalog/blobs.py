@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -34,3 +35,8 @@ class BlobStore:
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+    def files(self) -> Iterator[Path]:
+        """Every file under the store: blobs and leftover temp files of interrupted writes."""
+        if self.root.is_dir():
+            yield from (path for path in self.root.glob("??/??/*") if path.is_file())

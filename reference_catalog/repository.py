@@ -120,6 +120,10 @@ class CatalogRepository:
             rows = session.scalars(select(ReferenceImage).join(ReferenceImage.product).join(Product.brand))
             return [_ref(image) for image in rows]
 
+    def referenced_sha256s(self) -> set[str]:
+        with self._sessions() as session:
+            return set(session.scalars(select(ReferenceImage.sha256)))
+
     def get_image(self, image_id: str) -> ImageRef | None:
         with self._sessions() as session:
             image = session.scalar(select(ReferenceImage).where(ReferenceImage.public_id == image_id))

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from embeddings import ImageRejected
 from service.api.routes import admin, audit, catalog, health, scan, scans
+from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
 from service.engine import ScanEngine
 from service.errors import RequestRejected, ServiceNotReady
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
         summary="Counterfeit risk for marketplace listing photos, with the reference images behind each score.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.request_byte_limit)
     app.state.runtime = runtime
     app.state.metrics = metrics
 

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1024)
     max_photos_per_scan: int = Field(10, ge=1, le=100)
+    max_request_bytes: int | None = Field(
+        None, ge=1024, description="Whole request body bound; default: max_photos_per_scan x max_image_bytes + 1 MiB."
+    )
 
     # Scoring
     top_k: int = Field(10, ge=1, le=100, description="Reference matches considered (and shown) per photo.")
@@ -71,6 +74,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'catalog.sqlite3'}"
+
+    @property
+    def request_byte_limit(self) -> int:
+        return self.max_request_bytes or self.max_photos_per_scan * self.max_image_bytes + 1024 * 1024
 
     @property
     def blob_dir(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -117,7 +118,23 @@ class ScanEngine:
         engine = cls(settings, embedder)
         engine.sync_index(show_progress)
         engine.refresh_calibrator()
+        engine.collect_orphan_blobs()
         return engine
+
+    def collect_orphan_blobs(self, min_age_s: float = 3600.0) -> int:
+        """Delete image files no catalog row references (a write that crashed before its commit) and stale temp
+        files. Only files older than `min_age_s`, so that a write in flight in another process is never touched."""
+        with self._write_lock:
+            referenced = self.catalog.referenced_sha256s()
+            cutoff = time.time() - min_age_s
+            removed = 0
+            for path in self.blobs.files():
+                if path.name not in referenced and path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            log.info("removed %d orphaned blob files", removed)
+        return removed
 
     def _scoring_for(self, embedder: ImageEmbedder) -> ScoringParams:
         threshold = self.settings.match_threshold
