@@ -245,6 +245,15 @@ class ScanEngine:
             if changed or saved is None:
                 self.save_index()
 
+    def follow_catalog(self) -> bool:
+        """Pick up catalog changes made by another process (e.g. `catalog import` beside a running service)."""
+        if self.catalog.revision() == self.index.revision:
+            return False
+        log.info("catalog changed outside this process (revision %d, index at %d): syncing",
+                 self.catalog.revision(), self.index.revision)  # fmt: skip
+        self.sync_index()
+        return True
+
     def _repair(
         self, index: VectorIndex, embedder: ImageEmbedder, refs: dict[int, ImageRef], revision: int, show_progress: bool
     ) -> bool:

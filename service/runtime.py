@@ -62,6 +62,7 @@ class ServiceRuntime:
                     engine.save_index_if_dirty()
                     engine.refresh_calibrator()
                     self.switcher.follow_registry(engine)
+                    engine.follow_catalog()
                 except (OSError, ValueError):
                     log.exception("periodic upkeep failed (index save, calibrator, model registry); will retry")
 

@@ -235,3 +235,19 @@ def test_index_is_saved_periodically_while_serving(make_client: Callable[..., Te
         assert time.monotonic() < deadline, "index file never caught up with the catalog"
         time.sleep(0.05)
     assert len(VectorIndex.load(path)) == 1
+
+
+def test_a_running_service_follows_catalog_changes_made_elsewhere(
+    make_client: Callable[..., TestClient], make_engine: Callable[[Settings], ScanEngine], data_dir: Path
+) -> None:
+    """`catalog import` from the CLI while the service runs: the service serves the new images within seconds."""
+    settings = tiny_settings(data_dir, index_save_interval_s=0.05)
+    client = make_client(settings)
+    other_process = make_engine(settings)  # another engine on the same data dir, as the CLI would open
+    added = other_process.add_reference(PhotoInput(imaging.jpeg(31)), "Acme", "runner", "counterfeit").ref
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").json()["index_size"] != 1:
+        assert time.monotonic() < deadline, "the service never picked up the new image"
+        time.sleep(0.05)
+    result = client.post("/v1/scan", files=[("images", ("q.jpg", imaging.jpeg(31), "image/jpeg"))]).json()
+    assert result["images"][0]["matches"][0]["image_id"] == added.image_id
