@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Build: make docker   (= docker build -t counterfeit-scan:latest .)
 # Run:   docker run -p 8000:8000 -v counterfeit-scan-data:/data counterfeit-scan:latest
+# Key:   docker run --rm -v counterfeit-scan-data:/data counterfeit-scan:latest counterfeit-scan keys create --role admin
 # Installs the same pins as development (constraints.txt) from plain PyPI; torch 2.14.1 from PyPI is the CUDA build,
 # so the image is large but also serves on a GPU host (docker run --gpus all ...).
 ARG PYTHON_IMAGE=python:3.11-slim
