@@ -36,7 +36,7 @@ class Product(Base):
 
 class ReferenceImage(Base):
     __tablename__ = "reference_images"
-    __table_args__ = (UniqueConstraint("product_id", "sha256"),)
+    __table_args__ = (UniqueConstraint("product_id", "sha256"), {"sqlite_autoincrement": True})  # keys never reused
     id: Mapped[int] = mapped_column(primary_key=True)
     public_id: Mapped[str] = mapped_column(String(40), unique=True)
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)

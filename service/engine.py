@@ -249,6 +249,9 @@ class ScanEngine:
         """Pick up catalog changes made by another process (e.g. `catalog import` beside a running service)."""
         if self.catalog.revision() == self.index.revision:
             return False
+        with self._write_lock:  # look again: a write in this process may have been between its commit and index update
+            if self.catalog.revision() == self.index.revision:
+                return False
         log.info("catalog changed outside this process (revision %d, index at %d): syncing",
                  self.catalog.revision(), self.index.revision)  # fmt: skip
         self.sync_index()
@@ -267,7 +270,9 @@ class ScanEngine:
         missing = catalog_keys - indexed
         keys, vectors = self.catalog.stored_vectors(info.fingerprint, info.dim)
         if len(keys):
-            keep = np.isin(keys, np.fromiter(missing, dtype=np.int64))
+            # Re-add every stored vector, not only the missing ones: an integer key reused by SQLite databases made
+            # before AUTOINCREMENT could otherwise keep a deleted image's vector under a new image's key.
+            keep = np.isin(keys, np.fromiter(catalog_keys, dtype=np.int64))
             index.add(keys[keep], vectors[keep])
         to_embed = sorted(missing - set(keys.tolist()))
         if to_embed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ async def activate(body: ActivateIn, runtime: RuntimeDep, engine: EngineDep, pri
     base = engine.settings.model_spec()
     if body.checkpoint:
         path = Path(body.checkpoint)
-        if not path.is_file():
+        if not os.path.isfile(path):  # False, not OSError, for names too long or with NUL bytes
             raise RequestRejected(f"no checkpoint file {body.checkpoint!r} on the server", 422)
         stored = await run_in_threadpool(engine.registry.store_checkpoint, path)
         spec = replace(base, checkpoint=stored)

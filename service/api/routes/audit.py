@@ -25,7 +25,7 @@ async def audit_log(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: Annotated[int | None, Query(ge=1, description="Page: entries older than this id")] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Page: entries older than this id")] = None,
 ) -> dict[str, Any]:
     """Newest first. Page backwards with `before_id` = the smallest id of the previous page."""
     entries = await run_in_threadpool(partial(engine.audit.query, actor, action, brand, since, until, limit, before_id))
