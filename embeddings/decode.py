@@ -57,6 +57,8 @@ def decode_image(data: bytes, limits: ImageLimits, draft_size: int | None = None
         if isinstance(exc, UnidentifiedImageError):
             raise ImageRejected("file is not a decodable image (JPEG, PNG or WebP expected)", 400) from exc
         raise ImageRejected(f"image has too many pixels: {exc}", 413) from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # e.g. a truncated WebP fails while its header is read
+        raise ImageRejected(f"image data is corrupt or truncated: {exc}", 400) from exc
     fmt = image.format or ""
     if fmt not in SUPPORTED_FORMATS:
         raise ImageRejected(f"unsupported image format {fmt or 'unknown'}: use JPEG, PNG or WebP", 415)

@@ -89,3 +89,13 @@ def test_orphaned_blobs_and_temp_files_are_collected(engine: ScanEngine, setting
     assert not orphan.exists() and not temp.exists()
     assert fresh.exists()  # too young to judge
     assert engine.blobs.path(kept.sha256).exists()
+
+
+@pytest.mark.parametrize("cut", [30, 100, 400])
+def test_truncated_webp_is_a_400_not_a_crash(cut: int) -> None:
+    noisy = Image.effect_noise((300, 300), 50).convert("RGB")
+    out = io.BytesIO()
+    noisy.save(out, "WEBP")
+    with pytest.raises(ImageRejected) as info:
+        decode_image(out.getvalue()[:cut], ImageLimits())
+    assert info.value.status == 400
