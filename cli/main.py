@@ -10,9 +10,11 @@ from typing import Any
 
 import click
 
+from cli.bulk import scan_batch
 from cli.common import make_settings, open_catalog, open_engine
 from cli.options import engine_options, scoring_options
 from cli.quality import calibrate, evaluate
+from cli.train import train
 from embeddings import ModelLoadError
 from reference_catalog import ManifestError, read_manifest, write_manifest
 from service.engine import PhotoInput, serving_spec
@@ -176,6 +178,8 @@ def model_info(**flags: Any) -> None:
 
 cli.add_command(evaluate)
 cli.add_command(calibrate)
+cli.add_command(scan_batch)
+cli.add_command(train)
 
 
 @model.command("activate")

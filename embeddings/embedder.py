@@ -117,5 +117,5 @@ def load_embedder(spec: ModelSpec, export_dir: Path | None = None) -> ImageEmbed
                 export_onnx(loaded.visual, loaded.preprocess.size, path)
         runner = OnnxRunner(path, spec.threads)
     else:
-        runner = TorchRunner(loaded.visual, device)
+        runner = TorchRunner(loaded.visual, device, compile_model=spec.compile)
     return ImageEmbedder(spec, loaded, runner, fingerprint, dim)

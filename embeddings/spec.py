@@ -21,6 +21,7 @@ class ModelSpec:
     runtime: Runtime = "auto"
     batch_size: int = 32
     threads: int = 0
+    compile: bool = False  # torch runtime only: torch.compile the tower (GPU serving)
     # Random weights are for tests only; responses then say the scores are meaningless.
     allow_random_weights: bool = False
     seed: int = 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -26,26 +25,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import faiss
 import numpy as np
 
 from embeddings import DecodedImage
 from embeddings.index import IndexHit
 from embeddings.perceptual_hash import perceptual_hash
 from embeddings.preprocess import PreprocessSpec, to_model_input
+from embeddings.runtimes import available_cores
 from service.config import Settings
 from service.engine import PhotoInput, ScanEngine, ServingModel
 from service.errors import RequestRejected, ServiceNotReady
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, which containers narrow)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class Overloaded(RequestRejected):
@@ -193,15 +186,22 @@ class ScanBatcher:
         self.retry_after_s = settings.retry_after_s
         self.decode_workers = settings.decode_workers or available_cores()
         self._decode_pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="scan-decode")
-        self._finish_pool = ThreadPoolExecutor(1, thread_name_prefix="scan-finish")
+        # FAISS searches from this thread run single-threaded: a batch's search is small, and OpenMP workers that
+        # spin or wait for a time slice cost more than they save on a machine whose cores the model already uses.
+        self._finish_pool = ThreadPoolExecutor(
+            1, thread_name_prefix="scan-finish", initializer=faiss.omp_set_num_threads, initargs=(1,)
+        )
         self._queue: deque[ScanJob] = deque()
         self._queued_photos = 0
         self._in_flight = 0  # photos admitted and not yet answered
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="scan-inference", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"scan-inference-{i}", daemon=True) for i in range(settings.inference_workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # --- submitting ---------------------------------------------------------------------------------------------
     @property
@@ -344,7 +344,8 @@ class ScanBatcher:
             self._ready.notify_all()
         for job in queued:
             job.fail(ServiceNotReady("the service is shutting down"))
-        self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
         self._decode_pool.shutdown(wait=True)
         self._finish_pool.shutdown(wait=True)
 

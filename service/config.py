@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     queue_max_photos: int = Field(256, ge=1, description="Photos admitted and not yet answered; beyond it: 429.")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a 429 when the queue is full.")
     decode_workers: int = Field(0, ge=0, le=256, description="Image decoding threads; 0: one per CPU core.")
+    inference_workers: int = Field(
+        1, ge=1, le=64, description="Threads running model batches side by side, each on `threads` cores (CPU: cores/threads)."
+    )
     torch_compile: bool = Field(False, description="GPU runtime: compile the model with torch.compile (slow start).")
     log_level: str = "info"
 
@@ -101,6 +104,7 @@ class Settings(BaseSettings):
             runtime=self.runtime,
             batch_size=self.batch_size,
             threads=self.threads,
+            compile=self.torch_compile,
             allow_random_weights=self.allow_random_weights,
         )
 

@@ -15,7 +15,8 @@ from service.schemas import ScanOut
 router = APIRouter(prefix="/v1", tags=["scan"])
 
 
-def get_batcher(runtime: RuntimeDep, metrics: MetricsDep) -> ScanBatcher:
+async def get_batcher(runtime: RuntimeDep, metrics: MetricsDep) -> ScanBatcher:
+    # async: FastAPI runs a plain `def` dependency on a worker thread, a hop per request for nothing
     return runtime.batcher(metrics)
 
 

@@ -1,0 +1,94 @@
+"""Bulk scanning throughput (`counterfeit-scan scan-batch`) against the raw model, on the same real photos.
+
+    .venv/bin/python benchmarks/scan_batch.py [--repeat 4] [--photos-per-listing 1] [--batch-size 16] [--workers 0]
+
+Imports the sneakers reference split as the catalog, writes a manifest of the sneakers query-split JPEGs (repeated
+`--repeat` times under new listing ids), runs the real CLI in a subprocess and reads its summary (photos/s of the
+scanning itself, model loading excluded). Then, with nothing else running, the raw model forward throughput on the
+same photos at the same batch size (the fastest ONNX Runtime configuration). Prints bulk/raw last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.serve import CLI, DEFAULT_DATA, best_raw, machine, model_inputs, prepare_data_dir, query_photos
+from embeddings import load_embedder
+from service.config import Settings
+
+
+def write_listings(path: Path, photos: list[Path], repeat: int, per_listing: int) -> int:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "listing_id"])
+        count = 0
+        for round_ in range(repeat):
+            for i, photo in enumerate(photos):
+                writer.writerow([str(photo.resolve()), f"r{round_}-l{i // per_listing}"])
+                count += 1
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--work-dir", type=Path, help="data directory to reuse between runs (default: a temporary one)")
+    parser.add_argument("--repeat", type=int, default=4, help="passes over the query photos (new listing ids each time)")
+    parser.add_argument("--photos-per-listing", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16, help="model batch (scan-batch --batch-size)")
+    parser.add_argument("--workers", type=int, default=0, help="decoding threads (scan-batch --workers; 0: one per core)")
+    args = parser.parse_args()
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="cs-bench-bulk-"))
+    env = {**os.environ}
+    print(f"machine: {json.dumps(machine())}")
+    prepare_data_dir(work, args.data, env)
+    photos = query_photos(args.data)
+    runs = Path(tempfile.mkdtemp(prefix="cs-bench-bulk-run-"))
+    manifest = runs / "listings.csv"
+    rows = write_listings(manifest, photos, args.repeat, args.photos_per_listing)
+    out = runs / "results.jsonl"
+    command = [*CLI, "scan-batch", str(manifest), "--out", str(out), "--data-dir", str(work)]
+    command += ["--batch-size", str(args.batch_size), "--workers", str(args.workers)]
+    print(f"scan-batch: {rows} photos ({len(photos)} query JPEGs x {args.repeat}), {args.photos_per_listing} per listing")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"scan-batch failed:\n{done.stdout}\n{done.stderr[-4000:]}")
+    summary = json.loads(done.stdout)
+    lines = sum(1 for _ in out.open())
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    print(
+        f"  {summary['photos']} photos in {summary['seconds']:.1f} s of scanning ({wall:.1f} s with start-up): "
+        f"{summary['photos_per_s']:.1f} photos/s; {lines} lines; {cpu * 1000 / summary['photos']:.2f} CPU ms per photo; "
+        f"peak RSS {after.ru_maxrss / 1024:.0f} MB"
+    )
+
+    settings = Settings(data_dir=work)
+    embedder = load_embedder(settings.model_spec(), settings.export_dir)
+    inputs = model_inputs(embedder, photos)
+    raw, how = best_raw(embedder, settings.export_dir, inputs, args.batch_size)
+    print(f"raw model forward pass, batch {args.batch_size}: {raw:.1f} photos/s ({how})")
+    print(f"load while measuring: {os.getloadavg()}")
+    shutil.rmtree(runs, ignore_errors=True)
+    if args.work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"bulk/raw: {summary['photos_per_s']:.1f} / {raw:.1f} = {summary['photos_per_s'] / raw:.3f} (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,442 @@
+"""Served throughput and latency of POST /v1/scan against the raw model, on the same real photos.
+
+    .venv/bin/python benchmarks/serve.py [--concurrency 1,2,4,8,16] [--requests 400] [--photos-per-request 1]
+
+Starts the real service (`counterfeit-scan serve`, a subprocess on loopback) on a catalog imported from the sneakers
+reference split, with the default model (EfficientNet-Lite0 on ONNX Runtime), and a scanner API key. Fires the
+sneakers query-split JPEGs with an httpx async client at each concurrency (a bounded number of requests each), then
+an open-loop Poisson load at half the saturating throughput. Prints photos/s, latency p50/p95/p99, the mean model
+batch the service formed, its CPU time per photo and peak RSS; then, with the service stopped, the raw model forward
+throughput on the same photos at the same batch sizes (the fastest runtime on this machine: ONNX Runtime, the
+better of one session with all cores and one single-threaded session per core). Prints served/raw last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from embeddings import ImageEmbedder, ImageLimits, decode_image, load_embedder
+from embeddings.preprocess import to_model_input
+from service.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+CLI = [sys.executable, "-c", "from cli.main import main; main()"]
+
+
+# --- machine and photos -------------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "load": os.getloadavg(), "python": platform.python_version()}
+
+
+def query_photos(data: Path, limit: int | None = None) -> list[Path]:
+    """The sneakers query split: real listing-like JPEGs (none of them is in the reference catalog)."""
+    manifest = data / "sneakers" / "manifest.csv"
+    import csv
+
+    with open(manifest, newline="") as fh:
+        paths = [manifest.parent / row["path"] for row in csv.DictReader(fh) if row["split"] == "query"]
+    return paths[:limit] if limit else paths
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
+
+
+# --- raw model throughput -----------------------------------------------------------------------------------------
+def model_inputs(embedder: ImageEmbedder, paths: Sequence[Path]) -> np.ndarray:
+    """The photos decoded and preprocessed exactly as the service does (draft decode, one resize), stacked."""
+    images = [decode_image(p.read_bytes(), ImageLimits(), embedder.input_size).image for p in paths]
+    return to_model_input(images, embedder.preprocess)
+
+
+def _timed_passes(run: Any, inputs: np.ndarray, batch_size: int, min_seconds: float) -> tuple[int, float]:
+    run(inputs[:batch_size])  # warm-up (allocations for this batch shape)
+    done, started = 0, time.perf_counter()
+    while True:
+        for start in range(0, len(inputs) - batch_size + 1, batch_size):
+            run(inputs[start : start + batch_size])
+            done += batch_size
+        if time.perf_counter() - started >= min_seconds:
+            return done, time.perf_counter() - started
+
+
+def raw_throughput(embedder: ImageEmbedder, inputs: np.ndarray, batch_size: int, min_seconds: float = 3.0) -> float:
+    """Photos/s of the model's forward pass (plus L2 normalisation) in batches of `batch_size`, one caller."""
+    done, seconds = _timed_passes(embedder.embed_batch, inputs, batch_size, min_seconds)
+    return done / seconds
+
+
+def raw_throughput_onnx(
+    model_path: Path, inputs: np.ndarray, batch_size: int, streams: int, threads: int, spinning: bool, min_seconds: float = 3.0
+) -> float:
+    """Photos/s of `streams` ONNX Runtime sessions side by side, each with `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    sessions = [ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"]) for _ in range(streams)]
+    results: list[tuple[int, float]] = [(0, 1.0)] * streams
+
+    def work(i: int) -> None:
+        session = sessions[i]
+        results[i] = _timed_passes(lambda b: session.run(None, {"pixels": b}), inputs, batch_size, min_seconds)
+
+    threads_ = [threading.Thread(target=work, args=(i,)) for i in range(streams)]
+    for thread in threads_:
+        thread.start()
+    for thread in threads_:
+        thread.join()
+    return sum(done for done, _ in results) / max(seconds for _, seconds in results)
+
+
+def best_raw(embedder: ImageEmbedder, export_dir: Path, inputs: np.ndarray, batch_size: int) -> tuple[float, str]:
+    """The fastest way this machine runs the model at `batch_size`: the service's own session (idle threads sleep),
+    one session on all cores with spinning threads (ONNX Runtime's default), or one single-threaded session per core."""
+    candidates = {"onnxruntime as the service runs it": raw_throughput(embedder, inputs, batch_size)}
+    cores = len(os.sched_getaffinity(0))
+    onnx = sorted(export_dir.glob(f"*-{embedder.info.fingerprint[:16]}.onnx"))
+    if onnx and embedder.info.runtime.startswith("onnx"):
+        candidates[f"onnxruntime, 1 session x {cores} spinning threads"] = raw_throughput_onnx(
+            onnx[0], inputs, batch_size, 1, cores, True
+        )
+        if cores > 1:
+            candidates[f"onnxruntime, {cores} sessions x 1 thread"] = raw_throughput_onnx(
+                onnx[0], inputs, batch_size, cores, 1, False
+            )
+    name = max(candidates, key=lambda k: candidates[k])
+    return candidates[name], name
+
+
+# --- the service --------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli_json(args: Sequence[str], env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"counterfeit-scan {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    out: dict[str, Any] = json.loads(done.stdout)
+    return out
+
+
+def prepare_data_dir(data_dir: Path, data: Path, env: dict[str, str]) -> None:
+    """Import the sneakers reference split (a no-op when the data directory already holds it)."""
+    summary = cli_json(
+        ["catalog", "import", str(data / "sneakers" / "manifest.csv"), "--split", "reference", "--data-dir", str(data_dir)], env
+    )
+    print(f"catalog: {summary['index_size']} reference images ({summary['added']} added), index {summary['index_version']}")
+
+
+def scanner_key(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
+    """Headers with a fresh scanner key, or none when this build has no API keys."""
+    try:
+        created = cli_json(["keys", "create", "--role", "scanner", "--name", "benchmark", "--data-dir", str(data_dir)], env)
+    except SystemExit:
+        return {}
+    return {"authorization": f"Bearer {created['key']}"}
+
+
+class Server:
+    """`counterfeit-scan serve` in a subprocess; CPU time and peak RSS read from /proc."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str], headers: dict[str, str]) -> None:
+        self.headers = headers
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [*CLI, "serve", "--data-dir", str(data_dir), "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def wait_ready(self, timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise SystemExit(f"the service exited with {self.process.returncode}:\n{err[-4000:]}")
+            try:
+                response = httpx.get(f"{self.url}/readyz", timeout=2)
+                if response.status_code == 200:
+                    ready: dict[str, Any] = response.json()
+                    return ready
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit("the service did not become ready")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def metrics(self) -> dict[str, float]:
+        response = httpx.get(f"{self.url}/metrics", headers=self.headers, timeout=10)
+        response.raise_for_status()
+        text = response.text
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if not sample.labels or set(sample.labels) == {"le"}:
+                    key = sample.name + (f"{{le={sample.labels['le']}}}" if "le" in sample.labels else "")
+                    values[key] = sample.value
+        return values
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+# --- load ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Body:
+    content: bytes
+    content_type: str
+    photos: int
+
+
+def multipart(photos: Sequence[bytes], listing_id: str) -> Body:
+    """A POST /v1/scan body built once, so the client spends little CPU per request."""
+    boundary = "csbench" + secrets.token_hex(8)
+    chunks = []
+    for i, data in enumerate(photos):
+        chunks.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="p{i}.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n".encode()
+        )
+        chunks.append(data + b"\r\n")
+    chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="listing_id"\r\n\r\n{listing_id}\r\n'.encode())
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return Body(b"".join(chunks), f"multipart/form-data; boundary={boundary}", len(photos))
+
+
+def bodies_for(paths: Sequence[Path], per_request: int) -> list[Body]:
+    datas = [p.read_bytes() for p in paths]
+    count = max(1, len(datas) // per_request)
+    return [multipart(datas[i * per_request : (i + 1) * per_request], f"bench-{i}") for i in range(count)]
+
+
+@dataclass
+class LevelResult:
+    name: str
+    requests: int
+    photos: int
+    seconds: float
+    latencies: list[float]
+    statuses: Counter[int] = field(default_factory=Counter)
+    batch_mean: float = float("nan")
+    server_cpu_ms_per_photo: float = float("nan")
+    client_cpu_ms_per_photo: float = float("nan")
+    peak_rss_mb: float = float("nan")
+
+    @property
+    def throughput(self) -> float:
+        return self.photos / self.seconds
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: Body, headers: dict[str, str], result: LevelResult) -> None:
+    started = time.perf_counter()
+    response = await client.post(url, content=body.content, headers={**headers, "content-type": body.content_type})
+    elapsed = time.perf_counter() - started
+    result.statuses[response.status_code] += 1
+    if response.status_code == 200:
+        result.latencies.append(elapsed)
+        result.photos += body.photos
+    elif response.status_code != 429:
+        raise SystemExit(f"scan failed with {response.status_code}: {response.text[:500]}")
+
+
+async def closed_loop(url: str, bodies: Sequence[Body], headers: dict[str, str], concurrency: int, requests: int) -> LevelResult:
+    """`concurrency` clients, each sending its next request when the last one is answered."""
+    result = LevelResult(f"c={concurrency}", requests, 0, 0.0, [])
+    order = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        for body in bodies[:concurrency]:  # open the connections
+            await client.post(f"{url}/v1/scan", content=body.content, headers={**headers, "content-type": body.content_type})
+
+        async def worker() -> None:
+            for i in order:
+                await _post(client, f"{url}/v1/scan", bodies[i % len(bodies)], headers, result)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+async def open_loop(
+    url: str, bodies: Sequence[Body], headers: dict[str, str], rate: float, requests: int, seed: int = 0
+) -> LevelResult:
+    """Poisson arrivals at `rate` requests/s, whatever the answers: latency under a realistic, bursty load."""
+    result = LevelResult(f"open loop {rate:.0f} req/s", requests, 0, 0.0, [])
+    rng = random.Random(seed)
+    arrivals = np.cumsum([rng.expovariate(rate) for _ in range(requests)])
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        tasks = []
+        started = time.perf_counter()
+        for i, at in enumerate(arrivals):
+            delay = started + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_post(client, f"{url}/v1/scan", bodies[i % len(bodies)], headers, result)))
+        await asyncio.gather(*tasks)
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+def measure(server: Server, run: Any) -> LevelResult:
+    before, cpu_before, client_before = server.metrics(), server.cpu_seconds(), time.process_time()
+    result: LevelResult = asyncio.run(run)
+    after = server.metrics()
+    photos = max(1, result.photos)
+    result.server_cpu_ms_per_photo = (server.cpu_seconds() - cpu_before) * 1000 / photos
+    result.client_cpu_ms_per_photo = (time.process_time() - client_before) * 1000 / photos
+    batches = after.get("counterfeit_scan_batch_photos_count", 0) - before.get("counterfeit_scan_batch_photos_count", 0)
+    total = after.get("counterfeit_scan_batch_photos_sum", 0) - before.get("counterfeit_scan_batch_photos_sum", 0)
+    result.batch_mean = total / batches if batches else float("nan")
+    result.peak_rss_mb = server.peak_rss_mb()
+    return result
+
+
+def row(result: LevelResult) -> str:
+    lat = result.latencies
+    refused = result.statuses.get(429, 0)
+    return (
+        f"{result.name:>22} {result.throughput:8.1f} {percentile(lat, 50) * 1000:8.1f} {percentile(lat, 95) * 1000:8.1f} "
+        f"{percentile(lat, 99) * 1000:8.1f} {result.batch_mean:6.1f} {result.server_cpu_ms_per_photo:7.2f} "
+        f"{result.client_cpu_ms_per_photo:7.2f} {result.peak_rss_mb:8.0f} {refused:5d}"
+    )
+
+
+HEADER = (
+    f"{'load':>22} {'photo/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'srv cpu':>7} {'cli cpu':>7} "
+    f"{'peak MB':>8} {'429':>5}"
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared photo data (../shared/data)")
+    parser.add_argument("--work-dir", type=Path, help="data directory to reuse between runs (default: a temporary one)")
+    parser.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated concurrency levels")
+    parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
+    parser.add_argument("--photos-per-request", type=int, default=1)
+    parser.add_argument("--half-load-requests", type=int, default=600, help="requests of the open-loop run at half load")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra COUNTERFEIT_SCAN_* settings")
+    args = parser.parse_args()
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="cs-bench-serve-"))
+    os.environ.update(dict(item.split("=", 1) for item in args.env))  # the service and the raw run read the same
+    env = {"COUNTERFEIT_SCAN_LOG_LEVEL": "warning", **os.environ}
+    print(f"machine: {json.dumps(machine())}")
+    prepare_data_dir(work, args.data, env)
+    headers = scanner_key(work, env)
+    paths = query_photos(args.data)
+    bodies = bodies_for(paths, args.photos_per_request)
+    print(f"photos: {len(paths)} sneakers query-split JPEGs, {args.photos_per_request} per request; auth: {bool(headers)}")
+    settings_shown = {k: v for k, v in env.items() if k.startswith("COUNTERFEIT_SCAN_")}
+    print(f"service settings: {settings_shown or 'defaults'}")
+
+    server = Server(work, env, headers)
+    try:
+        ready = server.wait_ready()
+        print(f"model: {ready['model']['architecture']} on {ready['model']['runtime']}, index of {ready['index_size']} images")
+        print(HEADER)
+        levels = [int(c) for c in args.concurrency.split(",")]
+        results = []
+        for concurrency in levels:
+            result = measure(server, closed_loop(server.url, bodies, headers, concurrency, args.requests))
+            results.append(result)
+            print(row(result), flush=True)
+        saturated = max(results, key=lambda r: r.throughput)
+        rate = saturated.throughput / 2 / args.photos_per_request
+        half = measure(server, open_loop(server.url, bodies, headers, rate, args.half_load_requests))
+        print(row(half), flush=True)
+    finally:
+        server.stop()
+
+    settings = Settings(data_dir=work)
+    embedder = load_embedder(settings.model_spec(), settings.export_dir)
+    inputs = model_inputs(embedder, paths)
+    print("\nraw model forward pass on the same photos (service stopped):")
+    raw: dict[int, tuple[float, str]] = {}
+    for size in sorted({max(1, round(r.batch_mean)) for r in results if r.batch_mean == r.batch_mean} | {1}):
+        raw[size] = best_raw(embedder, settings.export_dir, inputs, size)
+        print(f"  batch {size:3d}: {raw[size][0]:7.1f} photos/s ({raw[size][1]})")
+    fastest = max(v[0] for v in raw.values())
+
+    single = results[0] if levels[0] == 1 else None
+    if single is not None:
+        base = percentile(single.latencies, 50)
+        p99 = percentile(half.latencies, 99)
+        print(
+            f"\nsingle-photo latency (c=1, p50) {base * 1000:.1f} ms; p99 at half the saturating load "
+            f"({rate * args.photos_per_request:.0f} photos/s) {p99 * 1000:.1f} ms = {p99 / base:.2f}x (target < 3x)"
+        )
+    print("\nserved/raw by concurrency (raw at the batch size the service formed; and against the fastest raw):")
+    for result in results:
+        size = max(1, round(result.batch_mean)) if result.batch_mean == result.batch_mean else 1
+        print(
+            f"  {result.name:>6}: {result.throughput:7.1f} / {raw[size][0]:7.1f} = {result.throughput / raw[size][0]:.3f}"
+            f"   (vs fastest {fastest:.1f}: {result.throughput / fastest:.3f})"
+        )
+    best = max(results, key=lambda r: r.throughput / raw[max(1, round(r.batch_mean)) if r.batch_mean == r.batch_mean else 1][0])
+    best_size = max(1, round(best.batch_mean)) if best.batch_mean == best.batch_mean else 1
+    print(f"load while measuring: {os.getloadavg()}")
+    if args.work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"served/raw at the best concurrency ({best.name}, batch {best_size}): "
+        f"{best.throughput / raw[best_size][0]:.3f} (target >= 0.9)"
+    )
+
+
+if __name__ == "__main__":
+    main()

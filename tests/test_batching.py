@@ -1,0 +1,148 @@
+"""Micro-batching of /v1/scan: concurrent scans share a model batch and each gets its own answer; backpressure; metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from service.batching import ScanBatcher
+from service.engine import PhotoInput, ScanEngine
+from tests import imaging
+from tests.helpers import add_reference, scan, stored_state, tiny_settings
+
+VOLATILE = ("scan_id", "created_at")
+
+
+def sample(client: TestClient, name: str, labels: dict[str, str] | None = None) -> float:
+    value = client.app.state.metrics.registry.get_sample_value(name, labels or {})  # type: ignore[attr-defined]
+    return float(value or 0.0)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def post_scan(client: TestClient, seed: int) -> Any:
+    return client.post("/v1/scan", files=[("images", ("p.jpg", imaging.jpeg(seed), "image/jpeg"))])
+
+
+def test_concurrent_scans_share_a_batch_and_get_their_own_answers(make_client: Callable[..., TestClient], data_dir: Path) -> None:
+    n = 6
+    # A long wait and a batch of exactly n photos: the batch closes as soon as all n scans are queued.
+    client = make_client(tiny_settings(data_dir, batch_max_size=n, batch_max_wait_ms=1000))
+    refs = [add_reference(client, imaging.jpeg(100 + i), product=f"p{i}") for i in range(n)]
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(lambda i: scan(client, [imaging.jpeg(100 + i)], listing_id=f"L{i}"), range(n)))
+
+    for i, result in enumerate(results):
+        assert result["listing_id"] == f"L{i}"
+        top = result["images"][0]["matches"][0]
+        assert top["image_id"] == refs[i]["image_id"], f"scan {i} got another request's photo"
+        assert top["similarity"] > 0.999
+        assert client.get(f"/v1/scans/{result['scan_id']}").status_code == 200  # recorded, as before batching
+    batches = sample(client, "counterfeit_scan_batch_photos_count")
+    assert sample(client, "counterfeit_scan_batch_photos_sum") == n
+    assert batches < n, "no two concurrent scans shared a model batch"
+    assert sample(client, "counterfeit_scan_queue_photos") == 0
+
+
+def test_batched_results_equal_unbatched_ones(engine: ScanEngine) -> None:
+    """Listings of 1..3 photos with mixed brand scopes in one batch: the same answers as engine.scan, one by one."""
+    for i in range(6):
+        engine.add_reference(PhotoInput(imaging.jpeg(200 + i)), "Acme" if i % 2 else "Zeta", f"p{i % 3}", "authentic")
+    listings = [([imaging.jpeg(200 + i), imaging.jpeg(300 + i)][: 1 + i % 2], "Acme" if i % 3 == 0 else None) for i in range(8)]
+    listings.append(([imaging.jpeg(201), imaging.jpeg(203), imaging.jpeg(205)], "Zeta"))
+    expected = [engine.scan([PhotoInput(d) for d in photos], brand, record=False) for photos, brand in listings]
+    settings = engine.settings.model_copy(update={"batch_max_wait_ms": 200.0, "batch_max_size": 64})
+    with ScanBatcher(engine, settings) as batcher:
+        futures = [batcher.submit([PhotoInput(d) for d in photos], brand, record=False) for photos, brand in listings]
+        got = [future.result(timeout=30) for future in futures]
+
+    def stable(result: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in result.items() if k not in VOLATILE}
+
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine["images"] and [m["image_id"] for m in mine["images"][0]["matches"]] == [
+            m["image_id"] for m in theirs["images"][0]["matches"]
+        ]
+        assert _close(stable(mine), stable(theirs))
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Equal up to float rounding (a batch of several rows may differ from a batch of one in the last digits)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) < 1e-4
+    return bool(a == b)
+
+
+def test_full_queue_answers_429_with_retry_after(make_client: Callable[..., TestClient], data_dir: Path) -> None:
+    client = make_client(tiny_settings(data_dir, queue_max_photos=2, retry_after_s=7))
+    add_reference(client, imaging.jpeg(1))
+    engine = client.app.state.runtime.engine  # type: ignore[attr-defined]
+    batcher = client.app.state.runtime.batcher()  # type: ignore[attr-defined]
+    scans_before = stored_state(client, data_dir)["scans"]
+
+    # Hold the index as a catalog write does: the two admitted scans are embedded, then wait to be searched.
+    with ThreadPoolExecutor(2) as pool:
+        engine.index._lock.acquire()
+        try:
+            admitted = [pool.submit(post_scan, client, seed) for seed in (10, 11)]
+            wait_for(lambda: batcher.in_flight == 2)
+            refused = post_scan(client, 12)
+        finally:
+            engine.index._lock.release()
+        answers = [future.result(timeout=30) for future in admitted]
+
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "7"
+    assert "queue is full" in refused.json()["detail"]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert sample(client, "counterfeit_scan_rejected_total", {"status": "429"}) == 1
+    assert stored_state(client, data_dir)["scans"] == scans_before + 2  # the refused scan wrote nothing
+    wait_for(lambda: batcher.in_flight == 0)
+    assert post_scan(client, 13).status_code == 200  # room again once the queue drained
+
+
+def test_a_bad_photo_fails_only_its_own_scan(make_client: Callable[..., TestClient], data_dir: Path) -> None:
+    client = make_client(tiny_settings(data_dir, batch_max_size=4, batch_max_wait_ms=500))
+    add_reference(client, imaging.jpeg(1))
+
+    def send(i: int) -> Any:
+        data = b"not an image at all" if i == 2 else imaging.jpeg(40 + i)
+        return client.post("/v1/scan", files=[("images", ("p.jpg", data, "image/jpeg"))])
+
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(send, range(4)))
+    assert [r.status_code for r in responses] == [200, 200, 400, 200]
+    assert "photo 1" in responses[2].json()["detail"]
+
+
+def test_metrics_expose_queue_batches_and_latencies(client: TestClient) -> None:
+    add_reference(client, imaging.jpeg(1))
+    scan(client, [imaging.jpeg(2), imaging.jpeg(3)])
+    text = client.get("/metrics").text
+    for series in (
+        "counterfeit_scan_queue_photos ",
+        'counterfeit_scan_batch_photos_bucket{le="2.0"}',
+        "counterfeit_scan_batch_photos_count",
+        "counterfeit_scan_queue_wait_seconds_bucket",
+        "counterfeit_scan_decode_seconds_count",
+        "counterfeit_scan_inference_seconds_bucket",
+        "counterfeit_scan_search_seconds_count",
+        "counterfeit_scan_finish_seconds_count",
+    ):
+        assert series in text, series
+    assert sample(client, "counterfeit_scan_batch_photos_sum") == 2
+    assert sample(client, "counterfeit_scan_inference_seconds_count") == 1
