@@ -63,8 +63,8 @@ class ServiceRuntime:
                     engine.refresh_calibrator()
                     self.switcher.follow_registry(engine)
                     engine.follow_catalog()
-                except (OSError, ValueError):
-                    log.exception("periodic upkeep failed (index save, calibrator, model registry); will retry")
+                except Exception:  # e.g. "database is locked": this thread must outlive any one failure
+                    log.exception("periodic upkeep failed (index save, calibrator, registry, catalog); will retry")
 
     def require_engine(self) -> ScanEngine:
         if self.engine is None:
