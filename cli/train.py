@@ -38,7 +38,7 @@ def _unfreeze(value: str | None) -> int | str | None:
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Continue the interrupted run in this directory (from its last.pt); MANIFESTS are then optional.")  # fmt: skip
 # Optimisation
-@click.option("--epochs", type=int, help="Epochs (passes over the training photos) [8].")
+@click.option("--epochs", type=int, help="Epochs (passes over the training photos) [5].")
 @click.option("--batch-size", type=int, help="Photos per optimisation step [32].")
 @click.option("--samples-per-class", type=int, help="Photos per class in a batch [4].")
 @click.option("--lr", type=float, help="Peak learning rate of AdamW, warm-up then cosine decay [3e-4].")
@@ -53,12 +53,16 @@ def _unfreeze(value: str | None) -> int | str | None:
 @click.option("--loss", type=click.Choice(["supcon", "triplet"]), help="Supervised contrastive, or batch-hard triplet [supcon].")
 @click.option("--temperature", type=float, help="Temperature of the supervised contrastive loss [0.1].")
 @click.option("--margin", type=float, help="Margin of the triplet loss (cosine distance) [0.2].")
-@click.option("--anchor", type=float, help="Weight of the pull towards the base model's embedding; 0: none [0].")
+@click.option(
+    "--anchor",
+    type=float,
+    help="Weight of the pull towards the base model's embedding (keeps unrelated photos far); 0: none [1].",
+)
 @click.option("--class-key", type=click.Choice(["product_label", "product"]),
               help="Classes: brand/product/label, or brand/product for retrieval only [product_label].")  # fmt: skip
 # Validation
 @click.option("--val-fraction", type=float, help="Share of photo GROUPS held out for validation; 0: none [0.2].")
-@click.option("--patience", type=int, help="Epochs without a better validation figure before stopping [3].")
+@click.option("--patience", type=int, help="Epochs without a better validation figure before stopping [2].")
 @click.option("--monitor", type=click.Choice(["auto", "roc_auc", "tpr_at_fpr_1pct", "product_recall_at_1"]),
               help="Validation figure for early stopping; auto: ROC-AUC, or product recall@1 with one label [auto].")  # fmt: skip
 # Runtime

@@ -21,8 +21,12 @@ RESUMABLE_CHANGES: Final = frozenset({"epochs", "patience", "num_workers", "devi
 
 
 def default_workers() -> int:
-    """Data-loading worker processes: min(2, CPU cores)."""
-    return min(2, os.cpu_count() or 1)
+    """Data-loading worker processes: min(2, the CPU cores this process may use)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return min(2, max(1, cores))
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class FinetuneConfig:
     labels ask, which keeps what the base model knew about everything else (e.g. that unrelated photos are far).
     """
 
-    epochs: int = 8
+    epochs: int = 5
     batch_size: int = 32
     samples_per_class: int = 4
     lr: float = 3e-4
@@ -50,11 +54,11 @@ class FinetuneConfig:
     loss: LossName = "supcon"
     temperature: float = 0.1
     margin: float = 0.2
-    anchor: float = 0.0
+    anchor: float = 1.0
     class_key: ClassKey = "product_label"
     seed: int = 0
     val_fraction: float = 0.2
-    patience: int = 3
+    patience: int = 2
     monitor: Monitor = "auto"
     knn_k: int = 10
     vote_temperature: float = 0.05

@@ -54,14 +54,13 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def peak_memory(device: torch.device) -> dict[str, Any]:
-    """Peak resident memory of this process and of its finished children (data workers), and peak GPU memory."""
+    """Peak resident memory of this process, and peak GPU memory on a GPU.
+
+    Data-loading workers are left out: they are forks whose peak RSS counts the pages they share with this process.
+    """
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    out: dict[str, Any] = {
-        "max_rss_mib": round(own * scale / 2**20, 1),
-        "max_rss_children_mib": round(children * scale / 2**20, 1),
-    }
+    out: dict[str, Any] = {"max_rss_mib": round(own * scale / 2**20, 1)}
     if device.type == "cuda":
         out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
