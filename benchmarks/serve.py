@@ -122,22 +122,32 @@ def raw_throughput_onnx(
     return sum(done for done, _ in results) / max(seconds for _, seconds in results)
 
 
-def best_raw(embedder: ImageEmbedder, export_dir: Path, inputs: np.ndarray, batch_size: int) -> tuple[float, str]:
+def best_raw(
+    embedder: ImageEmbedder, export_dir: Path, inputs: np.ndarray, batch_size: int, repeats: int = 3
+) -> tuple[float, str]:
     """The fastest way this machine runs the model at `batch_size`: the service's own session (idle threads sleep),
-    one session on all cores with spinning threads (ONNX Runtime's default), or one single-threaded session per core."""
-    candidates = {"onnxruntime as the service runs it": raw_throughput(embedder, inputs, batch_size)}
+    one session on all cores with spinning threads (ONNX Runtime's default), or one single-threaded session per core.
+
+    Each is timed `repeats` times, interleaved, and its best run counts: throughput on this (virtual) machine varies
+    by tens of percent from one second to the next, and a served/raw ratio must not flatter the service.
+    """
+    runs: dict[str, Any] = {"onnxruntime as the service runs it": lambda: raw_throughput(embedder, inputs, batch_size, 1.5)}
     cores = len(os.sched_getaffinity(0))
     onnx = sorted(export_dir.glob(f"*-{embedder.info.fingerprint[:16]}.onnx"))
     if onnx and embedder.info.runtime.startswith("onnx"):
-        candidates[f"onnxruntime, 1 session x {cores} spinning threads"] = raw_throughput_onnx(
-            onnx[0], inputs, batch_size, 1, cores, True
+        runs[f"onnxruntime, 1 session x {cores} spinning threads"] = lambda: raw_throughput_onnx(
+            onnx[0], inputs, batch_size, 1, cores, True, 1.5
         )
         if cores > 1:
-            candidates[f"onnxruntime, {cores} sessions x 1 thread"] = raw_throughput_onnx(
-                onnx[0], inputs, batch_size, cores, 1, False
+            runs[f"onnxruntime, {cores} sessions x 1 thread"] = lambda: raw_throughput_onnx(
+                onnx[0], inputs, batch_size, cores, 1, False, 1.5
             )
-    name = max(candidates, key=lambda k: candidates[k])
-    return candidates[name], name
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = max(best.get(name, 0.0), run())
+    name = max(best, key=lambda k: best[k])
+    return best[name], name
 
 
 # --- the service --------------------------------------------------------------------------------------------------
