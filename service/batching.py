@@ -2,8 +2,9 @@
 
 One `ScanBatcher` per serving engine. A scan is admitted (or refused with 429 when `queue_max_photos` photos are
 already in flight), decoded and preprocessed in a thread pool (`decode_workers`, JPEGs decoded straight to about the
-model's input size), then queued for the inference thread. That thread takes whatever is queued, up to
-`batch_max_size` photos, waiting at most `batch_max_wait_ms` after the oldest one when fewer are there, and runs:
+model's input size), then queued for the inference thread (`inference_workers` of them, each running the model on
+`threads` cores). It takes whatever is queued, up to `batch_max_size` photos, waiting at most `batch_max_wait_ms` after
+the oldest one when fewer are there, and runs:
 
     one ServingModel snapshot ─► one model forward pass ─► (scorer thread) one index search per brand/product scope
                                                          ─► score, record and answer each listing on its own future
@@ -167,21 +168,14 @@ def finish_jobs(
 
 
 class ScanBatcher:
-    """Gathers concurrent scans into model batches run on one inference thread; see the module docstring."""
+    """Gathers concurrent scans into model batches run on inference threads; see the module docstring."""
 
-    def __init__(
-        self,
-        engine: ScanEngine,
-        settings: Settings | None = None,
-        metrics: ServiceMetrics | None = None,
-        *,
-        max_wait_ms: float | None = None,
-    ) -> None:
+    def __init__(self, engine: ScanEngine, settings: Settings | None = None, metrics: ServiceMetrics | None = None) -> None:
         settings = settings or engine.settings
         self.engine = engine
         self.metrics = metrics
         self.max_batch = settings.batch_max_size
-        self.max_wait = (settings.batch_max_wait_ms if max_wait_ms is None else max_wait_ms) / 1000.0
+        self.max_wait = settings.batch_max_wait_ms / 1000.0
         self.queue_limit = settings.queue_max_photos
         self.retry_after_s = settings.retry_after_s
         self.decode_workers = settings.decode_workers or available_cores()

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.batching import ScanBatcher
@@ -54,14 +55,15 @@ def test_concurrent_scans_share_a_batch_and_get_their_own_answers(make_client: C
     assert sample(client, "counterfeit_scan_queue_photos") == 0
 
 
-def test_batched_results_equal_unbatched_ones(engine: ScanEngine) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batched_results_equal_unbatched_ones(engine: ScanEngine, workers: int) -> None:
     """Listings of 1..3 photos with mixed brand scopes in one batch: the same answers as engine.scan, one by one."""
     for i in range(6):
         engine.add_reference(PhotoInput(imaging.jpeg(200 + i)), "Acme" if i % 2 else "Zeta", f"p{i % 3}", "authentic")
     listings = [([imaging.jpeg(200 + i), imaging.jpeg(300 + i)][: 1 + i % 2], "Acme" if i % 3 == 0 else None) for i in range(8)]
     listings.append(([imaging.jpeg(201), imaging.jpeg(203), imaging.jpeg(205)], "Zeta"))
     expected = [engine.scan([PhotoInput(d) for d in photos], brand, record=False) for photos, brand in listings]
-    settings = engine.settings.model_copy(update={"batch_max_wait_ms": 200.0, "batch_max_size": 64})
+    settings = engine.settings.model_copy(update={"batch_max_wait_ms": 200.0, "batch_max_size": 8, "inference_workers": workers})
     with ScanBatcher(engine, settings) as batcher:
         futures = [batcher.submit([PhotoInput(d) for d in photos], brand, record=False) for photos, brand in listings]
         got = [future.result(timeout=30) for future in futures]
