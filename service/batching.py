@@ -143,6 +143,7 @@ def finish_jobs(
     if metrics is not None:
         metrics.search_seconds.observe(time.perf_counter() - started)
     offset = 0
+    answered: list[tuple[ScanJob, dict[str, Any]]] = []
     for job, found in zip(jobs, searched, strict=True):
         count = len(job.prepared)
         try:
@@ -156,13 +157,19 @@ def finish_jobs(
                 phashes=[photo.phash for photo in job.prepared],
                 searched=found,
             )
-            if job.record:
-                engine._record(result, job.photos, job.actor)
         except Exception as exc:
             job.fail(exc)
         else:
-            job.future.set_result(result)
+            answered.append((job, result))
         offset += count
+    try:  # the batch's records in one transaction: a scan is answered only once its record is stored
+        engine._record_many([(result, job.photos, job.actor) for job, result in answered if job.record])
+    except Exception as exc:
+        for job, _ in answered:
+            job.fail(exc)
+    else:
+        for job, result in answered:
+            job.future.set_result(result)
     if metrics is not None:
         metrics.finish_seconds.observe(time.perf_counter() - started)
 

@@ -658,13 +658,19 @@ class ScanEngine:
         }
 
     def _record(self, result: dict[str, Any], photos: Sequence[PhotoInput], actor: str = "system") -> None:
-        """Store the scan; keep its photos when the policy says so, so that feedback can add them to the catalog."""
+        self._record_many([(result, photos, actor)])
+
+    def _record_many(self, scans: Sequence[tuple[dict[str, Any], Sequence[PhotoInput], str]]) -> None:
+        """Store (result, photos, actor) scans in one transaction; keep their photos when the policy says so, so that
+        feedback can add them to the catalog."""
         policy = self.settings.keep_scan_photos
-        if policy == "all" or (policy == "flagged" and result["verdict"] in ("likely_counterfeit", "needs_review")):
-            for image, photo in zip(result["images"], photos, strict=True):
-                self.scan_photos.put(image["sha256"], photo.data)
-            result["photos_kept"] = True
-        self.scans.save(result, datetime.fromisoformat(result["created_at"]), result["model"]["fingerprint"], actor)
+        for result, photos, _ in scans:
+            if policy == "all" or (policy == "flagged" and result["verdict"] in ("likely_counterfeit", "needs_review")):
+                for image, photo in zip(result["images"], photos, strict=True):
+                    self.scan_photos.put(image["sha256"], photo.data)
+                result["photos_kept"] = True
+        records = [(r, datetime.fromisoformat(r["created_at"]), r["model"]["fingerprint"], actor) for r, _, actor in scans]
+        self.scans.save_many(records)
 
     # --- feedback --------------------------------------------------------------------------------------------
     def give_feedback(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Engine, Float, ForeignKey, String
+from sqlalchemy import JSON, Engine, Float, ForeignKey, String, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
@@ -56,21 +56,31 @@ class ScanRecordStore:
         ScanRecordBase.metadata.create_all(engine)
 
     def save(self, result: dict[str, Any], created_at: datetime, model_fingerprint: str, created_by: str = "system") -> None:
-        record = ScanRecord(
-            scan_id=result["scan_id"],
-            listing_id=result.get("listing_id"),
-            created_at=created_at,
-            verdict=result["verdict"],
-            risk=result.get("risk"),
-            model_fingerprint=model_fingerprint,
-            index_version=result["index_version"],
-            input_sha256=[image["sha256"] for image in result["images"]],
-            result=json.loads(json.dumps(result)),
-        )
-        with self._sessions.begin() as session:
-            session.add(record)
-            session.flush()
-            session.add(ScanAccess(scan_id=record.scan_id, created_by=created_by, brands=concerned_brands(result)))
+        self.save_many([(result, created_at, model_fingerprint, created_by)])
+
+    def save_many(self, records: Sequence[tuple[dict[str, Any], datetime, str, str]]) -> None:
+        """Store (result, created_at, model fingerprint, created by) records in one transaction: all or none."""
+        if not records:
+            return
+        rows, access = [], []
+        for result, created_at, model_fingerprint, created_by in records:
+            rows.append(
+                {
+                    "scan_id": result["scan_id"],
+                    "listing_id": result.get("listing_id"),
+                    "created_at": created_at,
+                    "verdict": result["verdict"],
+                    "risk": result.get("risk"),
+                    "model_fingerprint": model_fingerprint,
+                    "index_version": result["index_version"],
+                    "input_sha256": [image["sha256"] for image in result["images"]],
+                    "result": result,
+                }
+            )
+            access.append({"scan_id": result["scan_id"], "created_by": created_by, "brands": concerned_brands(result)})
+        with self._sessions.begin() as session:  # Core executemany: one statement per table for the whole batch
+            session.execute(insert(ScanRecord), rows)
+            session.execute(insert(ScanAccess), access)
 
     def access(self, scan_id: str) -> tuple[str, list[str]] | None:
         """(created_by, brands) of a scan, or None when there is no such scan."""
