@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -51,8 +53,17 @@ LOCAL_ADMIN = Principal("local-admin (auth disabled)", "admin", frozenset())
 
 
 class ApiKeyStore:
-    def __init__(self, engine: Engine) -> None:
+    """Keys in the catalog database. `cache_s` > 0 keeps a successful authentication for that long, so that a busy
+    scanner is not a database read per request; a key revoked through this store stops at once, one revoked by
+    another process (`counterfeit-scan keys revoke`) within `cache_s`."""
+
+    CACHE_MAX_ENTRIES = 4096
+
+    def __init__(self, engine: Engine, cache_s: float = 0.0) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.cache_s = cache_s
+        self._cache: dict[str, tuple[Principal, float]] = {}  # token digest -> (principal, valid until, monotonic)
+        self._cache_lock = threading.Lock()
         ScanRecordBase.metadata.create_all(engine)
 
     def create(self, role: str, brands: list[str], name: str) -> tuple[dict[str, Any], str]:
@@ -77,6 +88,23 @@ class ApiKeyStore:
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal for a token, or None when it is malformed, unknown or revoked."""
+        if self.cache_s <= 0:
+            return self._authenticate(token)
+        digest, now = _digest(token), time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        principal = self._authenticate(token)
+        with self._cache_lock:
+            if principal is None:
+                self._cache.pop(digest, None)
+            else:
+                if len(self._cache) >= self.CACHE_MAX_ENTRIES:
+                    self._cache.clear()
+                self._cache[digest] = (principal, now + self.cache_s)
+        return principal
+
+    def _authenticate(self, token: str) -> Principal | None:
         parts = token.removeprefix(TOKEN_PREFIX).split("_", 2)  # cs_key_<hex>_<secret>
         if not token.startswith(TOKEN_PREFIX) or len(parts) != 3 or parts[0] != "key" or len(token) > 200:
             return None
@@ -100,7 +128,9 @@ class ApiKeyStore:
                 return None
             if row.revoked_at is None:
                 row.revoked_at = datetime.now(UTC)
-            return _public(row)
+        with self._cache_lock:
+            self._cache = {digest: entry for digest, entry in self._cache.items() if entry[0].key_id != key_id}
+        return _public(row)
 
 
 def _digest(secret: str) -> str:

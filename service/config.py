@@ -54,6 +54,9 @@ class Settings(BaseSettings):
 
     # Access
     auth_disabled: bool = Field(False, description="Local demos only: every request acts as admin, with no API key.")
+    api_key_cache_s: float = Field(
+        5.0, ge=0, le=300, description="Seconds a checked API key stays trusted (revoked by another process: stops within this)."
+    )
 
     # Serving
     host: str = "127.0.0.1"

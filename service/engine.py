@@ -89,7 +89,7 @@ class ScanEngine:
         self.catalog.create_schema()
         self.scans = ScanRecordStore(self.db)
         self.feedback = FeedbackStore(self.db)
-        self.keys = ApiKeyStore(self.db)
+        self.keys = ApiKeyStore(self.db, settings.api_key_cache_s)
         self.audit = AuditLog(self.db)
         self.blobs = BlobStore(settings.blob_dir)
         self.scan_photos = BlobStore(settings.data_dir / "scan_photos")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from cli.main import cli
+from service.api_keys import ApiKeyStore
 from service.config import Settings
 from service.engine import ScanEngine
 from tests import imaging
@@ -219,3 +221,20 @@ def test_keys_cli(settings: Settings) -> None:
     revoked = json.loads(run("keys", "revoke", body["key_id"]).stdout)
     assert revoked["revoked_at"] is not None
     assert run("keys", "revoke", "key_nope").exit_code != 0
+
+
+def test_key_cache_ends_with_revocation(settings: Settings, engine: ScanEngine) -> None:
+    """A key checked once is trusted for `api_key_cache_s`: revoked here it stops at once, revoked by another process
+    (another store on the same database) within the cache time; unknown tokens are never cached."""
+    store = ApiKeyStore(engine.db, cache_s=0.3)
+    other_process = ApiKeyStore(engine.db)
+    first, token = store.create("scanner", [], "pipeline")
+    second, token2 = store.create("scanner", [], "pipeline 2")
+    assert store.authenticate(token) is not None and store.authenticate(token2) is not None
+    store.revoke(first["key_id"])
+    assert store.authenticate(token) is None  # this process: at once
+    other_process.revoke(second["key_id"])
+    assert store.authenticate(token2) is not None  # still cached
+    time.sleep(0.35)
+    assert store.authenticate(token2) is None
+    assert store.authenticate(token + "x") is None and store.authenticate("cs_key_00_nope") is None
