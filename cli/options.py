@@ -39,6 +39,23 @@ SCORING_OPTIONS = [
     click.option("--max-photos-per-scan", type=int, help="[env COUNTERFEIT_SCAN_MAX_PHOTOS_PER_SCAN]."),
 ]
 
+CONSOLE_OPTIONS = [
+    click.option(
+        "--console/--no-console",
+        "console_enabled",
+        default=None,
+        help="Serve the web console at /console [env COUNTERFEIT_SCAN_CONSOLE_ENABLED; on].",
+    ),
+    click.option(
+        "--console-cookie-secure/--no-console-cookie-secure",
+        default=None,
+        help="Secure flag on the console's session cookie [env COUNTERFEIT_SCAN_CONSOLE_COOKIE_SECURE; on].",
+    ),
+    click.option(
+        "--console-session-ttl-s", type=int, help="Console sign-in lifetime [env COUNTERFEIT_SCAN_CONSOLE_SESSION_TTL_S; 28800]."
+    ),
+]
+
 
 def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     def decorator(func: F) -> F:
@@ -51,3 +68,4 @@ def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
 
 engine_options = _apply([*STORAGE_OPTIONS, *MODEL_OPTIONS])
 scoring_options = _apply(SCORING_OPTIONS)
+console_options = _apply(CONSOLE_OPTIONS)

@@ -58,6 +58,17 @@ class Settings(BaseSettings):
         5.0, ge=0, le=300, description="Seconds a checked API key stays trusted (revoked by another process: stops within this)."
     )
 
+    # Web console (/console, service/console/)
+    console_enabled: bool = Field(True, description="Serve the web console under /console.")
+    console_cookie_secure: bool = Field(
+        True,
+        description="Mark the console's session cookie Secure (HTTPS only; browsers also keep it on http://localhost "
+        "and http://127.0.0.1). Turn off only to serve the console over plain HTTP to another host.",
+    )
+    console_session_ttl_s: int = Field(
+        8 * 3600, ge=60, le=30 * 24 * 3600, description="How long a console sign-in lasts before it must be repeated."
+    )
+
     # Serving
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
