@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Engine, Float, ForeignKey, String, insert
+from sqlalchemy import JSON, ColumnElement, Engine, Float, ForeignKey, Index, String, func, insert, inspect, select
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
@@ -37,6 +38,70 @@ class ScanAccess(ScanRecordBase):
     brands: Mapped[list[str]] = mapped_column(JSON)
 
 
+class ScanSubjectBase(DeclarativeBase):
+    """Its own metadata: only ScanRecordStore creates this table, filling it from the records made before it existed."""
+
+
+class ScanSubject(ScanSubjectBase):
+    """One row per (brand, product) a scan concerns (the pairs behind `concerned_brands`), so that review queues and
+    dashboards find a brand's scans through an index instead of reading every record."""
+
+    __tablename__ = "scan_subjects"
+    __table_args__ = (Index("ix_scan_subjects_brand_product", "brand", "product"),)
+    scan_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    brand: Mapped[str] = mapped_column(String(200), primary_key=True)
+    product: Mapped[str] = mapped_column(String(200), primary_key=True)  # "" when a scan named its brand only
+
+
+def scan_subjects(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """(brand, product) pairs of a scan: asked for, and each photo's closest matches; their brands: `concerned_brands`."""
+    pairs = {(result["brand"], result.get("product") or "")} if result.get("brand") else set()
+    for image in result["images"]:
+        pairs.update((m["brand"], m["product"]) for m in image["matches"][:3])
+        pairs.update((d["brand"], d["product"]) for d in image["near_duplicates"])
+    return sorted(pairs)
+
+
+def concerning(brands: Collection[str] | None, product: str | None = None) -> ColumnElement[bool] | None:
+    """A condition on ScanRecord: the scan concerns one of `brands` (None: any brand) and, when given, `product`."""
+    if brands is None and not product:
+        return None
+    subject = select(ScanSubject.scan_id).where(ScanSubject.scan_id == ScanRecord.scan_id)
+    if brands is not None:
+        subject = subject.where(ScanSubject.brand.in_(sorted(brands)))
+    if product:
+        subject = subject.where(ScanSubject.product == product)
+    return subject.exists()
+
+
+def _create_subjects_table(engine: Engine) -> None:
+    """Create scan_subjects and fill it from existing records, in one transaction (a crash leaves no half table)."""
+    if inspect(engine).has_table(ScanSubject.__tablename__):
+        return
+    try:
+        with engine.begin() as conn:
+            ScanSubjectBase.metadata.create_all(conn)
+            last = ""
+            while True:
+                page = conn.execute(
+                    select(ScanRecord.scan_id, ScanRecord.result)
+                    .where(ScanRecord.scan_id > last)
+                    .order_by(ScanRecord.scan_id)
+                    .limit(500)
+                ).all()
+                if not page:
+                    break
+                rows = [
+                    {"scan_id": scan_id, "brand": b, "product": p} for scan_id, result in page for b, p in scan_subjects(result)
+                ]
+                if rows:
+                    conn.execute(insert(ScanSubject), rows)
+                last = page[-1][0]
+    except (OperationalError, ProgrammingError):
+        if not inspect(engine).has_table(ScanSubject.__tablename__):  # else another process created it meanwhile
+            raise
+
+
 def concerned_brands(result: dict[str, Any]) -> list[str]:
     """The brand a scan was restricted to, and the brands of each photo's closest matches."""
     brands = {result["brand"]} if result.get("brand") else set()
@@ -54,6 +119,7 @@ class ScanRecordStore:
     def __init__(self, engine: Engine) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         ScanRecordBase.metadata.create_all(engine)
+        _create_subjects_table(engine)
 
     def save(self, result: dict[str, Any], created_at: datetime, model_fingerprint: str, created_by: str = "system") -> None:
         self.save_many([(result, created_at, model_fingerprint, created_by)])
@@ -63,6 +129,7 @@ class ScanRecordStore:
         if not records:
             return
         rows, access = [], []
+        subjects: list[dict[str, str]] = []
         for result, created_at, model_fingerprint, created_by in records:
             rows.append(
                 {
@@ -78,9 +145,12 @@ class ScanRecordStore:
                 }
             )
             access.append({"scan_id": result["scan_id"], "created_by": created_by, "brands": concerned_brands(result)})
+            subjects.extend({"scan_id": result["scan_id"], "brand": b, "product": p} for b, p in scan_subjects(result))
         with self._sessions.begin() as session:  # Core executemany: one statement per table for the whole batch
             session.execute(insert(ScanRecord), rows)
             session.execute(insert(ScanAccess), access)
+            if subjects:
+                session.execute(insert(ScanSubject), subjects)
 
     def access(self, scan_id: str) -> tuple[str, list[str]] | None:
         """(created_by, brands) of a scan, or None when there is no such scan."""
@@ -94,3 +164,44 @@ class ScanRecordStore:
         with self._sessions() as session:
             record = session.get(ScanRecord, scan_id)
             return dict(record.result) if record else None
+
+    def query(
+        self,
+        verdicts: Collection[str] | None = None,
+        brands: Collection[str] | None = None,
+        product: str | None = None,
+        min_risk: float | None = None,
+        limit: int = 25,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Stored results newest first, filtered by verdict, brand (None: any), product and minimum risk; and the total."""
+        conditions: list[ColumnElement[bool]] = []
+        if verdicts is not None:
+            conditions.append(ScanRecord.verdict.in_(sorted(verdicts)))
+        if min_risk is not None:
+            conditions.append(ScanRecord.risk >= min_risk)
+        scope = concerning(brands, product)
+        if scope is not None:
+            conditions.append(scope)
+        with self._sessions() as session:
+            total = session.scalar(select(func.count()).select_from(ScanRecord).where(*conditions)) or 0
+            rows = session.scalars(
+                select(ScanRecord)
+                .where(*conditions)
+                .order_by(ScanRecord.created_at.desc(), ScanRecord.scan_id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return [dict(row.result) for row in rows], total
+
+    def daily_counts(self, since: datetime, brands: Collection[str] | None = None) -> list[tuple[str, str, int]]:
+        """(UTC day as YYYY-MM-DD, verdict, scans) since `since`, for scans that concern `brands` (None: all)."""
+        day = func.date(ScanRecord.created_at)
+        query = (
+            select(day, ScanRecord.verdict, func.count()).where(ScanRecord.created_at >= since).group_by(day, ScanRecord.verdict)
+        )
+        scope = concerning(brands)
+        if scope is not None:
+            query = query.where(scope)
+        with self._sessions() as session:
+            return [(str(d), str(verdict), int(n)) for d, verdict, n in session.execute(query)]

@@ -1,0 +1,62 @@
+"""Scan record queries behind the console's review queue and dashboard: brand scoping, filters, back-fill."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from reference_catalog import create_catalog_engine
+from service.scan_records import ScanRecordStore, concerned_brands, scan_subjects
+
+
+def result(number: int, brand: str, verdict: str, risk: float | None, product: str = "runner", **extra: Any) -> dict[str, Any]:
+    match = {"image_id": f"ref_{number}", "brand": brand, "product": product, "label": "authentic", "similarity": 0.9}
+    image = {"sha256": f"{number:064x}", "matches": [match], "near_duplicates": []}
+    return {"scan_id": f"scan_{number:03d}", "verdict": verdict, "risk": risk, "index_version": "v1", "images": [image], **extra}
+
+
+def test_subjects_are_the_pairs_behind_concerned_brands() -> None:
+    scan = {**result(1, "Acme", "needs_review", 0.5), "brand": "Zed", "product": None}
+    scan["images"][0]["near_duplicates"] = [{"image_id": "ref_9", "brand": "Other", "product": "bag", "label": "counterfeit"}]
+    assert scan_subjects(scan) == [("Acme", "runner"), ("Other", "bag"), ("Zed", "")]
+    assert sorted({b for b, _ in scan_subjects(scan)}) == concerned_brands(scan)
+
+
+def test_query_filters_scope_and_order(tmp_path: Path) -> None:
+    store = ScanRecordStore(create_catalog_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}"))
+    now = datetime.now(UTC)
+    verdicts = ["needs_review", "likely_counterfeit", "likely_authentic"]
+    for n in range(12):
+        brand = "Acme" if n % 2 else "Bolt"
+        store.save(result(n, brand, verdicts[n % 3], n / 12, product="boot" if n % 4 == 1 else "runner"),
+                   now - timedelta(hours=n), "fp", "key_x")  # fmt: skip
+    flagged = ["needs_review", "likely_counterfeit"]
+    rows, total = store.query(verdicts=flagged, brands={"Acme"})
+    assert total == len(rows) == 4 and all(r["images"][0]["matches"][0]["brand"] == "Acme" for r in rows)
+    assert [r["scan_id"] for r in rows] == ["scan_001", "scan_003", "scan_007", "scan_009"]  # newest first
+    assert store.query(verdicts=flagged, brands=set())[1] == 0
+    assert store.query(verdicts=flagged, brands=None)[1] == 8
+    assert {r["scan_id"] for r in store.query(brands={"Acme"}, product="boot")[0]} == {"scan_001", "scan_005", "scan_009"}
+    assert {r["scan_id"] for r in store.query(brands={"Bolt"}, product="boot")[0]} == set()
+    assert [r["scan_id"] for r in store.query(min_risk=0.75)[0]] == ["scan_009", "scan_010", "scan_011"]
+    page, total = store.query(limit=5, offset=10)
+    assert total == 12 and [r["scan_id"] for r in page] == ["scan_010", "scan_011"]
+    counts = store.daily_counts(now - timedelta(days=2), {"Acme"})
+    assert sum(n for _, _, n in counts) == 6 and {v for _, v, _ in counts} == set(verdicts)
+
+
+def test_subjects_of_older_records_are_back_filled(tmp_path: Path) -> None:
+    engine = create_catalog_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    store = ScanRecordStore(engine)
+    for n in range(3):
+        store.save(result(n, "Acme", "needs_review", 0.5), datetime.now(UTC), "fp")
+    with engine.begin() as conn:  # as in a database from before the table existed
+        conn.execute(text("DROP TABLE scan_subjects"))
+    reopened = ScanRecordStore(engine)
+    assert reopened.query(brands={"Acme"})[1] == 3
+    ScanRecordStore(engine)  # only the first opening fills it
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM scan_subjects")).scalar() == 3
