@@ -12,7 +12,7 @@ import click
 
 from cli.bulk import scan_batch
 from cli.common import make_settings, open_catalog, open_engine
-from cli.options import console_options, engine_options, scoring_options
+from cli.options import console_options, engine_options, import_options, scoring_options
 from cli.quality import calibrate, evaluate
 from cli.train import train
 from embeddings import ModelLoadError
@@ -34,6 +34,7 @@ def cli(verbose: bool) -> None:
 @engine_options
 @scoring_options
 @console_options
+@import_options
 def serve(**flags: Any) -> None:
     """Run the HTTP service (OpenAPI docs at /docs)."""
     import uvicorn

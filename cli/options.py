@@ -56,6 +56,23 @@ CONSOLE_OPTIONS = [
     ),
 ]
 
+IMPORT_OPTIONS = [
+    click.option(
+        "--import-max-upload-bytes", type=int, help="Archive bound [env COUNTERFEIT_SCAN_IMPORT_MAX_UPLOAD_BYTES; 256 MiB]."
+    ),
+    click.option(
+        "--import-max-expanded-bytes",
+        type=int,
+        help="Bytes an import archive may expand to [env COUNTERFEIT_SCAN_IMPORT_MAX_EXPANDED_BYTES; 2 GiB].",
+    ),
+    click.option(
+        "--import-max-members", type=int, help="Members in an import archive [env COUNTERFEIT_SCAN_IMPORT_MAX_MEMBERS; 50000]."
+    ),
+    click.option(
+        "--import-chunk-rows", type=int, help="Rows per import progress step [env COUNTERFEIT_SCAN_IMPORT_CHUNK_ROWS; 32]."
+    ),
+]
+
 
 def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     def decorator(func: F) -> F:
@@ -69,3 +86,4 @@ def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
 engine_options = _apply([*STORAGE_OPTIONS, *MODEL_OPTIONS])
 scoring_options = _apply(SCORING_OPTIONS)
 console_options = _apply(CONSOLE_OPTIONS)
+import_options = _apply(IMPORT_OPTIONS)

@@ -266,6 +266,23 @@ class CatalogRepository:
             self._bump_revision(session)
             return ref, others == 0
 
+    def relabel_image(self, image_id: str, label: str, actor: str = "system") -> tuple[ImageRef, bool] | None:
+        """Set an image's label; returns its ref and whether the label changed (a change bumps the revision)."""
+        with self._sessions.begin() as session:
+            image = session.scalar(select(ReferenceImage).where(ReferenceImage.public_id == image_id))
+            if image is None:
+                return None
+            previous = image.label
+            if previous == label:
+                return _ref(image), False
+            image.label = label
+            session.flush()
+            ref = _ref(image)
+            AuditEvent(actor, "catalog.relabel", ref.image_id, ref.brand,
+                       {"product": ref.product, "from": previous, "to": label, "sha256": ref.sha256}).add_to(session)  # fmt: skip
+            self._bump_revision(session)
+            return ref, True
+
     def _get_or_create_product(self, session: Session, brand_name: str, product_name: str) -> Product:
         brand = session.scalar(select(Brand).where(Brand.name == brand_name))
         if brand is None:

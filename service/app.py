@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from embeddings import ImageRejected
-from service.api.routes import admin, audit, catalog, health, scan, scans
+from service.api.routes import admin, audit, catalog, catalog_imports, health, scan, scans
 from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
 from service.engine import ScanEngine
@@ -42,7 +42,11 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
         summary="Counterfeit risk for marketplace listing photos, with the reference images behind each score.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.request_byte_limit)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.request_byte_limit,
+        path_limits={catalog_imports.IMPORTS_PATH: settings.import_request_byte_limit},
+    )
     app.state.runtime = runtime
     app.state.metrics = metrics
 
@@ -69,4 +73,5 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
 
     for router in (health.router, scan.router, scans.router, catalog.router, admin.router, audit.router):
         app.include_router(router)
+    app.include_router(catalog_imports.router)  # bulk catalog import and export
     return app

@@ -13,19 +13,24 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    """413 for a declared Content-Length over `max_bytes`, and for chunked bodies as soon as they pass it."""
+    """413 for a declared Content-Length over `max_bytes`, and for chunked bodies as soon as they pass it.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `path_limits` gives some paths (exact match) their own bound, e.g. archive uploads, which are bigger than scans.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_limits.get(scope.get("path", ""), self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
+        if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+            await self._refuse(send, max_bytes)
             return
         received = 0
         exceeded = False
@@ -35,7 +40,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     exceeded = True
                     raise BodyTooLarge
             return message
@@ -47,10 +52,10 @@ class BodyLimitMiddleware:
         with contextlib.suppress(BodyTooLarge):  # raised from our own receive; the 413 follows
             await self.app(scope, limited_receive, guarded_send)
         if exceeded:
-            await self._refuse(send)
+            await self._refuse(send, max_bytes)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body is larger than {self.max_bytes} bytes"}).encode()
+    async def _refuse(self, send: Send, max_bytes: int) -> None:
+        body = json.dumps({"detail": f"request body is larger than {max_bytes} bytes"}).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

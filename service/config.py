@@ -37,6 +37,14 @@ class Settings(BaseSettings):
         None, ge=1024, description="Whole request body bound; default: max_photos_per_scan x max_image_bytes + 1 MiB."
     )
 
+    # Bulk catalog import over HTTP (POST /v1/catalog/imports, service/catalog_imports.py)
+    import_max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="Largest import archive accepted (413).")
+    import_max_expanded_bytes: int = Field(
+        2 * 1024 * 1024 * 1024, ge=1024, description="Most bytes an import archive may expand to (zip bombs fail the job)."
+    )
+    import_max_members: int = Field(50_000, ge=1, description="Most members (files and folders) in an import archive.")
+    import_chunk_rows: int = Field(32, ge=1, le=10_000, description="Rows imported between two progress checkpoints.")
+
     # Scoring
     top_k: int = Field(10, ge=1, le=100, description="Reference matches considered (and shown) per photo.")
     match_threshold: float | None = Field(None, description="Similarity below which a photo is not in the catalog.")
@@ -95,6 +103,11 @@ class Settings(BaseSettings):
     @property
     def request_byte_limit(self) -> int:
         return self.max_request_bytes or self.max_photos_per_scan * self.max_image_bytes + 1024 * 1024
+
+    @property
+    def import_request_byte_limit(self) -> int:
+        """Body bound of an archive upload: the archive plus room for the other form fields."""
+        return self.import_max_upload_bytes + 1024 * 1024
 
     @property
     def blob_dir(self) -> Path:

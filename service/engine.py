@@ -443,6 +443,23 @@ class ScanEngine:
         bar.close()
         return summary
 
+    def relabel_reference(self, image_id: str, label: str, actor: str = "system") -> ImageRef | None:
+        """Change a reference image's label (None: no such image); the next scan sees the new label."""
+        if label not in LABELS:
+            raise RequestRejected(f"label must be one of {', '.join(LABELS)}, not {label!r}", 422)
+        with self._write_lock:
+            changed = self.catalog.relabel_image(image_id, label, actor)
+            if changed is None:
+                return None
+            ref, relabelled = changed
+            if relabelled:
+                # Scans read labels from these refs (the index holds only vectors), so the new label counts at once.
+                self._refs[ref.key] = ref
+                self._catalog_changed()
+                self.index.revision = self.catalog.revision()
+                self._dirty = True
+        return ref
+
     def delete_reference(self, image_id: str, actor: str = "system") -> ImageRef | None:
         with self._write_lock:
             deleted = self.catalog.delete_image(image_id, actor)

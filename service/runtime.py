@@ -6,6 +6,7 @@ import logging
 import threading
 
 from service.batching import ScanBatcher
+from service.catalog_imports import ImportJobs
 from service.config import Settings
 from service.engine import ScanEngine
 from service.errors import ServiceNotReady
@@ -25,6 +26,7 @@ class ServiceRuntime:
         self._threads: list[threading.Thread] = []
         self._batcher: ScanBatcher | None = None
         self._batcher_lock = threading.Lock()
+        self.imports = ImportJobs(settings, lambda: self.engine)  # bulk catalog imports (POST /v1/catalog/imports)
 
     def start(self) -> None:
         if self.settings.auth_disabled:
@@ -35,6 +37,7 @@ class ServiceRuntime:
         if self.engine is None:
             self._spawn(self._load, "engine-loader")
         self._spawn(self._save_periodically, "index-saver")
+        self.imports.start()
 
     def _spawn(self, target: object, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
@@ -87,5 +90,6 @@ class ServiceRuntime:
             batcher, self._batcher = self._batcher, None
         if batcher is not None:
             batcher.close()
+        self.imports.stop()
         if self.engine is not None:
             self.engine.close()

@@ -149,3 +149,42 @@ class ProductsOut(BaseModel):
 class ImagesOut(BaseModel):
     images: list[ReferenceImageOut]
     total: int
+
+
+class RelabelIn(BaseModel):
+    label: Literal["authentic", "counterfeit"]
+
+
+class RelabeledImageOut(ReferenceImageOut):
+    index_version: str
+
+
+class ImportRowErrorOut(BaseModel):
+    row: int | None = Field(description="Line of manifest.csv; null for the folder layout")
+    path: str | None = Field(description="The file's path in the archive (or as the manifest gives it)")
+    reason: str
+
+
+class ImportJobOut(BaseModel):
+    job_id: str
+    state: Literal["queued", "running", "succeeded", "failed"]
+    filename: str | None
+    format: Literal["zip", "tar.gz"]
+    archive_bytes: int
+    split: str | None
+    layout: Literal["manifest", "folders"] | None = Field(description="Known once the archive has been checked")
+    created_by: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    rows_total: int | None = Field(description="Known once the archive has been checked")
+    rows_done: int
+    images_added: int
+    duplicates_skipped: int
+    error_count: int = Field(description="All row errors; `errors` lists the first 1000")
+    errors: list[ImportRowErrorOut]
+    failure: str | None = Field(description="Why the whole job failed")
+
+
+class ImportJobsOut(BaseModel):
+    jobs: list[ImportJobOut]

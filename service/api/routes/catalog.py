@@ -14,7 +14,16 @@ from service.api.deps import EngineDep, MetricsDep, read_upload
 from service.api_keys import Principal
 from service.engine import ScanEngine
 from service.errors import RequestRejected
-from service.schemas import AddedImageOut, BrandsOut, DeletedImageOut, ImagesOut, ProductsOut, ReferenceImageOut
+from service.schemas import (
+    AddedImageOut,
+    BrandsOut,
+    DeletedImageOut,
+    ImagesOut,
+    ProductsOut,
+    ReferenceImageOut,
+    RelabeledImageOut,
+    RelabelIn,
+)
 
 router = APIRouter(prefix="/v1/catalog", tags=["catalog"])
 
@@ -80,6 +89,19 @@ async def get_image_content(image_id: str, engine: EngineDep, principal: Catalog
     ref = await _owned_image(engine, principal, image_id)
     data = await run_in_threadpool(engine.blobs.get, ref.sha256)
     return Response(data, media_type=ref.media_type)
+
+
+@router.patch("/images/{image_id}", response_model=RelabeledImageOut)
+async def relabel_image(
+    image_id: str, body: RelabelIn, engine: EngineDep, metrics: MetricsDep, principal: CatalogKey
+) -> dict[str, Any]:
+    """Change a reference image's label (authentic or counterfeit); scans use the new label at once."""
+    await _owned_image(engine, principal, image_id)
+    ref = await run_in_threadpool(partial(engine.relabel_reference, image_id, body.label, actor=principal.key_id))
+    if ref is None:
+        raise RequestRejected(f"no reference image {image_id!r}", 404)
+    metrics.catalog_changes.labels("relabel").inc()
+    return {**ref.as_dict(), "index_version": engine.index.version}
 
 
 @router.delete("/images/{image_id}", response_model=DeletedImageOut)
