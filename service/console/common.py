@@ -1,0 +1,207 @@
+"""What every console page shares: state on the app, the signed-in user, CSRF checks, rendering and errors."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+from urllib.parse import quote, urlsplit
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from service.api_keys import Principal
+from service.config import Settings
+from service.console.sessions import SessionStore, SignedIn
+from service.console.thumbnails import Thumbnails
+from service.engine import ScanEngine
+from service.errors import ServiceNotReady
+from service.runtime import ServiceRuntime
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PREFIX = "/console"
+SESSION_COOKIE = "cs_console"
+SIGN_IN_COOKIE = "cs_console_signin"  # double-submit token of the sign-in form, before there is a session
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+CONSOLE_ROLES = ("admin", "brand")  # scanner keys belong to scanning pipelines: no console (see README)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"}
+
+
+class ConsoleError(Exception):
+    """An error page (or, for htmx requests, an error fragment) with the HTTP status that fits."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class SignInRequired(Exception):
+    pass
+
+
+class ImportJobs(Protocol):
+    """The bulk import jobs of service/catalog_imports.py, as the console uses them."""
+
+    def submit(self, data: bytes, principal: Principal, filename: str | None = None) -> dict[str, Any]: ...
+
+    def get(self, job_id: str, principal: Principal) -> dict[str, Any] | None: ...
+
+    def list(self, principal: Principal, limit: int = 50) -> list[dict[str, Any]]: ...
+
+
+class ConsoleState:
+    """Held on `app.state.console`: templates, and the session store and thumbnail cache of the serving engine."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.templates = Jinja2Templates(directory=PACKAGE_DIR / "templates")
+        self.templates.env.globals["PREFIX"] = PREFIX
+        self.templates.env.filters["pct"] = lambda value, digits=0: f"{100 * float(value):.{digits}f}%"
+        self._lock = threading.Lock()
+        self._stores: dict[int, tuple[ScanEngine, SessionStore, Thumbnails]] = {}
+
+    def _for(self, engine: ScanEngine) -> tuple[ScanEngine, SessionStore, Thumbnails]:
+        with self._lock:
+            entry = self._stores.get(id(engine))
+            if entry is None or entry[0] is not engine:
+                sessions = SessionStore(engine.db, self.settings.console_session_ttl_s, self.settings.auth_disabled)
+                thumbnails = Thumbnails(self.settings.data_dir / "console_thumbnails", self.settings.image_limits())
+                entry = self._stores[id(engine)] = (engine, sessions, thumbnails)
+            return entry
+
+    def sessions(self, engine: ScanEngine) -> SessionStore:
+        return self._for(engine)[1]
+
+    def thumbnails(self, engine: ScanEngine) -> Thumbnails:
+        return self._for(engine)[2]
+
+
+def console_state(request: Request) -> ConsoleState:
+    state: ConsoleState = request.app.state.console
+    return state
+
+
+def get_engine(request: Request) -> ScanEngine:
+    runtime: ServiceRuntime = request.app.state.runtime
+    try:
+        return runtime.require_engine()
+    except ServiceNotReady as exc:
+        raise ConsoleError(503, f"The service is not ready yet ({exc}). Try again in a moment.") from exc
+
+
+def import_jobs(request: Request) -> ImportJobs | None:
+    """The runtime's import jobs, when this build has them."""
+    jobs: ImportJobs | None = getattr(request.app.state.runtime, "imports", None)
+    return jobs
+
+
+async def current_user(request: Request) -> SignedIn | None:
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    engine = get_engine(request)
+    return await run_in_threadpool(console_state(request).sessions(engine).resolve, token)
+
+
+async def require_user(request: Request) -> SignedIn:
+    user = await current_user(request)
+    if user is None:
+        raise SignInRequired
+    request.state.console_user = user
+    return user
+
+
+def same_origin(request: Request) -> bool:
+    """A browser's Origin (or Referer) header, when sent, must name this host."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin or origin == "null":
+        return origin is None
+    return urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+async def require_csrf(request: Request, user: Annotated[SignedIn, Depends(require_user)]) -> SignedIn:
+    """POSTs carry the session's CSRF token (form field or htmx header) and come from this origin."""
+    sent = request.headers.get(CSRF_HEADER)
+    if not sent:
+        form = await request.form()
+        value = form.get(CSRF_FIELD)
+        sent = value if isinstance(value, str) else None
+    if not sent or not hmac.compare_digest(sent.encode(), user.csrf_token.encode()) or not same_origin(request):
+        raise ConsoleError(403, "This form is out of date or did not come from the console (CSRF check). Reload the page.")
+    return user
+
+
+EngineDep = Annotated[ScanEngine, Depends(get_engine)]
+UserDep = Annotated[SignedIn, Depends(require_user)]
+CsrfUserDep = Annotated[SignedIn, Depends(require_csrf)]
+StateDep = Annotated[ConsoleState, Depends(console_state)]
+
+
+def visible_brands(principal: Principal) -> frozenset[str] | None:
+    """The brands whose catalog and scans a user sees; None: all of them (admin)."""
+    return None if principal.role == "admin" else principal.brands
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def render(
+    request: Request,
+    template: str,
+    context: Mapping[str, Any] | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    state = console_state(request)
+    user: SignedIn | None = getattr(request.state, "console_user", None)
+    runtime: ServiceRuntime = request.app.state.runtime
+    engine = runtime.engine
+    full = {
+        "request": request,
+        "user": user,
+        "csrf_token": user.csrf_token if user else "",
+        "random_weights": bool(engine is not None and engine.embedder.info.random_weights),
+        "auth_disabled": state.settings.auth_disabled,
+        **(context or {}),
+    }
+    response = state.templates.TemplateResponse(request, template, full, status_code=status)
+    response.headers.update({**PAGE_HEADERS, **(headers or {})})
+    return response
+
+
+def redirect(url: str, request: Request | None = None) -> Response:
+    """303 to `url`; for htmx requests an HX-Redirect, which htmx follows with a full page load."""
+    if request is not None and is_htmx(request):
+        return Response(status_code=204, headers={"HX-Redirect": url, **PAGE_HEADERS})
+    return RedirectResponse(url, status_code=303, headers=PAGE_HEADERS)
+
+
+def sign_in_url(request: Request) -> str:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return f"{PREFIX}/sign-in?next={quote(target, safe='')}"
+
+
+def safe_next(value: str | None) -> str:
+    """Only console paths may be redirected to after sign-in (no open redirect)."""
+    if value and value.startswith(PREFIX + "/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return f"{PREFIX}/review"

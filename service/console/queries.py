@@ -1,0 +1,167 @@
+"""Read-only queries behind the console pages: the catalog tree, provenance, and the dashboard's figures."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from reference_catalog import ImageRef
+from reference_catalog.audit import AuditEntry
+from reference_catalog.models import ReferenceImage
+from service.engine import ScanEngine
+from service.feedback import ScanFeedback
+from service.scan_records import ScanRecord, concerning
+
+FLAGGED = ("likely_counterfeit", "needs_review")
+VERDICTS = ("likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog")
+REVIEWER_VERDICTS = ("confirmed_counterfeit", "confirmed_authentic", "not_applicable")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    actor: str
+    actor_name: str | None
+    at: datetime
+
+
+def catalog_images(
+    engine: ScanEngine, brands: frozenset[str] | None, brand: str | None, product: str | None, label: str | None
+) -> list[ImageRef]:
+    """Reference images a user may see, newest first, narrowed to a brand, product and label."""
+    return sorted(
+        (
+            ref
+            for ref in engine.catalog.all_images()
+            if (brands is None or ref.brand in brands)
+            and (brand is None or ref.brand == brand)
+            and (product is None or ref.product == product)
+            and (label is None or ref.label == label)
+        ),
+        key=lambda ref: (ref.created_at, ref.key),
+        reverse=True,
+    )
+
+
+def provenance(engine: ScanEngine, image_ids: Collection[str]) -> dict[str, Provenance]:
+    """Who added each image and when, from the audit log (the catalog rows keep the source, not the key)."""
+    if not image_ids:
+        return {}
+    names = {key["key_id"]: key["name"] for key in engine.keys.list()}
+    sessions = sessionmaker(engine.db)
+    query = select(AuditEntry.target, AuditEntry.actor, AuditEntry.at).where(
+        AuditEntry.action == "catalog.add", AuditEntry.target.in_(sorted(image_ids))
+    )
+    found: dict[str, Provenance] = {}
+    with sessions() as session:
+        for target, actor, at in session.execute(query):
+            at = at if at.tzinfo else at.replace(tzinfo=UTC)
+            found[str(target)] = Provenance(actor, names.get(actor), at)
+    return found
+
+
+def existing_images(engine: ScanEngine, image_ids: Iterable[str]) -> set[str]:
+    """Which of these reference image ids are still in the catalog."""
+    ids = sorted(set(image_ids))
+    if not ids:
+        return set()
+    with sessionmaker(engine.db)() as session:
+        return set(session.scalars(select(ReferenceImage.public_id).where(ReferenceImage.public_id.in_(ids))))
+
+
+@dataclass
+class DayRow:
+    day: date
+    total: int = 0
+    by_verdict: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def flagged(self) -> int:
+        return sum(self.by_verdict[v] for v in FLAGGED)
+
+    @property
+    def share_flagged(self) -> float:
+        return self.flagged / self.total if self.total else 0.0
+
+
+@dataclass
+class Dashboard:
+    days: list[DayRow]
+    totals: Counter[str]
+    agreement: dict[str, Counter[str]]  # service verdict -> latest reviewer verdict -> scans
+
+    @property
+    def total(self) -> int:
+        return sum(self.totals.values())
+
+    @property
+    def flagged(self) -> int:
+        return sum(self.totals[v] for v in FLAGGED)
+
+    @property
+    def busiest(self) -> int:
+        return max((row.total for row in self.days), default=0)
+
+    @property
+    def reviewed_total(self) -> int:
+        return sum(sum(counts.values()) for counts in self.agreement.values())
+
+    def confirmed_share(self, verdict: str) -> float | None:
+        """Of this verdict's scans that a reviewer called counterfeit or authentic: the share called counterfeit."""
+        counts = self.agreement.get(verdict, Counter())
+        decided = counts["confirmed_counterfeit"] + counts["confirmed_authentic"]
+        return counts["confirmed_counterfeit"] / decided if decided else None
+
+
+def dashboard(engine: ScanEngine, brands: frozenset[str] | None, days: int, today: date | None = None) -> Dashboard:
+    """Scans per UTC day and verdict over the last `days` days, and the reviewers' latest verdict on those scans."""
+    today = today or datetime.now(UTC).date()
+    first = today - timedelta(days=days - 1)
+    since = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    rows = {first + timedelta(days=i): DayRow(first + timedelta(days=i)) for i in range(days)}
+    totals: Counter[str] = Counter()
+    for day, verdict, count in engine.scans.daily_counts(since, brands):
+        row = rows.get(date.fromisoformat(day))
+        if row is not None:
+            row.total += count
+            row.by_verdict[verdict] += count
+            totals[verdict] += count
+    query = (
+        select(ScanFeedback.scan_id, ScanRecord.verdict, ScanFeedback.verdict, ScanFeedback.created_at)
+        .join(ScanRecord, ScanRecord.scan_id == ScanFeedback.scan_id)
+        .where(ScanRecord.created_at >= since)
+    )
+    scope = concerning(brands)
+    if scope is not None:
+        query = query.where(scope)
+    latest: dict[str, tuple[datetime, str, str]] = {}
+    with sessionmaker(engine.db)() as session:
+        for scan_id, service_verdict, reviewer_verdict, at in session.execute(query):
+            if scan_id not in latest or at >= latest[scan_id][0]:
+                latest[scan_id] = (at, service_verdict, reviewer_verdict)
+    agreement: dict[str, Counter[str]] = {}
+    for _, service_verdict, reviewer_verdict in latest.values():
+        agreement.setdefault(service_verdict, Counter())[reviewer_verdict] += 1
+    return Dashboard(sorted(rows.values(), key=lambda r: r.day, reverse=True), totals, agreement)
+
+
+def scan_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What the review queue shows of a (redacted) scan: its subject and top match."""
+    top = next((image["matches"][0] for image in record["images"] if image["matches"]), None)
+    return {
+        "scan_id": record["scan_id"],
+        "listing_id": record.get("listing_id"),
+        "created_at": datetime.fromisoformat(record["created_at"]) if record.get("created_at") else None,
+        "verdict": record["verdict"],
+        "risk": record.get("risk"),
+        "calibrated": record.get("calibrated", False),
+        "brand": record.get("brand") or (top["brand"] if top else None),
+        "product": record.get("product") or (top["product"] if top else None),
+        "photos": len(record["images"]),
+        "top": top,
+    }

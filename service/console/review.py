@@ -1,0 +1,215 @@
+"""Review queue (flagged scans of the user's brands), a scan's evidence page, reviewer feedback, and the dashboard."""
+
+from __future__ import annotations
+
+import io
+from functools import partial
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import Response
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from embeddings import ImageRejected
+from service.api.auth import may_read_scan, redact_scan
+from service.api_keys import Principal
+from service.console.common import (
+    IMAGE_HEADERS,
+    PREFIX,
+    ConsoleError,
+    CsrfUserDep,
+    EngineDep,
+    StateDep,
+    UserDep,
+    is_htmx,
+    redirect,
+    render,
+    visible_brands,
+)
+from service.console.queries import FLAGGED, REVIEWER_VERDICTS, dashboard, existing_images, scan_summary
+from service.console.thumbnails import THUMBNAIL_SIZES
+from service.engine import ScanEngine
+from service.errors import RequestRejected
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+PAGE_SIZE = 25
+DASHBOARD_DAYS = (7, 30, 90)
+MAX_NOTE = 2000
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        number = float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+    return None if number is None or not 0 <= number <= 1 else number
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value else default
+    except ValueError:
+        return default
+
+
+@router.get("/review")
+async def review_queue(
+    request: Request,
+    engine: EngineDep,
+    user: UserDep,
+    verdict: str | None = None,
+    brand: str | None = None,
+    product: str | None = None,
+    min_risk: str | None = None,
+    page: str | None = None,
+) -> Response:
+    """Scans answered likely_counterfeit or needs_review that concern the user's brands, newest first."""
+    principal = user.principal
+    scope = visible_brands(principal)
+    verdicts = [verdict] if verdict in FLAGGED else list(FLAGGED)
+    brands = scope
+    if brand:
+        brands = frozenset({brand}) & scope if scope is not None else frozenset({brand})
+    risk_floor = _float(min_risk)
+    number = max(1, _int(page, 1))
+    rows, total = await run_in_threadpool(
+        partial(engine.scans.query, verdicts, brands, product or None, risk_floor, PAGE_SIZE, (number - 1) * PAGE_SIZE)
+    )
+    summaries = [scan_summary(redact_scan(principal, row)) for row in rows]
+    catalog_products = [p for p in await run_in_threadpool(engine.catalog.list_products) if principal.owns(p.brand)]
+    filters = {"verdict": verdict if verdict in FLAGGED else "", "brand": brand or "", "product": product or "",
+               "min_risk": "" if risk_floor is None else f"{risk_floor:g}"}  # fmt: skip
+
+    def page_url(n: int) -> str:
+        return f"{PREFIX}/review?" + urlencode({**{k: v for k, v in filters.items() if v}, "page": n})
+
+    context = {
+        "nav": "review",
+        "scans": summaries,
+        "total": total,
+        "page": number,
+        "pages": max(1, -(-total // PAGE_SIZE)),
+        "page_url": page_url,
+        "filters": filters,
+        "bad_risk": bool(min_risk) and risk_floor is None,
+        "brand_choices": sorted({p.brand for p in catalog_products} | (scope or set())),
+        "product_choices": sorted({p.name for p in catalog_products if not brand or p.brand == brand}),
+        "first": (number - 1) * PAGE_SIZE + 1,
+    }
+    return render(request, "review.html", context)
+
+
+async def readable_scan(engine: ScanEngine, principal: Principal, scan_id: str) -> dict[str, Any]:
+    """The stored scan, redacted for this user; another brand's scan is a 404, like one that does not exist."""
+    access = await run_in_threadpool(engine.scans.access, scan_id)
+    record = await run_in_threadpool(engine.scans.get, scan_id) if access is not None else None
+    if access is None or record is None or not may_read_scan(principal, *access):
+        raise ConsoleError(404, "There is no such scan among your brands' scans.")
+    return redact_scan(principal, record)
+
+
+async def _scan_context(engine: ScanEngine, principal: Principal, scan_id: str) -> dict[str, Any]:
+    record = await readable_scan(engine, principal, scan_id)
+    feedback = await run_in_threadpool(engine.feedback.for_scan, scan_id)
+    ids = [m["image_id"] for image in record["images"] for m in image["matches"]]
+    ids += [d["image_id"] for image in record["images"] for d in image["near_duplicates"]]
+    ids += [i for f in feedback for i in f["added_image_ids"]]
+    existing = await run_in_threadpool(existing_images, engine, ids)
+    kept = [bool(record.get("photos_kept")) and engine.scan_photos.path(image["sha256"]).is_file() for image in record["images"]]
+    return {
+        "scan": record,
+        "summary": scan_summary(record),
+        "feedback": feedback,
+        "existing": existing,
+        "kept": kept,
+        "may_review": principal.role in ("admin", "brand"),
+        "reviewer_verdicts": REVIEWER_VERDICTS,
+    }
+
+
+@router.get("/scans/{scan_id}")
+async def scan_page(request: Request, scan_id: str, engine: EngineDep, user: UserDep) -> Response:
+    context = await _scan_context(engine, user.principal, scan_id)
+    return render(request, "scan.html", {"nav": "review", **context})
+
+
+@router.get("/scans/{scan_id}/photos/{number}")
+async def scan_photo(
+    scan_id: str, number: int, engine: EngineDep, state: StateDep, user: UserDep, size: str = "large"
+) -> Response:
+    """A listing photo of a scan (kept for flagged scans, see keep_scan_photos), downscaled unless size=full."""
+    record = await readable_scan(engine, user.principal, scan_id)
+    if not 1 <= number <= len(record["images"]) or not record.get("photos_kept"):
+        raise ConsoleError(404, "This scan's photo was not kept.")
+    sha = str(record["images"][number - 1]["sha256"])
+    try:
+        if size == "full":
+            data = await run_in_threadpool(engine.scan_photos.get, sha)
+            with Image.open(io.BytesIO(data)) as image:
+                media_type = Image.MIME.get(image.format or "", "application/octet-stream")
+            return Response(data, media_type=media_type, headers=IMAGE_HEADERS)
+        pixels = THUMBNAIL_SIZES.get(size, THUMBNAIL_SIZES["large"])
+        data = await run_in_threadpool(state.thumbnails(engine).get, sha, pixels, partial(engine.scan_photos.get, sha))
+    except (OSError, ImageRejected) as exc:
+        raise ConsoleError(404, "This scan's photo was not kept.") from exc
+    return Response(data, media_type="image/jpeg", headers=IMAGE_HEADERS)
+
+
+@router.post("/scans/{scan_id}/feedback")
+async def give_feedback(
+    request: Request,
+    scan_id: str,
+    engine: EngineDep,
+    user: CsrfUserDep,
+    verdict: Annotated[str, Form(max_length=40)] = "",
+    note: Annotated[str, Form(max_length=MAX_NOTE + 100)] = "",
+    brand: Annotated[str, Form(max_length=300)] = "",
+    product: Annotated[str, Form(max_length=300)] = "",
+) -> Response:
+    """Record a reviewer's verdict exactly as POST /v1/scans/{id}/feedback does (a confirmed fake joins the catalog)."""
+    principal = user.principal
+    await readable_scan(engine, principal, scan_id)
+    error: str | None = None
+    status = 201
+    recorded: dict[str, Any] | None = None
+    if verdict not in REVIEWER_VERDICTS:
+        error, status = "Choose confirm counterfeit, confirm authentic or not applicable.", 422
+    elif len(note) > MAX_NOTE or len(brand.strip()) > 200 or len(product.strip()) > 200:
+        error, status = f"The note takes at most {MAX_NOTE} characters, brand and product 200.", 422
+    else:
+        allowed = principal.brands if principal.is_brand else None
+        try:
+            recorded = await run_in_threadpool(
+                partial(engine.give_feedback, scan_id, verdict, note.strip() or None, brand.strip() or None,
+                        product.strip() or None, actor=principal.key_id, allowed_brands=allowed)
+            )  # fmt: skip
+            request.app.state.metrics.feedback.labels(verdict).inc()
+        except RequestRejected as exc:
+            error, status = exc.detail, exc.status
+    if not is_htmx(request):
+        if error is not None:
+            raise ConsoleError(status, error)
+        return redirect(f"{PREFIX}/scans/{scan_id}")
+    context = await _scan_context(engine, principal, scan_id)
+    return render(request, "_feedback.html", {**context, "error": error, "recorded": recorded}, status=status)
+
+
+@router.get("/dashboard")
+async def dashboard_page(request: Request, engine: EngineDep, user: UserDep, days: str | None = None) -> Response:
+    span = _int(days, 30)
+    span = span if span in DASHBOARD_DAYS else 30
+    figures = await run_in_threadpool(dashboard, engine, visible_brands(user.principal), span)
+    model = engine.model
+    thresholds = model.calibrator.summary() if model.calibrator is not None else None
+    context = {
+        "nav": "dashboard",
+        "figures": figures,
+        "days": span,
+        "day_choices": DASHBOARD_DAYS,
+        "calibration": thresholds,
+        "scoring": model.scoring,
+    }
+    return render(request, "dashboard.html", context)
