@@ -14,6 +14,7 @@ from embeddings import ImageRejected
 from service.api.routes import admin, audit, catalog, catalog_imports, health, scan, scans
 from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
+from service.console import CONSOLE_IMPORTS_PATH, mount_console
 from service.engine import ScanEngine
 from service.errors import RequestRejected, ServiceNotReady
 from service.metrics import ServiceMetrics
@@ -45,7 +46,10 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.request_byte_limit,
-        path_limits={catalog_imports.IMPORTS_PATH: settings.import_request_byte_limit},
+        path_limits={
+            catalog_imports.IMPORTS_PATH: settings.import_request_byte_limit,
+            CONSOLE_IMPORTS_PATH: settings.import_request_byte_limit,
+        },
     )
     app.state.runtime = runtime
     app.state.metrics = metrics
@@ -74,4 +78,5 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
     for router in (health.router, scan.router, scans.router, catalog.router, admin.router, audit.router):
         app.include_router(router)
     app.include_router(catalog_imports.router)  # bulk catalog import and export
+    mount_console(app, settings)  # web console under /console (service/console/)
     return app

@@ -26,6 +26,8 @@ from service.console.common import (
     sign_in_url,
 )
 
+CONSOLE_IMPORTS_PATH = f"{PREFIX}/catalog/imports"  # archive uploads: the bigger body bound of bulk imports (app.py)
+
 
 def mount_console(app: FastAPI, settings: Settings) -> None:
     """Serve the console on `app` (unless console_enabled is off): pages, static files, and their error pages."""
