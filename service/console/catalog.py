@@ -84,8 +84,7 @@ async def catalog_page(
     pages = max(1, -(-len(refs) // PAGE_SIZE))
     page = min(max(page, 1), pages)
     shown = refs[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-    jobs = import_jobs(request)
-    recent = await run_in_threadpool(jobs.list, principal, 5) if jobs is not None else []
+    recent = await run_in_threadpool(import_jobs(request).list, principal, 5)
     context = {
         "nav": "catalog",
         "brands": [(name, summaries.get(name)) for name in brand_names],
@@ -99,7 +98,6 @@ async def catalog_page(
         "pages": pages,
         "page_url": lambda n: catalog_url(brand, product, label=label, page=n),
         "catalog_url": catalog_url,
-        "imports_available": jobs is not None,
         "recent_imports": recent,
         "own_brands": brand_names if principal.is_brand else None,
         **await run_in_threadpool(_card_context, engine, shown),
@@ -200,11 +198,8 @@ async def relabel_image(
     ref = await owned_image(engine, user.principal, image_id)
     if label not in LABELS:
         raise ConsoleError(422, f"A label is {' or '.join(LABELS)}.")
-    relabel = getattr(engine, "relabel_reference", None)
-    if relabel is None:
-        raise ConsoleError(501, "Relabelling is not available in this version of the service.")
     try:
-        updated: ImageRef | None = await run_in_threadpool(partial(relabel, image_id, label, actor=user.principal.key_id))
+        updated = await run_in_threadpool(partial(engine.relabel_reference, image_id, label, actor=user.principal.key_id))
     except RequestRejected as exc:
         raise ConsoleError(exc.status, exc.detail) from exc
     if updated is None:
@@ -225,8 +220,6 @@ async def import_archive(
 ) -> Response:
     """Start a bulk import job (service/catalog_imports.py) and show its progress."""
     jobs = import_jobs(request)
-    if jobs is None:
-        raise ConsoleError(501, "Archive import is not available in this version of the service.")
     if archive is None or not archive.filename:
         raise ConsoleError(422, "Choose or drop a .zip or .tar.gz archive.")
     data = await archive.read()
@@ -241,8 +234,7 @@ async def import_archive(
 
 @router.get("/catalog/imports/{job_id}")
 async def import_status(request: Request, job_id: str, user: UserDep) -> Response:
-    jobs = import_jobs(request)
-    job = await run_in_threadpool(jobs.get, job_id, user.principal) if jobs is not None else None
+    job = await run_in_threadpool(import_jobs(request).get, job_id, user.principal)
     if job is None:
         raise ConsoleError(404, "There is no such import job.")
     context = {"job": job, "catalog_url": catalog_url, "nav": "catalog", "running": job["state"] in RUNNING_STATES}

@@ -6,7 +6,7 @@ import hmac
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
@@ -15,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from service.api_keys import Principal
+from service.catalog_imports import ImportJobs
 from service.config import Settings
 from service.console.sessions import SessionStore, SignedIn
 from service.console.thumbnails import Thumbnails
@@ -57,16 +58,6 @@ class SignInRequired(Exception):
     pass
 
 
-class ImportJobs(Protocol):
-    """The bulk import jobs of service/catalog_imports.py, as the console uses them."""
-
-    def submit(self, data: bytes, principal: Principal, filename: str | None = None) -> dict[str, Any]: ...
-
-    def get(self, job_id: str, principal: Principal) -> dict[str, Any] | None: ...
-
-    def list(self, principal: Principal, limit: int = 50) -> list[dict[str, Any]]: ...
-
-
 class ConsoleState:
     """Held on `app.state.console`: templates, and the session store and thumbnail cache of the serving engine."""
 
@@ -107,10 +98,10 @@ def get_engine(request: Request) -> ScanEngine:
         raise ConsoleError(503, f"The service is not ready yet ({exc}). Try again in a moment.") from exc
 
 
-def import_jobs(request: Request) -> ImportJobs | None:
-    """The runtime's import jobs, when this build has them."""
-    jobs: ImportJobs | None = getattr(request.app.state.runtime, "imports", None)
-    return jobs
+def import_jobs(request: Request) -> ImportJobs:
+    """The runtime's bulk import jobs (service/catalog_imports.py)."""
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime.imports
 
 
 async def current_user(request: Request) -> SignedIn | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import httpx
+import httpx2
 from fastapi.testclient import TestClient
 
 from service.engine import PhotoInput, ScanEngine
@@ -20,7 +20,7 @@ def hidden_csrf(html: str) -> str:
     return match.group(1)
 
 
-def sign_in(client: TestClient, key: str, next_url: str = "") -> httpx.Response:
+def sign_in(client: TestClient, key: str, next_url: str = "") -> httpx2.Response:
     """Sign in through the real form (GET for its token and cookie, then POST); returns the POST's answer."""
     page = client.get("/console/sign-in")
     assert page.status_code == 200, page.text
