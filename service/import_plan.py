@@ -42,7 +42,7 @@ class PlannedRow:
     brand: str
     product: str
     label: str
-    source: str
+    source: str | None
 
     def error(self, reason: str) -> RowError:
         return RowError(self.row, self.path, reason)
@@ -148,7 +148,9 @@ def _plan_from_manifest(
         elif not may_import(row.brand):
             plan.errors.append(RowError(row.line, relative, f"forbidden: this key may not import into brand {row.brand!r}"))
         else:
-            source = (row.extra.get("source") or relative)[:MAX_SOURCE_LENGTH]
+            # A source column is taken as it is (empty: none), so that an export comes back unchanged; else the path.
+            source = (row.extra["source"] or None) if "source" in row.extra else relative
+            source = source[:MAX_SOURCE_LENGTH] if source else None
             plan.rows.append(PlannedRow(row.line, relative, member, row.brand, row.product, row.label, source))
     plan.errors.sort(key=lambda error: error.row or 0)
     return plan

@@ -8,6 +8,7 @@ import io
 import stat
 import tarfile
 import time
+import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
 
@@ -16,7 +17,8 @@ Members = Iterable[tuple[str, bytes]]
 
 def zip_bytes(members: Members, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as zf:
+    with zipfile.ZipFile(buffer, "w", compression) as zf, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Duplicate name", UserWarning)  # some tests want a name twice
         for name, data in members:
             zf.writestr(name, data)
     return buffer.getvalue()

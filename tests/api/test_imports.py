@@ -55,6 +55,7 @@ def test_folder_layout_zip_is_imported_in_the_background(client: TestClient, dat
     expected = {("Acme", "runner", "authentic", sha256(d)) for d in authentic}
     expected |= {("Acme", "runner", "counterfeit", sha256(d)) for d in fakes}
     assert {row[:4] for row in catalog_rows(data_dir)} == expected
+    assert "Acme/runner/counterfeit/p10.jpg" in {row[4] for row in catalog_rows(data_dir)}  # source: the path
     assert leftovers(data_dir) == []  # the archive and its work folder are gone
 
     top = scan(client, [fakes[0]])["images"][0]["matches"][0]  # searchable, with its label
@@ -114,7 +115,7 @@ def test_manifest_tar_gz_reports_bad_rows_and_imports_the_good_ones(client: Test
         ("runner", "counterfeit", sha256(good[1])),
         ("trail", "authentic", sha256(good[2])),
     }
-    assert {r[4] for r in rows_stored} == {"shoot 1", "images/b.png", "images/c.webp"}  # source: column, else the path
+    assert {r[4] for r in rows_stored} == {"shoot 1", None}  # the source column (empty: none)
 
 
 def test_split_keeps_only_that_split(client: TestClient, data_dir: Path) -> None:
@@ -125,7 +126,7 @@ def test_split_keeps_only_that_split(client: TestClient, data_dir: Path) -> None
     ])  # fmt: skip
     job = import_archive(client, archive, split="reference")
     assert (job["state"], job["split"], job["rows_total"], job["images_added"]) == ("succeeded", "reference", 2, 2)
-    assert {r[3] for r in catalog_rows(data_dir)} == {sha256(images[0]), sha256(images[2])}
+    assert {(r[3], r[4]) for r in catalog_rows(data_dir)} == {(sha256(images[0]), "0.jpg"), (sha256(images[2]), "2.jpg")}
 
 
 def test_a_zipped_folder_and_os_clutter_are_understood(client: TestClient, data_dir: Path) -> None:
