@@ -14,7 +14,7 @@ import tarfile
 import threading
 import time
 import zipfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import BinaryIO, Literal
 
 import anyio
@@ -88,14 +88,15 @@ class _Cancelled(Exception):
 class _PipeWriter:
     """A write-only stream that passes its bytes through a bounded queue, in chunks of about PIPE_CHUNK."""
 
-    def __init__(self, chunks: queue.Queue[bytes | BaseException | None], cancelled: threading.Event) -> None:
+    def __init__(self, chunks: queue.Queue[bytes | BaseException | None], cancelled: threading.Event, chunk_bytes: int) -> None:
         self._chunks = chunks
         self._cancelled = cancelled
+        self._chunk_bytes = chunk_bytes
         self._buffer = bytearray()
 
     def write(self, data: bytes) -> int:
         self._buffer += data
-        if len(self._buffer) >= PIPE_CHUNK:
+        if len(self._buffer) >= self._chunk_bytes:
             self.flush()
         return len(data)
 
@@ -116,12 +117,12 @@ class _PipeWriter:
 
 
 async def stream_catalog_archive(
-    engine: ScanEngine, brand: str | None, fmt: ExportFormat, refs: Sequence[ImageRef]
-) -> AsyncIterator[bytes]:
+    engine: ScanEngine, brand: str | None, fmt: ExportFormat, refs: Sequence[ImageRef], chunk_bytes: int = PIPE_CHUNK
+) -> AsyncGenerator[bytes, None]:
     """The archive's bytes as they are written, with only a few chunks in memory; stops writing if the client goes."""
     chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(PIPE_DEPTH)
     cancelled = threading.Event()
-    pipe = _PipeWriter(chunks, cancelled)
+    pipe = _PipeWriter(chunks, cancelled, chunk_bytes)
 
     def produce() -> None:
         try:

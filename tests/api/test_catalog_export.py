@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import tarfile
+import threading
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
-from service.catalog_export import write_catalog_archive
+from service.catalog_export import catalog_refs, stream_catalog_archive, write_catalog_archive
 from service.engine import ScanEngine
 from tests import imaging
 from tests.api.imports_helpers import catalog_rows, import_archive
@@ -104,3 +107,20 @@ def test_an_empty_brand_exports_just_a_manifest(client: TestClient, engine: Scan
     client.delete(f"/v1/catalog/images/{added['image_id']}")
     members = members_of(client.get("/v1/catalog/export?brand=Initech").content, "zip")
     assert members == {"manifest.csv": b"path,brand,product,label,source\n"}
+
+
+def test_an_export_the_client_abandons_stops_writing(client: TestClient, engine: ScanEngine) -> None:
+    seed(client)
+    refs = catalog_refs(engine, "Acme")
+
+    async def first_chunk_then_leave() -> bytes:
+        stream = stream_catalog_archive(engine, "Acme", "zip", refs, chunk_bytes=512)
+        first = await anext(stream)
+        await stream.aclose()  # what the server does when the client goes away
+        return first
+
+    assert anyio.run(first_chunk_then_leave).startswith(b"PK\x03\x04")
+    deadline = time.monotonic() + 5
+    while any(thread.name == "catalog-export" for thread in threading.enumerate()):
+        assert time.monotonic() < deadline, "the export writer kept running after the client left"
+        time.sleep(0.05)
