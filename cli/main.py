@@ -12,7 +12,7 @@ import click
 
 from cli.bulk import scan_batch
 from cli.common import make_settings, open_catalog, open_engine
-from cli.options import console_options, engine_options, import_options, scoring_options
+from cli.options import all_other_settings, console_options, engine_options, import_options, scoring_options
 from cli.quality import calibrate, evaluate
 from cli.train import train
 from embeddings import ModelLoadError
@@ -29,6 +29,7 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
+@all_other_settings
 @click.option("--host", help="Bind address [env COUNTERFEIT_SCAN_HOST; 127.0.0.1].")
 @click.option("--port", type=int, help="Port [env COUNTERFEIT_SCAN_PORT; 8000].")
 @engine_options

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import click
+from pydantic.fields import FieldInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,3 +89,35 @@ engine_options = _apply([*STORAGE_OPTIONS, *MODEL_OPTIONS])
 scoring_options = _apply(SCORING_OPTIONS)
 console_options = _apply(CONSOLE_OPTIONS)
 import_options = _apply(IMPORT_OPTIONS)
+
+
+def _field_option(name: str, field: FieldInfo) -> click.Option:
+    """A flag for one Settings field, typed from its annotation, its help naming the environment variable."""
+    env = f"COUNTERFEIT_SCAN_{name.upper()}"
+    default = field.get_default(call_default_factory=True)
+    shown = "" if default is None else f"; {default}"
+    help_text = f"{field.description or ''} [env {env}{shown}]".strip()
+    flag = "--" + name.replace("_", "-")
+    annotation = field.annotation
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        annotation = args[0]
+    if annotation is bool:
+        return click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text)
+    if get_origin(annotation) is Literal:
+        return click.Option([flag, name], type=click.Choice([str(a) for a in get_args(annotation)]), help=help_text)
+    kinds: dict[Any, Any] = {int: int, float: float, str: str, Path: click.Path(path_type=Path)}
+    return click.Option([flag, name], type=kinds.get(annotation, str), help=help_text)
+
+
+def all_other_settings(func: F) -> F:
+    """Add a flag for every Settings field the command has no option for yet (put it above the other option groups,
+    which it then sees), so that every knob of the service is a flag as well as an environment variable."""
+    from service.config import Settings
+
+    params: list[click.Parameter] = getattr(func, "__click_params__", [])
+    taken = {param.name for param in params}
+    missing = [_field_option(name, field) for name, field in Settings.model_fields.items() if name not in taken]
+    params[:0] = reversed(missing)  # click lists __click_params__ in reverse: these come last, in field order
+    func.__click_params__ = params  # type: ignore[attr-defined]
+    return func

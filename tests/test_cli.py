@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
@@ -247,3 +248,25 @@ def test_console_script_smoke(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     info = json.loads(completed.stdout)
     assert (info["architecture"], info["dim"], info["random_weights"]) == ("cs-tiny-vit", 32, True)
+
+
+def test_every_setting_is_a_serve_flag() -> None:
+    """Each Settings field (every COUNTERFEIT_SCAN_* variable) is also a flag of `serve`, typed like the field."""
+    from cli.common import make_settings
+    from service.config import Settings
+
+    serve = cli.commands["serve"]
+    params = {param.name: param for param in serve.params}
+    assert set(Settings.model_fields) <= set(params)
+    ctx = serve.make_context(
+        "serve", ["--batch-max-wait-ms", "7.5", "--keep-scan-photos", "all", "--auth-disabled", "--queue-max-photos", "9"]
+    )
+    settings = make_settings(**ctx.params)
+    assert (settings.batch_max_wait_ms, settings.keep_scan_photos, settings.auth_disabled, settings.queue_max_photos) == (
+        7.5,
+        "all",
+        True,
+        9,
+    )
+    with pytest.raises(click.BadParameter):
+        serve.make_context("serve", ["--keep-scan-photos", "some"])
