@@ -118,6 +118,7 @@ async def sign_out(request: Request, state: StateDep, engine: EngineDep, _user: 
     token = request.cookies.get(SESSION_COOKIE, "")
     await run_in_threadpool(state.sessions(engine).end, token)
     response = redirect(f"{PREFIX}/sign-in?signed_out=1")
+    response.headers["Clear-Site-Data"] = '"cache"'  # images this user viewed leave the browser's cache with them
     response.delete_cookie(
         SESSION_COOKIE, path=PREFIX, secure=state.settings.console_cookie_secure, httponly=True, samesite="strict"
     )

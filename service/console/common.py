@@ -42,7 +42,9 @@ PAGE_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"}
+# Images may be cached by the browser, but only for the session that fetched them: another user signing in on the
+# same browser must not be served them from its cache (Vary: Cookie; sign-out also clears the cache).
+IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=600", "Vary": "Cookie"}
 
 
 class ConsoleError(Exception):
