@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Engine, Float, ForeignKey, Index, String, func, insert, inspect, select
+from sqlalchemy import JSON, ColumnElement, Engine, Float, ForeignKey, Index, String, column, func, insert, inspect, select, table
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -51,6 +51,9 @@ class ScanSubject(ScanSubjectBase):
     scan_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     brand: Mapped[str] = mapped_column(String(200), primary_key=True)
     product: Mapped[str] = mapped_column(String(200), primary_key=True)  # "" when a scan named its brand only
+
+
+FEEDBACK_TABLE = table("scan_feedback", column("scan_id"))  # service/feedback.py's table, named here to avoid an import cycle
 
 
 def scan_subjects(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -173,9 +176,14 @@ class ScanRecordStore:
         min_risk: float | None = None,
         limit: int = 25,
         offset: int = 0,
+        reviewed: bool | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Stored results newest first, filtered by verdict, brand (None: any), product and minimum risk; and the total."""
+        """Stored results newest first, filtered by verdict, brand (None: any), product, minimum risk and whether a
+        reviewer gave feedback; and how many match in all."""
         conditions: list[ColumnElement[bool]] = []
+        if reviewed is not None:
+            feedback = select(FEEDBACK_TABLE.c.scan_id).where(FEEDBACK_TABLE.c.scan_id == ScanRecord.scan_id).exists()
+            conditions.append(feedback if reviewed else ~feedback)
         if verdicts is not None:
             conditions.append(ScanRecord.verdict.in_(sorted(verdicts)))
         if min_risk is not None:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import text
 
 from reference_catalog import create_catalog_engine
+from service.feedback import FeedbackStore
 from service.scan_records import ScanRecordStore, concerned_brands, scan_subjects
 
 
@@ -60,3 +61,16 @@ def test_subjects_of_older_records_are_back_filled(tmp_path: Path) -> None:
     ScanRecordStore(engine)  # only the first opening fills it
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM scan_subjects")).scalar() == 3
+
+
+def test_query_by_review_state(tmp_path: Path) -> None:
+    engine = create_catalog_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    store, feedback = ScanRecordStore(engine), FeedbackStore(engine)
+    for n in range(4):
+        store.save(result(n, "Acme", "needs_review", 0.5), datetime.now(UTC) - timedelta(minutes=n), "fp")
+    feedback.add("scan_001", "confirmed_authentic", None, [], None)
+    feedback.add("scan_001", "confirmed_counterfeit", None, [], None)  # reviewed twice: still one scan
+    feedback.add("scan_003", "not_applicable", None, [], None)
+    assert [r["scan_id"] for r in store.query(reviewed=True)[0]] == ["scan_001", "scan_003"]
+    assert [r["scan_id"] for r in store.query(reviewed=False)[0]] == ["scan_000", "scan_002"]
+    assert store.query(reviewed=None)[1] == 4
