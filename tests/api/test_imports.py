@@ -55,7 +55,7 @@ def test_folder_layout_zip_is_imported_in_the_background(client: TestClient, dat
     expected = {("Acme", "runner", "authentic", sha256(d)) for d in authentic}
     expected |= {("Acme", "runner", "counterfeit", sha256(d)) for d in fakes}
     assert {row[:4] for row in catalog_rows(data_dir)} == expected
-    assert "Acme/runner/counterfeit/p10.jpg" in {row[4] for row in catalog_rows(data_dir)}  # source: the path
+    assert "Acme/runner/counterfeit/p1.png" in {row[4] for row in catalog_rows(data_dir)}  # source: the path
     assert leftovers(data_dir) == []  # the archive and its work folder are gone
 
     top = scan(client, [fakes[0]])["images"][0]["matches"][0]  # searchable, with its label
