@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from reference_catalog import create_catalog_engine
+from reference_catalog import CatalogRepository, create_catalog_engine
 from service.feedback import FeedbackStore
 from service.scan_records import ScanRecordStore, concerned_brands, scan_subjects
 
@@ -65,6 +65,7 @@ def test_subjects_of_older_records_are_back_filled(tmp_path: Path) -> None:
 
 def test_query_by_review_state(tmp_path: Path) -> None:
     engine = create_catalog_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    CatalogRepository(engine).create_schema()  # the audit log, which feedback writes to
     store, feedback = ScanRecordStore(engine), FeedbackStore(engine)
     for n in range(4):
         store.save(result(n, "Acme", "needs_review", 0.5), datetime.now(UTC) - timedelta(minutes=n), "fp")
