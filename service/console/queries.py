@@ -74,6 +74,21 @@ def existing_images(engine: ScanEngine, image_ids: Iterable[str]) -> set[str]:
         return set(session.scalars(select(ReferenceImage.public_id).where(ReferenceImage.public_id.in_(ids))))
 
 
+def latest_feedback(engine: ScanEngine, scan_ids: Collection[str]) -> dict[str, str]:
+    """The latest reviewer verdict of each of these scans that has one."""
+    if not scan_ids:
+        return {}
+    query = select(ScanFeedback.scan_id, ScanFeedback.verdict, ScanFeedback.created_at).where(
+        ScanFeedback.scan_id.in_(sorted(scan_ids))
+    )
+    latest: dict[str, tuple[datetime, str]] = {}
+    with sessionmaker(engine.db)() as session:
+        for scan_id, verdict, at in session.execute(query):
+            if scan_id not in latest or at >= latest[scan_id][0]:
+                latest[scan_id] = (at, verdict)
+    return {scan_id: verdict for scan_id, (_, verdict) in latest.items()}
+
+
 @dataclass
 class DayRow:
     day: date

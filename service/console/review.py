@@ -28,7 +28,7 @@ from service.console.common import (
     render,
     visible_brands,
 )
-from service.console.queries import FLAGGED, REVIEWER_VERDICTS, dashboard, existing_images, scan_summary
+from service.console.queries import FLAGGED, REVIEWER_VERDICTS, dashboard, existing_images, latest_feedback, scan_summary
 from service.console.thumbnails import THUMBNAIL_SIZES
 from service.engine import ScanEngine
 from service.errors import RequestRejected
@@ -64,6 +64,7 @@ async def review_queue(
     brand: str | None = None,
     product: str | None = None,
     min_risk: str | None = None,
+    reviewed: str | None = None,
     page: str | None = None,
 ) -> Response:
     """Scans answered likely_counterfeit or needs_review that concern the user's brands, newest first."""
@@ -75,13 +76,17 @@ async def review_queue(
         brands = frozenset({brand}) & scope if scope is not None else frozenset({brand})
     risk_floor = _float(min_risk)
     number = max(1, _int(page, 1))
+    review_state = {"yes": True, "no": False}.get(reviewed or "")
     rows, total = await run_in_threadpool(
-        partial(engine.scans.query, verdicts, brands, product or None, risk_floor, PAGE_SIZE, (number - 1) * PAGE_SIZE)
-    )
+        partial(engine.scans.query, verdicts, brands, product or None, risk_floor, PAGE_SIZE, (number - 1) * PAGE_SIZE,
+                reviewed=review_state)
+    )  # fmt: skip
     summaries = [scan_summary(redact_scan(principal, row)) for row in rows]
+    reviews = await run_in_threadpool(latest_feedback, engine, [s["scan_id"] for s in summaries])
     catalog_products = [p for p in await run_in_threadpool(engine.catalog.list_products) if principal.owns(p.brand)]
     filters = {"verdict": verdict if verdict in FLAGGED else "", "brand": brand or "", "product": product or "",
-               "min_risk": "" if risk_floor is None else f"{risk_floor:g}"}  # fmt: skip
+               "min_risk": "" if risk_floor is None else f"{risk_floor:g}",
+               "reviewed": "" if review_state is None else reviewed or ""}  # fmt: skip
 
     def page_url(n: int) -> str:
         return f"{PREFIX}/review?" + urlencode({**{k: v for k, v in filters.items() if v}, "page": n})
@@ -89,6 +94,7 @@ async def review_queue(
     context = {
         "nav": "review",
         "scans": summaries,
+        "reviews": reviews,
         "total": total,
         "page": number,
         "pages": max(1, -(-total // PAGE_SIZE)),

@@ -10,7 +10,7 @@ from pathlib import Path
 from embeddings import ImageLimits, decode_image
 from reference_catalog import BlobStore
 
-THUMBNAIL_SIZES = {"small": 240, "large": 640}
+THUMBNAIL_SIZES = {"small": 320, "large": 640}
 
 
 class Thumbnails:
