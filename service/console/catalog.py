@@ -78,12 +78,14 @@ async def catalog_page(
     if not brand and len(brand_names) == 1 and principal.is_brand:
         return redirect(catalog_url(brand_names[0]))
     products = [p for p in await run_in_threadpool(engine.catalog.list_products, brand) if p.brand == brand] if brand else []
-    refs: list[ImageRef] = []
+    page = max(page, 1)
+    shown: list[ImageRef] = []
+    total = 0
     if brand:
-        refs = await run_in_threadpool(catalog_images, engine, scope, brand, product or None, label)
-    pages = max(1, -(-len(refs) // PAGE_SIZE))
-    page = min(max(page, 1), pages)
-    shown = refs[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        shown, total = await run_in_threadpool(
+            catalog_images, engine, scope, brand, product or None, label, PAGE_SIZE, (page - 1) * PAGE_SIZE
+        )
+    pages = max(1, -(-total // PAGE_SIZE))
     recent = await run_in_threadpool(import_jobs(request).list, principal, 5)
     context = {
         "nav": "catalog",
@@ -93,7 +95,7 @@ async def catalog_page(
         "label": label,
         "products": products,
         "images": shown,
-        "total": len(refs),
+        "total": total,
         "page": page,
         "pages": pages,
         "page_url": lambda n: catalog_url(brand, product, label=label, page=n),

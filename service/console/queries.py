@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import sessionmaker
 
 from reference_catalog import ImageRef
 from reference_catalog.audit import AuditEntry
-from reference_catalog.models import ReferenceImage
+from reference_catalog.models import Brand, Product, ReferenceImage
 from service.engine import ScanEngine
 from service.feedback import ScanFeedback
 from service.scan_records import ScanRecord, concerning
@@ -31,21 +31,42 @@ class Provenance:
 
 
 def catalog_images(
-    engine: ScanEngine, brands: frozenset[str] | None, brand: str | None, product: str | None, label: str | None
-) -> list[ImageRef]:
-    """Reference images a user may see, newest first, narrowed to a brand, product and label."""
-    return sorted(
-        (
-            ref
-            for ref in engine.catalog.all_images()
-            if (brands is None or ref.brand in brands)
-            and (brand is None or ref.brand == brand)
-            and (product is None or ref.product == product)
-            and (label is None or ref.label == label)
-        ),
-        key=lambda ref: (ref.created_at, ref.key),
-        reverse=True,
-    )
+    engine: ScanEngine,
+    brands: frozenset[str] | None,
+    brand: str | None,
+    product: str | None,
+    label: str | None,
+    limit: int = 48,
+    offset: int = 0,
+) -> tuple[list[ImageRef], int]:
+    """One page of the reference images a user may see, newest first, narrowed to a brand, product and label; and the
+    total. Paged in SQL, so a catalog of millions of images costs one page's rows."""
+    conditions: list[ColumnElement[bool]] = []
+    if brands is not None:
+        conditions.append(Brand.name.in_(sorted(brands)))
+    if brand is not None:
+        conditions.append(Brand.name == brand)
+    if product is not None:
+        conditions.append(Product.name == product)
+    if label is not None:
+        conditions.append(ReferenceImage.label == label)
+    joined = select(ReferenceImage, Product.name, Brand.name).join(Product, ReferenceImage.product_id == Product.id)
+    joined = joined.join(Brand, Product.brand_id == Brand.id).where(*conditions)
+    counted = select(func.count()).select_from(ReferenceImage).join(Product, ReferenceImage.product_id == Product.id)
+    counted = counted.join(Brand, Product.brand_id == Brand.id).where(*conditions)
+    page = joined.order_by(ReferenceImage.created_at.desc(), ReferenceImage.id.desc()).limit(limit).offset(offset)
+    with sessionmaker(engine.db)() as session:
+        total = session.scalar(counted) or 0
+        refs = [_image_ref(image, product_name, brand_name) for image, product_name, brand_name in session.execute(page)]
+    return refs, total
+
+
+def _image_ref(image: ReferenceImage, product: str, brand: str) -> ImageRef:
+    created_at = image.created_at if image.created_at.tzinfo else image.created_at.replace(tzinfo=UTC)
+    return ImageRef(
+        key=image.id, image_id=image.public_id, brand=brand, product=product, label=image.label, sha256=image.sha256,
+        source=image.source, media_type=image.media_type, width=image.width, height=image.height, created_at=created_at,
+    )  # fmt: skip
 
 
 def provenance(engine: ScanEngine, image_ids: Collection[str]) -> dict[str, Provenance]:

@@ -15,9 +15,11 @@ from sqlalchemy.orm import sessionmaker
 
 from service.app import create_app
 from service.config import Settings
+from service.console.queries import catalog_images
 from service.console.sessions import ConsoleSession, SessionStore, digest
 from service.engine import PhotoInput, ScanEngine
 from tests import imaging
+from tests.archives import zip_bytes
 from tests.console.helpers import TwoBrands, hidden_csrf, page_csrf, sign_in
 from tests.helpers import tiny_settings
 
@@ -263,3 +265,32 @@ def test_static_files_and_htmx_licence(web: TestClient) -> None:
     assert "Zero-Clause BSD" in script.text.splitlines()[0]
     assert "Zero-Clause BSD" in web.get("/console/static/htmx.LICENSE").text
     assert web.get("/console/static/console.css").status_code == 200
+
+
+def test_catalog_pages_are_scoped_and_paged_in_sql(engine: ScanEngine, brands: TwoBrands) -> None:
+    acme = frozenset({"Acme"})
+    first, total = catalog_images(engine, acme, "Acme", None, None, limit=3, offset=0)
+    rest, _ = catalog_images(engine, acme, "Acme", None, None, limit=3, offset=3)
+    assert total == 4 and len(first) == 3 and len(rest) == 1
+    assert {r.image_id for r in first + rest} == set(brands.acme_images)
+    assert [r.created_at for r in first] == sorted((r.created_at for r in first), reverse=True)
+    assert catalog_images(engine, acme, "Bolt", None, None) == ([], 0)  # another brand: nothing, whatever is asked
+    fakes, n = catalog_images(engine, None, "Bolt", "boot", "counterfeit")
+    assert n == 2 and {r.label for r in fakes} == {"counterfeit"} and {r.brand for r in fakes} == {"Bolt"}
+    ref = engine.catalog.get_image(first[0].image_id)
+    assert ref == first[0]
+
+
+def test_import_job_pages(web: TestClient, brands: TwoBrands) -> None:
+    sign_in(web, brands.acme_key)
+    token = page_csrf(web)
+    refused = web.post("/console/catalog/imports", data={"csrf_token": token},
+                       files={"archive": ("photos.zip", b"this is not a zip", "application/zip")})  # fmt: skip
+    assert refused.status_code == 415 and "photos.zip" in refused.text
+    started = web.post("/console/catalog/imports", data={"csrf_token": token},
+                       files={"archive": ("empty.zip", zip_bytes([("notes.txt", b"x")]), "application/zip")},
+                       follow_redirects=False)  # fmt: skip
+    assert started.status_code == 303 and started.headers["location"].startswith("/console/catalog/imports/imp_")
+    page = web.get(started.headers["location"])
+    assert page.status_code == 200 and "empty.zip" in page.text
+    assert web.get("/console/catalog/imports/imp_doesnotexist").status_code == 404
