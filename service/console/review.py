@@ -203,11 +203,23 @@ async def give_feedback(
     return render(request, "_feedback.html", {**context, "error": error, "recorded": recorded}, status=status)
 
 
+def _dashboard_url(current: dict[str, Any], **change: Any) -> str:
+    query = {k: v for k, v in {**current, **change}.items() if v}
+    return f"{PREFIX}/dashboard?{urlencode(query)}"
+
+
 @router.get("/dashboard")
-async def dashboard_page(request: Request, engine: EngineDep, user: UserDep, days: str | None = None) -> Response:
+async def dashboard_page(
+    request: Request, engine: EngineDep, user: UserDep, days: str | None = None, brand: str | None = None
+) -> Response:
+    principal = user.principal
     span = _int(days, 30)
     span = span if span in DASHBOARD_DAYS else 30
-    figures = await run_in_threadpool(dashboard, engine, visible_brands(user.principal), span)
+    scope = visible_brands(principal)
+    catalog_brands = {b.name for b in await run_in_threadpool(engine.catalog.list_brands) if principal.owns(b.name)}
+    choices = sorted(catalog_brands | (scope or set()))
+    brand = brand if brand in choices else None
+    figures = await run_in_threadpool(dashboard, engine, frozenset({brand}) if brand else scope, span)
     model = engine.model
     thresholds = model.calibrator.summary() if model.calibrator is not None else None
     context = {
@@ -215,6 +227,9 @@ async def dashboard_page(request: Request, engine: EngineDep, user: UserDep, day
         "figures": figures,
         "days": span,
         "day_choices": DASHBOARD_DAYS,
+        "brand": brand,
+        "brand_choices": choices,
+        "dashboard_url": partial(_dashboard_url, {"days": span, "brand": brand}),
         "calibration": thresholds,
         "scoring": model.scoring,
     }

@@ -173,6 +173,7 @@ def test_a_brand_user_sees_only_its_brand(web: TestClient, engine: ScanEngine, b
     assert engine.catalog.get_image(brands.bolt_images[0]) is not None and engine.feedback.for_scan(brands.bolt_scan) == []
     dashboard = web.get("/console/dashboard").text
     assert 'data-figure="scans">1<' in dashboard and "Bolt" not in dashboard
+    assert 'data-figure="scans">1<' in web.get("/console/dashboard?brand=Bolt").text  # not theirs: their own figures
     assert web.get(f"/console/scans/{brands.acme_scan}").status_code == 200
     assert web.get(f"/console/catalog/images/{brands.acme_images[0]}/thumbnail").headers["content-type"] == "image/jpeg"
 
@@ -184,6 +185,8 @@ def test_admin_sees_every_brand(web: TestClient, brands: TwoBrands) -> None:
     assert brands.bolt_scan not in web.get("/console/review?brand=Acme").text
     assert web.get(f"/console/scans/{brands.bolt_scan}").status_code == 200
     assert 'data-figure="scans">2<' in web.get("/console/dashboard").text
+    assert 'data-figure="scans">1<' in web.get("/console/dashboard?brand=Bolt&days=7").text
+    assert 'data-figure="scans">2<' in web.get("/console/dashboard?brand=Nobody").text  # unknown: all brands
 
 
 def test_upload_relabel_and_feedback(web: TestClient, engine: ScanEngine, brands: TwoBrands) -> None:
