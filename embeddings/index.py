@@ -1,18 +1,55 @@
-"""FAISS inner-product index keyed by catalog image id, persisted atomically with its model fingerprint."""
+"""FAISS inner-product index keyed by catalog image id, persisted atomically with its model fingerprint.
+
+Two kinds, chosen by the catalog's size (`IndexOptions.kind_for`):
+
+- **flat**: exact search over every vector (`IndexIDMap2(IndexFlatIP)`), below `ivf_min_vectors`.
+- **ivf**: the same exact store, plus an inverted-file index over it for search: `nlist` lists (4 x sqrt(size) unless
+  set) whose centroids are trained by spherical k-means on a sample of the catalog's own vectors and found through a
+  small HNSW graph; vectors are stored in their list as 8-bit scalar-quantized residuals (a quarter of the bytes of a
+  float vector). A search probes the `nprobe` nearest lists, keeps the `k x rerank` best candidates by their codes and
+  re-ranks those exactly on the stored float vectors, so the similarities it reports are exact; only the candidate
+  set is approximate. A brand/product scope of at most `exact_scope_max` ids is searched exactly over just those ids
+  (their vectors, gathered): exact, and cheaper than probing lists mostly filled with other brands' images; a wider
+  scope goes through the IVF with an ID selector, and a query that finds fewer than k in-scope hits that way is
+  probed again over 8 x `nprobe` lists.
+
+Kind and training follow the size (`refit`, which the engine runs whenever it loads, repairs or rebuilds an index):
+flat becomes ivf at `ivf_min_vectors`; ivf goes back to flat below half of that (so deleting a few images around the
+threshold does not rebuild it back and forth); an ivf index is retrained, centroids and all, once it holds more than
+twice the vectors it was trained on. In between, adds and removals go straight into the trained lists without
+retraining: the centroids describe the catalog's distribution, which a catalog that less than doubles keeps.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 import faiss
 import numpy as np
 
-_MAGIC = b"CSIDX1\n"
+log = logging.getLogger(__name__)
+_faiss: Any = faiss  # members the stubs lack (SearchParametersHNSW, PyCallbackIOReader)
+
+IndexKind = Literal["flat", "ivf"]
+
+_MAGIC_V1 = b"CSIDX1\n"  # header, then one serialized IndexIDMap2(IndexFlatIP) (read only: older files)
+_MAGIC = b"CSIDX2\n"  # header (with the kind), then length-prefixed parts: the flat store, and the IVF for kind ivf
+
+TRAIN_POINTS_PER_LIST = 32  # k-means sample: this many catalog vectors per list (at most the whole catalog)
+KMEANS_ITERATIONS = 10
+QUANTIZER_HNSW_M = 32  # links per node of the coarse quantizer's HNSW graph over the centroids
+RETRAIN_GROWTH = 2.0  # retrain an ivf index once it holds this many times the vectors it was trained on
+WIDEN_PROBES = 8  # a scoped query short of hits is probed again over this many times nprobe lists
+CHUNK = 65_536  # rows per add/compare step (bounds temporary memory)
+_MAX_HEADER = 1 << 20  # bytes; a larger header length means a damaged file
 
 
 @dataclass(frozen=True)
@@ -21,73 +58,274 @@ class IndexHit:
     similarity: float
 
 
-class VectorIndex:
-    """Exact cosine search over unit vectors; ids are the catalog's integer image keys.
+@dataclass(frozen=True)
+class IndexOptions:
+    """Which kind of index a catalog of a given size gets, and how an ivf index is built and searched."""
 
-    `revision` is the catalog revision the index reflects, so a restart can tell whether it is stale.
+    ivf_min_vectors: int = 20_000
+    nlist: int = 0  # 0: 4 x sqrt(size) when trained
+    nprobe: int = 32
+    rerank: int = 2
+    exact_scope_max: int = 20_000
+
+    def kind_for(self, size: int, current: IndexKind = "flat") -> IndexKind:
+        """The kind for `size` vectors; an ivf index stays ivf down to half the threshold."""
+        if size >= self.ivf_min_vectors or (current == "ivf" and size >= self.ivf_min_vectors / 2):
+            return "ivf"
+        return "flat"
+
+    def nlist_for(self, size: int) -> int:
+        wanted = self.nlist or max(16, round(4 * math.sqrt(size)))
+        return max(1, min(wanted, size // 4))  # k-means needs several points per centroid
+
+
+class VectorIndex:
+    """Cosine search over unit vectors; ids are the catalog's integer image keys.
+
+    `revision` is the catalog revision the index reflects, so a restart can tell whether it is stale. Every kind keeps
+    the exact float vectors (`reconstruct`, exact re-ranking and scoped search, rebuilding another kind without the
+    catalog).
     """
 
-    def __init__(self, dim: int, fingerprint: str, revision: int = 0) -> None:
+    def __init__(self, dim: int, fingerprint: str, revision: int = 0, options: IndexOptions | None = None) -> None:
         self.dim = dim
         self.fingerprint = fingerprint
         self.revision = revision
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.options = options or IndexOptions()
+        self._flat = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._ivf: faiss.IndexIVFScalarQuantizer | None = None
+        self._trained_size = 0
+        self._present: set[int] = set()
         self._lock = threading.RLock()
 
     @property
+    def kind(self) -> IndexKind:
+        return "flat" if self._ivf is None else "ivf"
+
+    @property
+    def nlist(self) -> int:
+        return 0 if self._ivf is None else int(self._ivf.nlist)
+
+    @property
+    def trained_size(self) -> int:
+        """Vectors the ivf index was trained on (0 for flat)."""
+        return self._trained_size
+
+    @property
     def version(self) -> str:
-        return f"{self.fingerprint[:12]}-r{self.revision}"
+        kind = "" if self._ivf is None else f"-ivf{self._ivf.nlist}"
+        return f"{self.fingerprint[:12]}{kind}-r{self.revision}"
+
+    def describe(self) -> str:
+        if self._ivf is None:
+            return f"flat (exact), {len(self):,} vectors"
+        return (
+            f"ivf, {len(self):,} vectors: nlist={self._ivf.nlist} (trained on {self._trained_size:,}), "
+            f"nprobe={self.options.nprobe}, 8-bit codes re-ranked exactly (top {self.options.rerank} x k)"
+        )
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return int(self._flat.ntotal)
 
     def ids(self) -> np.ndarray:
         with self._lock:
-            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            return faiss.vector_to_array(self._flat.id_map).astype(np.int64)
 
+    # --- writes ----------------------------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add or replace vectors for `ids` (re-adding an id replaces its vector)."""
+        """Add or replace vectors for `ids` (re-adding an id replaces its vector; re-adding the same vector is free)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(ids) != len(vectors):
             raise ValueError(f"expected {len(ids)} vectors of dim {self.dim}, got shape {vectors.shape}")
+        if len(ids) == 0:
+            return
+        if len(np.unique(ids)) != len(ids):  # the same id twice: the last vector wins
+            _, last = np.unique(ids[::-1], return_index=True)
+            keep = np.sort(len(ids) - 1 - last)
+            ids, vectors = ids[keep], vectors[keep]
         with self._lock:
-            if len(ids):
-                self._index.remove_ids(faiss.IDSelectorBatch(ids))
-                self._index.add_with_ids(vectors, ids)
+            for start in range(0, len(ids), CHUNK):
+                self._add_chunk(ids[start : start + CHUNK], vectors[start : start + CHUNK])
+
+    def _add_chunk(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        present = np.fromiter((i in self._present for i in ids.tolist()), dtype=bool, count=len(ids))
+        if present.any():
+            stored = self._flat.reconstruct_batch(ids[present])
+            same = np.zeros(len(ids), dtype=bool)
+            same[present] = (stored == vectors[present]).all(axis=1)
+            replaced = ids[present & ~same]
+            if len(replaced):
+                self._remove_present(replaced)
+            ids, vectors = ids[~same], vectors[~same]
+        if len(ids) == 0:
+            return
+        self._flat.add_with_ids(vectors, ids)
+        if self._ivf is not None:
+            self._ivf.add_with_ids(vectors, ids)
+        self._present.update(ids.tolist())
 
     def remove(self, ids: np.ndarray) -> int:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         with self._lock:
-            return int(self._index.remove_ids(faiss.IDSelectorBatch(ids))) if len(ids) else 0
+            present = np.array(sorted({i for i in ids.tolist() if i in self._present}), dtype=np.int64)
+            return self._remove_present(present) if len(present) else 0
 
+    def _remove_present(self, ids: np.ndarray) -> int:
+        removed = int(self._flat.remove_ids(faiss.IDSelectorBatch(ids)))
+        if self._ivf is not None:
+            self._ivf.remove_ids(faiss.IDSelectorBatch(ids))
+        self._present.difference_update(ids.tolist())
+        return removed
+
+    # --- kind ------------------------------------------------------------------------------------------------
+    def refit(self) -> bool:
+        """Make this the kind (and training) its size calls for; returns whether anything changed.
+
+        Holds the index's lock while it trains and fills an ivf index (minutes at a million vectors): call it before
+        the index serves, as the engine does when it loads, repairs or rebuilds one.
+        """
+        with self._lock:
+            size = len(self)
+            wanted = self.options.kind_for(size, self.kind)
+            if wanted == "flat":
+                if self._ivf is None:
+                    return False
+                self._ivf, self._trained_size = None, 0
+                log.info("index: %s", self.describe())
+                return True
+            if self._ivf is not None and size <= RETRAIN_GROWTH * self._trained_size:
+                return False
+            started = time.perf_counter()
+            self._ivf = self._build_ivf(self.options.nlist_for(size))
+            self._trained_size = size
+            log.info("index: %s; built in %.1f s", self.describe(), time.perf_counter() - started)
+            return True
+
+    def _stored(self) -> tuple[np.ndarray, np.ndarray]:
+        """The flat store's ids and a view of its vectors (valid while the lock is held and nothing is added)."""
+        flat: Any = faiss.downcast_index(self._flat.index)
+        size = int(flat.ntotal)
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), size * self.dim).reshape(size, self.dim)
+        return faiss.vector_to_array(self._flat.id_map).astype(np.int64), vectors
+
+    def _build_ivf(self, nlist: int) -> faiss.IndexIVFScalarQuantizer:
+        ids, vectors = self._stored()
+        rows = np.random.default_rng(0).choice(len(ids), min(len(ids), TRAIN_POINTS_PER_LIST * nlist), replace=False)
+        sample = np.ascontiguousarray(vectors[np.sort(rows)])
+        clustering = faiss.Clustering(self.dim, nlist)
+        clustering.niter = KMEANS_ITERATIONS
+        clustering.spherical = True  # unit centroids: inner product to a centroid is the cosine
+        clustering.min_points_per_centroid = 1
+        clustering.max_points_per_centroid = TRAIN_POINTS_PER_LIST * 2
+        clustering.seed = 1234
+        clustering.train(sample, faiss.IndexFlatIP(self.dim))
+        centroids = faiss.vector_to_array(clustering.centroids).reshape(nlist, self.dim)
+        quantizer = faiss.IndexHNSWFlat(self.dim, QUANTIZER_HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        quantizer.hnsw.efConstruction = 80
+        quantizer.add(centroids)
+        ivf = faiss.IndexIVFScalarQuantizer(
+            quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT, True
+        )
+        quantizer_handle: Any = quantizer
+        quantizer_handle.this.disown()  # the ivf index owns (and frees) its quantizer
+        ivf.own_fields = True
+        ivf.train(sample)  # the quantizer holds its nlist centroids already: this trains the 8-bit codes only
+        for start in range(0, len(ids), CHUNK):
+            ivf.add_with_ids(np.ascontiguousarray(vectors[start : start + CHUNK]), ids[start : start + CHUNK])
+        return ivf
+
+    # --- search ----------------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> list[list[IndexHit]]:
         """Top-k hits per query row, best first; `allowed_ids` restricts the search (brand/product scope)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if len(queries) == 0:
             return []
         with self._lock:
-            if self._index.ntotal == 0 or k <= 0 or (allowed_ids is not None and len(allowed_ids) == 0):
+            if self._flat.ntotal == 0 or k <= 0 or (allowed_ids is not None and len(allowed_ids) == 0):
                 return [[] for _ in range(len(queries))]
-            params = None
-            if allowed_ids is not None:
-                selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-                params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
-            sims, ids = self._index.search(queries, min(k, int(self._index.ntotal)), params=params)
+            if self._ivf is None:
+                sims, ids = self._search_flat(queries, k, allowed_ids)
+            elif allowed_ids is not None and len(allowed_ids) <= self.options.exact_scope_max:
+                sims, ids = self._search_subset(queries, k, allowed_ids)
+            else:
+                sims, ids = self._search_ivf(self._ivf, queries, k, allowed_ids)
         return [
             [IndexHit(int(i), float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0]
             for row_s, row_i in zip(sims, ids, strict=True)
         ]
 
+    def _search_flat(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        params = None
+        if allowed_ids is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+        sims, ids = self._flat.search(queries, min(k, int(self._flat.ntotal)), params=params)
+        return sims, ids
+
+    def _search_subset(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over just `allowed_ids` (those in the index): their vectors gathered, one matrix product."""
+        keys = np.array([i for i in np.unique(allowed_ids).tolist() if i in self._present], dtype=np.int64)
+        return _top_k(queries @ self._flat.reconstruct_batch(keys).T, keys, k)
+
+    def _search_ivf(
+        self, ivf: faiss.IndexIVFScalarQuantizer, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates from the IVF's 8-bit codes, re-ranked exactly on the stored vectors."""
+        selector = None if allowed_ids is None else faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+        reachable = len(self) if allowed_ids is None else len(allowed_ids)
+        candidates = min(k * self.options.rerank, len(self))
+        nprobe = min(self.options.nprobe, int(ivf.nlist))
+        sims, ids = self._rerank(queries, self._probe(ivf, queries, candidates, nprobe, selector), k)
+        short = np.flatnonzero((ids >= 0).sum(axis=1) < min(k, reachable))
+        wider = min(nprobe * WIDEN_PROBES, int(ivf.nlist))
+        if len(short) and wider > nprobe:
+            again = self._probe(ivf, queries[short], candidates, wider, selector)
+            sims[short], ids[short] = self._rerank(queries[short], again, k)
+        return sims, ids
+
+    @staticmethod
+    def _probe(
+        ivf: faiss.IndexIVFScalarQuantizer, queries: np.ndarray, candidates: int, nprobe: int, selector: Any
+    ) -> np.ndarray:
+        coarse = _faiss.SearchParametersHNSW(efSearch=max(32, 2 * nprobe))
+        params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector, quantizer_params=coarse)  # type: ignore[call-arg]
+        _, ids = ivf.search(queries, candidates, params=params)
+        return ids
+
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        valid = candidates >= 0
+        keys, where = np.unique(candidates[valid], return_inverse=True)
+        sims = np.full(candidates.shape, -np.inf, dtype=np.float32)
+        if len(keys):
+            vectors = self._flat.reconstruct_batch(keys)
+            rows = np.nonzero(valid)[0]
+            sims[valid] = np.einsum("ij,ij->i", queries[rows], vectors[where])
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        best_sims, best_ids = np.take_along_axis(sims, order, 1), np.take_along_axis(candidates, order, 1)
+        best_ids[~np.isfinite(best_sims)] = -1
+        return best_sims, best_ids
+
     def reconstruct(self, image_id: int) -> np.ndarray:
         with self._lock:
-            return np.asarray(self._index.reconstruct(int(image_id)), dtype=np.float32)
+            return np.asarray(self._flat.reconstruct(int(image_id)), dtype=np.float32)
 
+    # --- persistence -----------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        """Write header and vectors to a temp file, fsync, then rename over `path`: readers see old or new."""
+        """Write header and parts to a temp file, fsync, then rename over `path`: readers see old or new."""
         with self._lock:
-            payload = faiss.serialize_index(self._index)
-            header: dict[str, Any] = {"dim": self.dim, "fingerprint": self.fingerprint, "revision": self.revision}
+            parts = [faiss.serialize_index(self._flat)]
+            if self._ivf is not None:
+                parts.append(faiss.serialize_index(self._ivf))
+            header: dict[str, Any] = {
+                "dim": self.dim,
+                "fingerprint": self.fingerprint,
+                "revision": self.revision,
+                "kind": self.kind,
+                "nlist": self.nlist,
+                "trained_size": self._trained_size,
+                "parts": [len(part) for part in parts],
+            }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         header_bytes = json.dumps(header).encode()
@@ -95,21 +333,61 @@ class VectorIndex:
             fh.write(_MAGIC)
             fh.write(len(header_bytes).to_bytes(8, "little"))
             fh.write(header_bytes)
-            fh.write(payload.tobytes())
+            for part in parts:
+                fh.write(part.tobytes())
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> VectorIndex:
-        data = path.read_bytes()
-        if not data.startswith(_MAGIC):
-            raise ValueError(f"{path} is not a counterfeit-scan index file")
-        start = len(_MAGIC)
-        size = int.from_bytes(data[start : start + 8], "little")
-        header = json.loads(data[start + 8 : start + 8 + size])
-        index = cls(int(header["dim"]), str(header["fingerprint"]), int(header["revision"]))
-        raw = np.frombuffer(data, dtype=np.uint8, offset=start + 8 + size)
-        loaded = faiss.deserialize_index(raw.copy())
-        index._index = faiss.IndexIDMap2(loaded) if not isinstance(loaded, faiss.IndexIDMap2) else loaded
+    def load(cls, path: Path, options: IndexOptions | None = None) -> VectorIndex:
+        """Read an index file (either format); raises ValueError or RuntimeError when it is not whole."""
+        with open(path, "rb") as fh:
+            magic = fh.read(len(_MAGIC))
+            if magic not in (_MAGIC, _MAGIC_V1):
+                raise ValueError(f"{path} is not a counterfeit-scan index file")
+            size = int.from_bytes(fh.read(8), "little")
+            if size > _MAX_HEADER:
+                raise ValueError(f"{path}: damaged header")
+            header = json.loads(fh.read(size))
+            index = cls(int(header["dim"]), str(header["fingerprint"]), int(header["revision"]), options)
+            lengths = [None] if magic == _MAGIC_V1 else [int(length) for length in header["parts"]]
+            parts = [_read_index(fh, length) for length in lengths]
+        index._flat = parts[0] if isinstance(parts[0], faiss.IndexIDMap2) else faiss.IndexIDMap2(parts[0])
+        if header.get("kind", "flat") == "ivf":
+            ivf = parts[1]
+            if not isinstance(ivf, faiss.IndexIVFScalarQuantizer) or ivf.ntotal != index._flat.ntotal:
+                raise ValueError(f"{path}: its ivf part does not match its vectors")
+            index._ivf = ivf
+            index._trained_size = int(header["trained_size"])
+        index._present = set(index.ids().tolist())
         return index
+
+
+def _read_index(fh: BinaryIO, length: int | None) -> faiss.Index:
+    """One serialized faiss index streamed from `fh` (no copy of its bytes in memory), `length` bytes if given."""
+    left = [length]
+
+    def read(size: int) -> bytes:
+        limit = left[0]
+        data = fh.read(size if limit is None else min(size, limit))
+        if limit is not None:
+            left[0] = limit - len(data)
+        return data
+
+    index = faiss.read_index(_faiss.PyCallbackIOReader(read))  # already of its own class (and owned here)
+    if left[0]:
+        raise ValueError(f"index part ends {left[0]} bytes early")
+    return index
+
+
+def _top_k(sims: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best `k` columns of `sims` per row (ids from `keys`), best first; -1 pads rows with fewer than k columns."""
+    rows, width = sims.shape
+    if width == 0:
+        return np.zeros((rows, 0), dtype=np.float32), np.zeros((rows, 0), dtype=np.int64)
+    take = min(k, width)
+    part = np.argpartition(-sims, take - 1, axis=1)[:, :take] if take < width else np.tile(np.arange(width), (rows, 1))
+    part_sims = np.take_along_axis(sims, part, 1)
+    order = np.argsort(-part_sims, axis=1, kind="stable")
+    return np.take_along_axis(part_sims, order, 1).astype(np.float32), keys[np.take_along_axis(part, order, 1)]

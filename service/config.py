@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embeddings import ImageLimits, ModelSpec
+from embeddings.index import IndexOptions
 
 
 class Settings(BaseSettings):
@@ -82,6 +83,17 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     index_save_interval_s: float = Field(5.0, gt=0, description="How often a changed index is written to disk.")
 
+    # Vector index (embeddings/index.py): exact below index_ivf_min_vectors, inverted lists (IVF) from there on
+    index_ivf_min_vectors: int = Field(
+        20_000, ge=1, description="Catalog size from which the index is IVF (approximate) instead of flat (exact)."
+    )
+    index_nlist: int = Field(0, ge=0, description="IVF lists; 0: 4 x sqrt(catalog size) when the index is trained.")
+    index_nprobe: int = Field(32, ge=1, le=65_536, description="IVF lists probed per search (recall against cost).")
+    index_rerank: int = Field(2, ge=1, le=100, description="IVF candidates re-ranked exactly on the full vectors: top_k x this.")
+    index_exact_scope_max: int = Field(
+        20_000, ge=0, description="Brand/product scopes of at most this many images are searched exactly (IVF index)."
+    )
+
     # Throughput: micro-batching of /v1/scan, decoding threads, backpressure (see service/batching.py)
     batch_max_size: int = Field(16, ge=1, le=1024, description="Most photos of concurrent scans run as one model batch.")
     batch_max_wait_ms: float = Field(
@@ -133,6 +145,15 @@ class Settings(BaseSettings):
             threads=self.threads,
             compile=self.torch_compile,
             allow_random_weights=self.allow_random_weights,
+        )
+
+    def index_options(self) -> IndexOptions:
+        return IndexOptions(
+            ivf_min_vectors=self.index_ivf_min_vectors,
+            nlist=self.index_nlist,
+            nprobe=self.index_nprobe,
+            rerank=self.index_rerank,
+            exact_scope_max=self.index_exact_scope_max,
         )
 
     def image_limits(self) -> ImageLimits:

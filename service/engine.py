@@ -96,9 +96,7 @@ class ScanEngine:
         self.registry = ModelRegistry(settings.data_dir)
         self.near_duplicates = NearDuplicateTable()
         # Everything a scan needs from the model, replaced as one value so that a switch is atomic.
-        self.model = ServingModel(
-            embedder, VectorIndex(embedder.info.dim, embedder.info.fingerprint), None, self._scoring_for(embedder)
-        )
+        self.model = ServingModel(embedder, self._new_index(embedder), None, self._scoring_for(embedder))
         self._refs: dict[int, ImageRef] = {}
         self._scopes: dict[tuple[str | None, str | None], tuple[int, np.ndarray]] = {}
         self._generation = 0
@@ -205,10 +203,11 @@ class ScanEngine:
         Runs beside the serving model; `activate` then switches to it. Raises ModelLoadError.
         """
         embedder = load_embedder(spec, self.settings.export_dir)
-        index = self._load_saved_index(embedder) or VectorIndex(embedder.info.dim, embedder.info.fingerprint)
+        index = self._load_saved_index(embedder) or self._new_index(embedder)
         with self._write_lock:
             revision, refs = self.catalog.revision(), dict(self._refs)
         self._repair(index, embedder, refs, revision, show_progress)
+        index.refit()
         index.save(self.index_path_for(embedder.info.fingerprint))
         return ServingModel(embedder, index, self._load_calibrator(embedder.info.fingerprint), self._scoring_for(embedder))
 
@@ -230,6 +229,10 @@ class ScanEngine:
     def index_path(self) -> Path:
         return self.index_path_for(self.embedder.info.fingerprint)
 
+    def _new_index(self, embedder: ImageEmbedder) -> VectorIndex:
+        """An empty index for `embedder`; its kind follows the catalog's size (`VectorIndex.refit`)."""
+        return VectorIndex(embedder.info.dim, embedder.info.fingerprint, options=self.settings.index_options())
+
     def sync_index(self, show_progress: bool = False) -> None:
         """Make the in-memory index agree with the catalog: load the saved one, then add/drop what differs."""
         with self._write_lock:
@@ -239,8 +242,9 @@ class ScanEngine:
             self._catalog_changed()
             self._sync_hashes()
             saved = self._load_saved_index(embedder)
-            index = saved or VectorIndex(embedder.info.dim, embedder.info.fingerprint)
+            index = saved or self._new_index(embedder)
             changed = self._repair(index, embedder, self._refs, revision, show_progress)
+            changed = index.refit() or changed  # flat <-> ivf by size, ivf retrained once it doubled
             self.model = replace(self.model, index=index)
             if changed or saved is None:
                 self.save_index()
@@ -296,7 +300,7 @@ class ScanEngine:
         if not path.is_file():
             return None
         try:
-            index = VectorIndex.load(path)
+            index = VectorIndex.load(path, self.settings.index_options())
         except (OSError, ValueError, RuntimeError) as exc:
             log.warning("ignoring unreadable index file %s: %s", path, exc)
             return None
@@ -327,8 +331,9 @@ class ScanEngine:
             info = embedder.info
             self.catalog.drop_vectors(info.fingerprint)
             refs = self.catalog.all_images()
-            index = VectorIndex(info.dim, info.fingerprint)
+            index = self._new_index(embedder)
             self._embed_stored(embedder, index, refs, show_progress)
+            index.refit()  # the kind this catalog's size calls for (embedded into flat, then built)
             index.revision = self.catalog.revision()
             self._refs = {ref.key: ref for ref in refs}
             self._catalog_changed()
