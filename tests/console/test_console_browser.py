@@ -120,13 +120,27 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 
 @pytest.fixture
-def page(context: BrowserContext) -> Page:
-    return context.new_page()
+def page(context: BrowserContext) -> Iterator[Page]:
+    """A tab whose script errors, htmx errors and Content-Security-Policy violations fail the test."""
+    tab = context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    tab.on(
+        "console",
+        lambda m: (
+            problems.append(f"{m.text} ({tab.url})")
+            if m.type == "error" and not m.text.startswith("Failed to load resource")  # the 4xx the tests ask for
+            else None
+        ),
+    )
+    yield tab
+    assert problems == []
 
 
 def screenshot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    # caret="initial": hiding the caret leaves style="" on every input, which htmx then copies (a CSP violation)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True, caret="initial")
 
 
 def sign_in(page: Page, live: LiveConsole, key: str) -> None:
@@ -260,6 +274,7 @@ def test_import_scan_review_and_feedback(page: Page, live: LiveConsole) -> None:
     form.get_by_label("Drop JPEG, PNG or WebP photos here, or choose them").set_input_files(files=[not_an_image])
     form.get_by_role("button", name="Upload photos").click()
     expect(page.locator("#upload-result [role=alert]")).to_contain_text("listing.pdf: unsupported content type")
+    screenshot(page, "02-catalog-upload-error")
 
     # Relabel an image, then delete it (confirming the dialog).
     page.reload()
