@@ -1,6 +1,6 @@
 """FAISS search cost as the catalog grows: exact (flat) vs HNSW vs IVF, recall@10, cost per photo vs the model.
 
-    .venv/bin/python benchmarks/index.py [--sizes 10000,100000,1000000] [--queries 500] [--batch 16]
+    .venv/bin/python benchmarks/index.py [--sizes 10000,100000,1000000] [--queries 500] [--batch 16] [--kinds ...]
 
 Catalogs are synthetic unit vectors of the model's dimension (1280 for EfficientNet-Lite0), shaped like the real
 embeddings of ../shared/data (see the constants below): v = normalise(mu + category + product + photo), 20 photos per
@@ -10,7 +10,14 @@ index at a time). HNSW-SQ8 keeps 8-bit codes in the graph and re-ranks its best 
 
 Search is timed on one thread (as the service's scorer thread runs it) in batches of `--batch` queries, and reported
 as CPU time per query, next to the model's time per photo (ONNX Runtime, real photos, the fastest configuration).
-Prints, per size, the cheapest configuration with recall@10 >= 0.95 and the index type the service should use.
+
+`service` rows are the service's own index (embeddings/index.py `VectorIndex` with the default `index_*` settings):
+the kind it picks for the size, filled and refitted as the engine does it, searched through `VectorIndex.search`
+(exact re-ranking included); then the same index at other nprobe values, and brand-scoped searches (a 2,000-image
+brand and one holding 10% of the catalog, queried with photos of its own products, recall against exact search
+within the scope). HNSW graphs take long to build at a million vectors on a small machine: without `--kinds`, the
+hnsw kinds run only up to 100k vectors. Prints, per size, the service's choice and the cheapest configuration with
+recall@10 >= 0.95.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
@@ -31,6 +39,8 @@ import scipy.fft
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.serve import DEFAULT_DATA, best_raw, machine, model_inputs, query_photos
+from embeddings.index import VectorIndex
+from service.config import Settings
 
 PER_PRODUCT, PER_CATEGORY = 20, 50  # photos per product, products per category
 # Measured on the 900 photos of ../shared/data with EfficientNet-Lite0: photos of different categories score ~0.2-0.27
@@ -38,6 +48,10 @@ PER_PRODUCT, PER_CATEGORY = 20, 50  # photos per product, products per category
 # the spread decays like a power law over principal components (variance of the i-th ~ 1/i^0.95).
 MEAN_VAR, CATEGORY_VAR, PRODUCT_VAR, ALPHA = 0.22, 0.24, 0.2, 1.0
 CHUNK = 50_000
+HNSW_KINDS = {"hnsw", "hnsw-sq8"}
+DEFAULT_KINDS = "flat,hnsw,hnsw-sq8,ivf,service"
+HNSW_DEFAULT_MAX = 100_000  # without --kinds, HNSW graphs are built up to this size only
+BRAND_SCOPE = 2_000
 
 
 @dataclass
@@ -101,6 +115,12 @@ class Synthetic:
         products = np.random.default_rng((self.seed, 4)).integers(0, self.products, count)
         return self.photos(products, (self.seed, 5))
 
+    def scoped_queries(self, count: int, first_id: int, size: int) -> np.ndarray:
+        """New photos of the products whose catalog ids lie in [first_id, first_id + size) (a brand's own)."""
+        low, high = first_id // PER_PRODUCT, max(first_id // PER_PRODUCT + 1, (first_id + size) // PER_PRODUCT)
+        products = np.random.default_rng((self.seed, 8, first_id)).integers(low, high, count)
+        return self.photos(products, (self.seed, 9, first_id))
+
     def stats(self) -> str:
         q = self.queries(300)
         products = np.random.default_rng((self.seed, 4)).integers(0, self.products, 300)
@@ -114,6 +134,24 @@ class Synthetic:
         )
 
 
+class Searchable(Protocol):
+    def search(self, x: np.ndarray, k: int) -> tuple[Any, np.ndarray]: ...
+
+
+@dataclass
+class ServiceSearch:
+    """The service's VectorIndex behind faiss's search signature (ids padded with -1), optionally brand-scoped."""
+
+    index: VectorIndex
+    allowed: np.ndarray | None = None
+
+    def search(self, x: np.ndarray, k: int) -> tuple[None, np.ndarray]:
+        ids = np.full((len(x), k), -1, dtype=np.int64)
+        for row, hits in enumerate(self.index.search(x, k, self.allowed)):
+            ids[row, : len(hits)] = [hit.id for hit in hits]
+        return None, ids
+
+
 def fill(index: faiss.Index, data: Synthetic) -> float:
     started = time.perf_counter()
     for ids, vectors in data.chunks():
@@ -122,7 +160,7 @@ def fill(index: faiss.Index, data: Synthetic) -> float:
 
 
 def search_cost(
-    index: faiss.Index, queries: np.ndarray, batch: int, k: int = 10, min_seconds: float = 1.0
+    index: Searchable, queries: np.ndarray, batch: int, k: int = 10, min_seconds: float = 1.0
 ) -> tuple[np.ndarray, float]:
     """All queries' top-k ids, and CPU seconds per query with one thread, in batches of `batch`."""
     faiss.omp_set_num_threads(1)
@@ -142,12 +180,20 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
-def exact_truth(data: Synthetic, queries: np.ndarray, k: int = 10) -> np.ndarray:
-    """Exact top-k ids by brute force over the chunks (all threads)."""
+def exact_truth(data: Synthetic, queries: np.ndarray, k: int = 10, scope: range | None = None) -> np.ndarray:
+    """Exact top-k ids by brute force over the chunks (all threads), within the id range `scope` if given."""
     best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_i = np.full((len(queries), k), -1, dtype=np.int64)
     for ids, vectors in data.chunks():
+        if scope is not None:
+            inside = (ids >= scope.start) & (ids < scope.stop)
+            if not inside.any():
+                continue
+            ids, vectors = ids[inside], vectors[inside]
         s = queries @ vectors.T
+        if s.shape[1] < k:
+            s = np.pad(s, ((0, 0), (0, k - s.shape[1])), constant_values=-np.inf)
+            ids = np.pad(ids, (0, k - len(ids)), constant_values=-1)
         part = np.argpartition(-s, k - 1, axis=1)[:, :k]
         cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], 1)
         cand_i = np.concatenate([best_i, ids[part]], 1)
@@ -237,7 +283,48 @@ def run_size(
             found, cost = search_cost(ivf, queries, batch)
             report(Row(data.size, "ivf", f"nlist={nlist} nprobe={nprobe}", build, cost * 1000, recall(found, truth), vector_mb))
         del ivf, quantizer
+
+    if "service" in kinds:
+        rows += run_service(data, queries, truth, batch, report)
     return rows
+
+
+def run_service(data: Synthetic, queries: np.ndarray, truth: np.ndarray, batch: int, report: Callable[[Row], None]) -> list[Row]:
+    """The service's own index with its default settings: the kind it picks for this size, built as the engine does
+    (vectors added, then `refit`), searched through `VectorIndex.search`; then other nprobe values and scopes."""
+    options = Settings().index_options()
+    index = VectorIndex(data.dim, "synthetic", options=options)
+    started = time.perf_counter()
+    for ids, vectors in data.chunks():
+        index.add(ids, vectors)
+    index.refit()
+    build = time.perf_counter() - started
+    codes = data.size * (data.dim // 8 + 8) / 2**20 if index.kind == "ivf" else 0  # 4 bits per 4 dims, and the id
+    memory = data.size * data.dim * 4 / 2**20 + codes
+    described = f"{index.kind}" + (
+        f" nlist={index.nlist} nprobe={options.nprobe} rerank={options.rerank}" if index.kind == "ivf" else ""
+    )
+    found, cost = search_cost(ServiceSearch(index), queries, batch, min_seconds=0.5)
+    choice = Row(data.size, "service", described, build, cost * 1000, recall(found, truth), memory)
+    report(choice)
+    for nprobe in sorted({16, 32, 64, 96} - {options.nprobe}) if index.kind == "ivf" else ():
+        index.options = replace(options, nprobe=nprobe)
+        found, cost = search_cost(ServiceSearch(index), queries, batch, min_seconds=0.5)
+        params = f"ivf nlist={index.nlist} nprobe={nprobe} rerank={options.rerank}"
+        report(Row(data.size, "service-nprobe", params, build, cost * 1000, recall(found, truth), memory))
+    index.options = options
+    for scope_size in sorted({min(BRAND_SCOPE, data.size), max(BRAND_SCOPE, data.size // 10)}):
+        first = (data.size - scope_size) // 2 // (PER_PRODUCT * PER_CATEGORY) * (PER_PRODUCT * PER_CATEGORY)
+        scope = range(first, first + scope_size)
+        scoped = data.scoped_queries(min(len(queries), 160), first, scope_size)
+        scoped_truth = exact_truth(data, scoped, scope=scope)
+        path = "exact over the scope" if index.kind == "flat" or scope_size <= options.exact_scope_max else "ivf + selector"
+        searcher = ServiceSearch(index, np.arange(scope.start, scope.stop, dtype=np.int64))
+        found, cost = search_cost(searcher, scoped, batch, min_seconds=0.5)
+        params = f"scope {scope_size:,} ids: {path}"
+        report(Row(data.size, "service-scoped", params, build, cost * 1000, recall(found, scoped_truth), memory))
+    del index
+    return [choice]
 
 
 def main() -> None:
@@ -246,7 +333,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1280, help="embedding dimension (EfficientNet-Lite0: 1280)")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--batch", type=int, default=16, help="queries per search call (the service's batch)")
-    parser.add_argument("--kinds", default="flat,hnsw,hnsw-sq8,ivf")
+    parser.add_argument(
+        "--kinds", help=f"comma-separated, of {DEFAULT_KINDS} (default: all, hnsw kinds up to {HNSW_DEFAULT_MAX:,} vectors)"
+    )
     parser.add_argument("--model-ms", type=float, help="model time per photo; default: measured here on real photos")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -256,7 +345,6 @@ def main() -> None:
     model_ms = args.model_ms
     if model_ms is None:
         from embeddings import load_embedder
-        from service.config import Settings
 
         with tempfile.TemporaryDirectory() as tmp:
             settings = Settings(data_dir=Path(tmp))
@@ -272,12 +360,31 @@ def main() -> None:
         data = Synthetic(args.dim, size, cache=Path(cache.name))
         print(f"{size:>9,} synthetic catalog: similarity of {data.stats()}", flush=True)
         queries = data.queries(args.queries)
-        rows += run_size(data, queries, args.batch, model_ms, set(args.kinds.split(",")), lambda line: print(line, flush=True))
+        kinds = set((args.kinds or DEFAULT_KINDS).split(","))
+        if args.kinds is None and size > HNSW_DEFAULT_MAX:
+            kinds -= HNSW_KINDS
+            print(f"{size:>9,} skipping {', '.join(sorted(HNSW_KINDS))} (slow to build at this size: name them in --kinds)")
+        rows += run_size(data, queries, args.batch, model_ms, kinds, lambda line: print(line, flush=True))
+
+    options = Settings().index_options()
+    print(f"\nthe service's index by size (index_ivf_min_vectors={options.ivf_min_vectors:,}, nprobe={options.nprobe}):")
+    for size in sorted({r.size for r in rows}):
+        flat = next((r for r in rows if r.size == size and r.kind == "flat"), None)
+        service = next((r for r in rows if r.size == size and r.kind == "service"), None)
+        kind = options.kind_for(size)
+        line = f"  {size:>9,}: {kind}"
+        if service is not None:
+            share = service.query_ms / model_ms * 100
+            line += f" ({service.params}): {service.query_ms:.3f} ms/query = {share:.1f}% of the model's time per photo"
+            line += f", recall@10 {service.recall10:.3f}, built in {service.build_s:.0f} s"
+        if flat is not None:
+            line += f"; flat: {flat.query_ms:.3f} ms/query = {flat.query_ms / model_ms * 100:.1f}%"
+        print(line)
 
     print("\ncheapest configuration with recall@10 >= 0.95, per size:")
     choice: dict[int, Row] = {}
     for size in sorted({r.size for r in rows}):
-        good = [r for r in rows if r.size == size and r.recall10 >= 0.95]
+        good = [r for r in rows if r.size == size and r.recall10 >= 0.95 and r.kind != "service-scoped"]
         if good:
             choice[size] = min(good, key=lambda r: r.query_ms)
             r = choice[size]

@@ -3,21 +3,24 @@
 Two kinds, chosen by the catalog's size (`IndexOptions.kind_for`):
 
 - **flat**: exact search over every vector (`IndexIDMap2(IndexFlatIP)`), below `ivf_min_vectors`.
-- **ivf**: the same exact store, plus an inverted-file index over it for search: `nlist` lists (4 x sqrt(size) unless
-  set) whose centroids are trained by spherical k-means on a sample of the catalog's own vectors and found through a
-  small HNSW graph; vectors are stored in their list as 8-bit scalar-quantized residuals (a quarter of the bytes of a
-  float vector). A search probes the `nprobe` nearest lists, keeps the `k x rerank` best candidates by their codes and
-  re-ranks those exactly on the stored float vectors, so the similarities it reports are exact; only the candidate
-  set is approximate. A brand/product scope of at most `exact_scope_max` ids is searched exactly over just those ids
-  (their vectors, gathered): exact, and cheaper than probing lists mostly filled with other brands' images; a wider
-  scope goes through the IVF with an ID selector, and a query that finds fewer than k in-scope hits that way is
-  probed again over 8 x `nprobe` lists.
+- **ivf**: the same exact store, plus an inverted-file index over it for search (`IndexIVFPQFastScan`): `nlist` lists
+  (4 x sqrt(size) unless set) whose centroids are trained by spherical k-means on a sample of the catalog's own
+  vectors; each vector goes to its nearest list (an exact coarse quantizer), stored as a 4-bit product-quantizer code
+  of its residual (one sub-quantizer per 4 dimensions: 160 bytes for 1,280 dimensions, a 32nd of the float vector),
+  scanned with SIMD lookup tables. A search finds the `nprobe` nearest lists with one matrix product against the
+  centroids, keeps the `k x rerank` best candidates by their codes and re-ranks those exactly on the stored float
+  vectors, so the similarities it reports are exact; only the candidate set is approximate. A brand/product scope of
+  at most `exact_scope_max` ids is searched exactly over just those ids (their vectors, gathered); a wider scope goes
+  through the lists with an ID selector, and a query that finds fewer than k in-scope hits that way is probed again
+  over 8 x `nprobe` lists.
 
 Kind and training follow the size (`refit`, which the engine runs whenever it loads, repairs or rebuilds an index):
 flat becomes ivf at `ivf_min_vectors`; ivf goes back to flat below half of that (so deleting a few images around the
-threshold does not rebuild it back and forth); an ivf index is retrained, centroids and all, once it holds more than
-twice the vectors it was trained on. In between, adds and removals go straight into the trained lists without
-retraining: the centroids describe the catalog's distribution, which a catalog that less than doubles keeps.
+threshold does not rebuild it back and forth); an ivf index is retrained, centroids and codebooks, once it holds more
+than twice the vectors it was trained on. In between, adds go straight into the trained lists without retraining: the
+centroids describe the catalog's distribution, which a catalog that less than doubles keeps. Removed or replaced
+vectors leave stale codes in the lists (skipped by searches; faiss 1.15's fast-scan lists corrupt codes added after a
+`remove_ids`), which `refit` drops once they exceed a tenth of the vectors.
 """
 
 from __future__ import annotations
@@ -36,7 +39,12 @@ import faiss
 import numpy as np
 
 log = logging.getLogger(__name__)
-_faiss: Any = faiss  # members the stubs lack (SearchParametersHNSW, PyCallbackIOReader)
+_faiss: Any = faiss  # members the stubs lack (PyCallbackIOReader)
+
+# faiss 1.15 computes exact inner products with a matrix product (BLAS) only once queries x dim reach this threshold;
+# its default (128,000: 100 queries of 1,280 dims) leaves the service's batches of up to 16 photos on a per-query loop
+# that reads every vector once per query: 4-5x slower at 16 queries. From 4 queries of 1,024 dims on, one product wins.
+faiss.cvar.distance_compute_blas_threshold = 4096
 
 IndexKind = Literal["flat", "ivf"]
 
@@ -45,8 +53,9 @@ _MAGIC = b"CSIDX2\n"  # header (with the kind), then length-prefixed parts: the 
 
 TRAIN_POINTS_PER_LIST = 32  # k-means sample: this many catalog vectors per list (at most the whole catalog)
 KMEANS_ITERATIONS = 10
-QUANTIZER_HNSW_M = 32  # links per node of the coarse quantizer's HNSW graph over the centroids
+PQ_TRAIN_POINTS = 65_536  # sample that trains the 4-bit product-quantizer codes
 RETRAIN_GROWTH = 2.0  # retrain an ivf index once it holds this many times the vectors it was trained on
+STALE_MAX_SHARE = 0.1  # refit compacts the ivf lists once stale codes exceed this share of the vectors
 WIDEN_PROBES = 8  # a scoped query short of hits is probed again over this many times nprobe lists
 CHUNK = 65_536  # rows per add/compare step (bounds temporary memory)
 _MAX_HEADER = 1 << 20  # bytes; a larger header length means a damaged file
@@ -62,11 +71,11 @@ class IndexHit:
 class IndexOptions:
     """Which kind of index a catalog of a given size gets, and how an ivf index is built and searched."""
 
-    ivf_min_vectors: int = 20_000
+    ivf_min_vectors: int = 10_000
     nlist: int = 0  # 0: 4 x sqrt(size) when trained
-    nprobe: int = 32
-    rerank: int = 2
-    exact_scope_max: int = 20_000
+    nprobe: int = 48
+    rerank: int = 10
+    exact_scope_max: int = 2_000
 
     def kind_for(self, size: int, current: IndexKind = "flat") -> IndexKind:
         """The kind for `size` vectors; an ivf index stays ivf down to half the threshold."""
@@ -93,7 +102,7 @@ class VectorIndex:
         self.revision = revision
         self.options = options or IndexOptions()
         self._flat = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        self._ivf: faiss.IndexIVFScalarQuantizer | None = None
+        self._ivf: faiss.IndexIVFPQFastScan | None = None
         self._trained_size = 0
         self._present: set[int] = set()
         self._lock = threading.RLock()
@@ -121,7 +130,7 @@ class VectorIndex:
             return f"flat (exact), {len(self):,} vectors"
         return (
             f"ivf, {len(self):,} vectors: nlist={self._ivf.nlist} (trained on {self._trained_size:,}), "
-            f"nprobe={self.options.nprobe}, 8-bit codes re-ranked exactly (top {self.options.rerank} x k)"
+            f"nprobe={self.options.nprobe}, {self._ivf.pq.M}x4-bit codes re-ranked exactly (top {self.options.rerank} x k)"
         )
 
     def __len__(self) -> int:
@@ -172,11 +181,17 @@ class VectorIndex:
             return self._remove_present(present) if len(present) else 0
 
     def _remove_present(self, ids: np.ndarray) -> int:
+        """Drop `ids` from the exact store. Their codes stay in the ivf lists (searches skip ids not present, and
+        re-ranking uses the current vectors) until `refit` compacts them: faiss 1.15's fast-scan lists corrupt the
+        codes added after a `remove_ids`."""
         removed = int(self._flat.remove_ids(faiss.IDSelectorBatch(ids)))
-        if self._ivf is not None:
-            self._ivf.remove_ids(faiss.IDSelectorBatch(ids))
         self._present.difference_update(ids.tolist())
         return removed
+
+    @property
+    def stale_codes(self) -> int:
+        """Codes in the ivf lists of removed images or of replaced vectors (0 for flat)."""
+        return 0 if self._ivf is None else int(self._ivf.ntotal) - len(self)
 
     # --- kind ------------------------------------------------------------------------------------------------
     def refit(self) -> bool:
@@ -195,7 +210,14 @@ class VectorIndex:
                 log.info("index: %s", self.describe())
                 return True
             if self._ivf is not None and size <= RETRAIN_GROWTH * self._trained_size:
-                return False
+                if self.stale_codes <= STALE_MAX_SHARE * size:
+                    return False
+                started = time.perf_counter()
+                stale = self.stale_codes
+                self._ivf.reset()  # same centroids and codebooks: only the lists are written again
+                self._fill(self._ivf)
+                log.info("index: dropped %d stale codes in %.1f s", stale, time.perf_counter() - started)
+                return True
             started = time.perf_counter()
             self._ivf = self._build_ivf(self.options.nlist_for(size))
             self._trained_size = size
@@ -209,7 +231,7 @@ class VectorIndex:
         vectors = faiss.rev_swig_ptr(flat.get_xb(), size * self.dim).reshape(size, self.dim)
         return faiss.vector_to_array(self._flat.id_map).astype(np.int64), vectors
 
-    def _build_ivf(self, nlist: int) -> faiss.IndexIVFScalarQuantizer:
+    def _build_ivf(self, nlist: int) -> faiss.IndexIVFPQFastScan:
         ids, vectors = self._stored()
         rows = np.random.default_rng(0).choice(len(ids), min(len(ids), TRAIN_POINTS_PER_LIST * nlist), replace=False)
         sample = np.ascontiguousarray(vectors[np.sort(rows)])
@@ -221,19 +243,23 @@ class VectorIndex:
         clustering.seed = 1234
         clustering.train(sample, faiss.IndexFlatIP(self.dim))
         centroids = faiss.vector_to_array(clustering.centroids).reshape(nlist, self.dim)
-        quantizer = faiss.IndexHNSWFlat(self.dim, QUANTIZER_HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        quantizer.hnsw.efConstruction = 80
+        # An exact coarse quantizer: each vector goes to its nearest list. (An HNSW graph over the centroids assigns
+        # too many vectors to a near-best list in 1,280 dimensions, where centroids are nearly equidistant: at a million
+        # vectors that cost a fifth of the recall at any nprobe.) Searches find their lists the same way.
+        quantizer = faiss.IndexFlatIP(self.dim)
         quantizer.add(centroids)
-        ivf = faiss.IndexIVFScalarQuantizer(
-            quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT, True
-        )
+        ivf = faiss.IndexIVFPQFastScan(quantizer, self.dim, nlist, _pq_m(self.dim), 4, faiss.METRIC_INNER_PRODUCT)
         quantizer_handle: Any = quantizer
         quantizer_handle.this.disown()  # the ivf index owns (and frees) its quantizer
         ivf.own_fields = True
-        ivf.train(sample)  # the quantizer holds its nlist centroids already: this trains the 8-bit codes only
+        ivf.train(sample[:PQ_TRAIN_POINTS])  # the quantizer holds its centroids already: this trains the codes only
+        self._fill(ivf)
+        return ivf
+
+    def _fill(self, ivf: faiss.IndexIVFPQFastScan) -> None:
+        ids, vectors = self._stored()
         for start in range(0, len(ids), CHUNK):
             ivf.add_with_ids(np.ascontiguousarray(vectors[start : start + CHUNK]), ids[start : start + CHUNK])
-        return ivf
 
     # --- search ----------------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> list[list[IndexHit]]:
@@ -266,12 +292,15 @@ class VectorIndex:
     def _search_subset(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over just `allowed_ids` (those in the index): their vectors gathered, one matrix product."""
         keys = np.array([i for i in np.unique(allowed_ids).tolist() if i in self._present], dtype=np.int64)
-        return _top_k(queries @ self._flat.reconstruct_batch(keys).T, keys, k)
+        if len(keys) == 0:
+            return np.zeros((len(queries), 0), dtype=np.float32), np.zeros((len(queries), 0), dtype=np.int64)
+        sims, rows = faiss.knn(queries, self._flat.reconstruct_batch(keys), min(k, len(keys)), faiss.METRIC_INNER_PRODUCT)
+        return sims, np.where(rows >= 0, keys[rows], -1)
 
     def _search_ivf(
-        self, ivf: faiss.IndexIVFScalarQuantizer, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None
+        self, ivf: faiss.IndexIVFPQFastScan, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Candidates from the IVF's 8-bit codes, re-ranked exactly on the stored vectors."""
+        """Candidates from the IVF's 4-bit codes, re-ranked exactly on the stored vectors."""
         selector = None if allowed_ids is None else faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
         reachable = len(self) if allowed_ids is None else len(allowed_ids)
         candidates = min(k * self.options.rerank, len(self))
@@ -284,17 +313,32 @@ class VectorIndex:
             sims[short], ids[short] = self._rerank(queries[short], again, k)
         return sims, ids
 
-    @staticmethod
     def _probe(
-        ivf: faiss.IndexIVFScalarQuantizer, queries: np.ndarray, candidates: int, nprobe: int, selector: Any
+        self, ivf: faiss.IndexIVFPQFastScan, queries: np.ndarray, candidates: int, nprobe: int, selector: Any
     ) -> np.ndarray:
-        coarse = _faiss.SearchParametersHNSW(efSearch=max(32, 2 * nprobe))
-        params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector, quantizer_params=coarse)  # type: ignore[call-arg]
-        _, ids = ivf.search(queries, candidates, params=params)
+        """The best `candidates` ids per query by their codes, in the `nprobe` lists nearest to it."""
+        list_sims, lists = ivf.quantizer.search(queries, nprobe)  # exact: one matrix product with the centroids
+        params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)  # type: ignore[call-arg]
+        sims = np.empty((len(queries), candidates), dtype=np.float32)
+        ids = np.empty((len(queries), candidates), dtype=np.int64)
+        ptr = faiss.swig_ptr
+        handle: Any = ivf  # the C++ call: the Python wrapper of search_preassigned takes no search parameters
+        handle.search_preassigned_c(
+            len(queries), ptr(queries), candidates, ptr(lists), ptr(list_sims), ptr(sims), ptr(ids), False, params
+        )
         return ids
 
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact similarities of each row's candidates (each id once, removed ones skipped), best k first."""
         valid = candidates >= 0
+        if self.stale_codes:  # codes of removed images, and old codes repeating a replaced vector's id
+            present, listed = self._present, candidates.ravel().tolist()
+            valid = np.fromiter((i in present for i in listed), dtype=bool, count=len(listed)).reshape(candidates.shape)
+            order = np.argsort(candidates, axis=1, kind="stable")
+            ranked = np.take_along_axis(candidates, order, 1)
+            repeat = np.zeros(candidates.shape, dtype=bool)
+            repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
+            np.put_along_axis(valid, order, np.take_along_axis(valid, order, 1) & ~repeat, 1)
         keys, where = np.unique(candidates[valid], return_inverse=True)
         sims = np.full(candidates.shape, -np.inf, dtype=np.float32)
         if len(keys):
@@ -356,7 +400,7 @@ class VectorIndex:
         index._flat = parts[0] if isinstance(parts[0], faiss.IndexIDMap2) else faiss.IndexIDMap2(parts[0])
         if header.get("kind", "flat") == "ivf":
             ivf = parts[1]
-            if not isinstance(ivf, faiss.IndexIVFScalarQuantizer) or ivf.ntotal != index._flat.ntotal:
+            if not isinstance(ivf, faiss.IndexIVFPQFastScan) or ivf.ntotal != index._flat.ntotal:
                 raise ValueError(f"{path}: its ivf part does not match its vectors")
             index._ivf = ivf
             index._trained_size = int(header["trained_size"])
@@ -381,13 +425,9 @@ def _read_index(fh: BinaryIO, length: int | None) -> faiss.Index:
     return index
 
 
-def _top_k(sims: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best `k` columns of `sims` per row (ids from `keys`), best first; -1 pads rows with fewer than k columns."""
-    rows, width = sims.shape
-    if width == 0:
-        return np.zeros((rows, 0), dtype=np.float32), np.zeros((rows, 0), dtype=np.int64)
-    take = min(k, width)
-    part = np.argpartition(-sims, take - 1, axis=1)[:, :take] if take < width else np.tile(np.arange(width), (rows, 1))
-    part_sims = np.take_along_axis(sims, part, 1)
-    order = np.argsort(-part_sims, axis=1, kind="stable")
-    return np.take_along_axis(part_sims, order, 1).astype(np.float32), keys[np.take_along_axis(part, order, 1)]
+def _pq_m(dim: int) -> int:
+    """Sub-quantizers of the 4-bit codes: one per 4 dimensions (fewer bytes lose recall that re-ranking can't win back)."""
+    for per in (4, 2, 1):
+        if dim % per == 0:
+            return dim // per
+    return dim

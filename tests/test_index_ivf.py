@@ -54,7 +54,7 @@ def hit_ids(index: VectorIndex, queries: np.ndarray, k: int, allowed: np.ndarray
     return [[hit.id for hit in row] for row in index.search(queries, k, allowed)]
 
 
-IVF = IndexOptions(ivf_min_vectors=1_000, nprobe=16)
+IVF = IndexOptions(ivf_min_vectors=1_000, nprobe=16, rerank=30)  # 32 dims: coarse 4-bit codes, more re-ranking
 
 
 # --- kind by size ------------------------------------------------------------------------------------------------
@@ -127,13 +127,13 @@ def test_small_scopes_are_searched_exactly() -> None:
 
 
 def test_wide_scopes_go_through_the_ivf_and_only_return_allowed_ids() -> None:
-    index, ids, vectors = build(3_000, IndexOptions(ivf_min_vectors=1_000, exact_scope_max=10))
+    index, ids, vectors = build(3_000, IndexOptions(ivf_min_vectors=1_000, exact_scope_max=10, rerank=30))
     allowed = ids[ids % 3 == 0]  # 1,000 ids spread over every list
     queries = near(vectors[:200], seed=4)
     in_scope = np.isin(ids, allowed)
     truth = exact(ids[in_scope], vectors[in_scope], queries, 10)
     for nprobe in (2, 32):  # 2 lists hold ~9 in-scope ids: queries short of hits are probed again, wider
-        index.options = IndexOptions(ivf_min_vectors=1_000, exact_scope_max=10, nprobe=nprobe)
+        index.options = IndexOptions(ivf_min_vectors=1_000, exact_scope_max=10, nprobe=nprobe, rerank=30)
         found = hit_ids(index, queries, 10, allowed)
         assert all(set(row) <= set(allowed.tolist()) and len(row) == 10 for row in found)
     assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]) >= 0.95
@@ -149,10 +149,21 @@ def test_remove_and_replace_in_an_ivf_index() -> None:
     index.add(np.array([1002]), replacement[None])  # 1002 now looks exactly like 1500
     assert len(index) == 1_998
     np.testing.assert_array_equal(index.reconstruct(1002), replacement)
-    assert set(hit_ids(index, replacement[None], 2)[0]) == {1002, 1500}
+    assert sorted(hit_ids(index, replacement[None], 3)[0][:2]) == [1002, 1500]  # once each, despite its old code
+    assert 1002 not in hit_ids(index, vectors[2:3], 10)[0][:1]
+    index.add(np.array([1000]), vectors[:1])  # a removed id comes back
+    assert hit_ids(index, vectors[:1], 1) == [[1000]]
     index.add(ids[10:20], vectors[10:20])  # the same vectors again: nothing changes
-    assert len(index) == 1_998
-    assert sorted(index.ids().tolist()) == sorted(set(ids.tolist()) - {1000, 1001})
+    assert len(index) == 1_999
+    assert sorted(index.ids().tolist()) == sorted(set(ids.tolist()) - {1001})
+    assert index.stale_codes == 3  # 1000, 1001 and 1002's old codes, until a refit compacts them
+    assert index.refit() is False  # 3 stale codes: not worth rewriting the lists
+    index.remove(ids[100:400])
+    assert index.stale_codes == 303 and index.refit() is True
+    assert (index.stale_codes, index.trained_size, len(index)) == (0, 2_000, 1_699)
+    assert hit_ids(index, vectors[:1], 1) == [[1000]]
+    for row in index.search(near(vectors[400:450], seed=8), 10):
+        assert len(row) == 10 and all(hit.id < 1100 or hit.id >= 1400 for hit in row)
 
 
 def test_ivf_index_round_trips_through_a_file(tmp_path: Path) -> None:
