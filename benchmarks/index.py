@@ -10,6 +10,8 @@ index at a time). HNSW-SQ8 keeps 8-bit codes in the graph and re-ranks its best 
 
 Search is timed on one thread (as the service's scorer thread runs it) in batches of `--batch` queries, and reported
 as CPU time per query, next to the model's time per photo (ONNX Runtime, real photos, the fastest configuration).
+Importing embeddings.index lowers faiss's BLAS threshold as the service does, so exact (flat) searches of a batch are
+one matrix product here too.
 
 `service` rows are the service's own index (embeddings/index.py `VectorIndex` with the default `index_*` settings):
 the kind it picks for the size, filled and refitted as the engine does it, searched through `VectorIndex.search`
@@ -307,7 +309,7 @@ def run_service(data: Synthetic, queries: np.ndarray, truth: np.ndarray, batch: 
     found, cost = search_cost(ServiceSearch(index), queries, batch, min_seconds=0.5)
     choice = Row(data.size, "service", described, build, cost * 1000, recall(found, truth), memory)
     report(choice)
-    for nprobe in sorted({16, 32, 64, 96} - {options.nprobe}) if index.kind == "ivf" else ():
+    for nprobe in sorted({16, 32, 48, 64, 96} - {options.nprobe}) if index.kind == "ivf" else ():
         index.options = replace(options, nprobe=nprobe)
         found, cost = search_cost(ServiceSearch(index), queries, batch, min_seconds=0.5)
         params = f"ivf nlist={index.nlist} nprobe={nprobe} rerank={options.rerank}"

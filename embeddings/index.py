@@ -73,8 +73,8 @@ class IndexOptions:
 
     ivf_min_vectors: int = 10_000
     nlist: int = 0  # 0: 4 x sqrt(size) when trained
-    nprobe: int = 48
-    rerank: int = 10
+    nprobe: int = 64
+    rerank: int = 5
     exact_scope_max: int = 2_000
 
     def kind_for(self, size: int, current: IndexKind = "flat") -> IndexKind:
@@ -117,7 +117,7 @@ class VectorIndex:
 
     @property
     def trained_size(self) -> int:
-        """Vectors the ivf index was trained on (0 for flat)."""
+        """The catalog size the ivf lists were trained at (0 for flat); `refit` retrains past twice this."""
         return self._trained_size
 
     @property
@@ -339,12 +339,10 @@ class VectorIndex:
             repeat = np.zeros(candidates.shape, dtype=bool)
             repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
             np.put_along_axis(valid, order, np.take_along_axis(valid, order, 1) & ~repeat, 1)
-        keys, where = np.unique(candidates[valid], return_inverse=True)
         sims = np.full(candidates.shape, -np.inf, dtype=np.float32)
-        if len(keys):
-            vectors = self._flat.reconstruct_batch(keys)
-            rows = np.nonzero(valid)[0]
-            sims[valid] = np.einsum("ij,ij->i", queries[rows], vectors[where])
+        if valid.any():  # one gather of the candidates' vectors (rows rarely share one), one pass of dot products
+            vectors = self._flat.reconstruct_batch(candidates[valid])
+            sims[valid] = np.einsum("ij,ij->i", queries[np.nonzero(valid)[0]], vectors)
         order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         best_sims, best_ids = np.take_along_axis(sims, order, 1), np.take_along_axis(candidates, order, 1)
         best_ids[~np.isfinite(best_sims)] = -1

@@ -88,8 +88,8 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Catalog size from which the index is IVF (approximate) instead of flat (exact)."
     )
     index_nlist: int = Field(0, ge=0, description="IVF lists; 0: 4 x sqrt(catalog size) when the index is trained.")
-    index_nprobe: int = Field(48, ge=1, le=65_536, description="IVF lists probed per search (recall against cost).")
-    index_rerank: int = Field(10, ge=1, le=100, description="IVF candidates re-ranked exactly on the full vectors: top_k x this.")
+    index_nprobe: int = Field(64, ge=1, le=65_536, description="IVF lists probed per search (recall against cost).")
+    index_rerank: int = Field(5, ge=1, le=100, description="IVF candidates re-ranked exactly on the full vectors: top_k x this.")
     index_exact_scope_max: int = Field(
         2_000, ge=0, description="Brand/product scopes of at most this many images are searched exactly (IVF index)."
     )
