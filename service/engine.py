@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,6 +102,8 @@ class ScanEngine:
         self._generation = 0
         self._write_lock = threading.RLock()
         self._dirty = False
+        # Called with an image file's sha256 once the file is deleted, to drop what was derived from it (thumbnails).
+        self.blob_deleted: list[Callable[[str], None]] = []
 
     @classmethod
     def open(cls, settings: Settings, show_progress: bool = False) -> ScanEngine:
@@ -479,6 +481,8 @@ class ScanEngine:
             self._dirty = True
             if blob_unused:  # inside the lock: an upload of the same bytes cannot slip in between
                 self.blobs.delete(ref.sha256)
+                for listener in self.blob_deleted:
+                    listener(ref.sha256)
         return ref
 
     # --- scanning ---------------------------------------------------------------------------------------------

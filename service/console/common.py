@@ -77,6 +77,7 @@ class ConsoleState:
             if entry is None or entry[0] is not engine:
                 sessions = SessionStore(engine.db, self.settings.console_session_ttl_s, self.settings.auth_disabled)
                 thumbnails = Thumbnails(self.settings.data_dir / "console_thumbnails", self.settings.image_limits())
+                engine.blob_deleted.append(thumbnails.discard)
                 entry = self._stores[id(engine)] = (engine, sessions, thumbnails)
             return entry
 

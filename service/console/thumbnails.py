@@ -1,8 +1,8 @@
-"""Downscaled JPEG thumbnails for the console, made with Pillow once per image and size, cached by content hash."""
+"""Downscaled JPEG thumbnails for the console, made with Pillow once per image and size, cached by content hash
+(`<root>/<pixels>/ab/cd/<sha256>`) and deleted with the image file they were made from."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -15,18 +15,26 @@ THUMBNAIL_SIZES = {"small": 320, "large": 640}
 
 class Thumbnails:
     def __init__(self, root: Path, limits: ImageLimits) -> None:
-        self._cache = BlobStore(root)
+        self._root = root
         self._limits = limits
+
+    def _cache(self, size: int) -> BlobStore:
+        return BlobStore(self._root / str(size))
 
     def get(self, sha256: str, size: int, load: Callable[[], bytes]) -> bytes:
         """A JPEG at most `size` pixels on its longer side of the image whose bytes (`load()`) hash to `sha256`."""
-        key = hashlib.sha256(f"{sha256}:{size}".encode()).hexdigest()
-        path = self._cache.path(key)
+        cache = self._cache(size)
+        path = cache.path(sha256)
         if path.is_file():
             return path.read_bytes()
         data = self.make(load(), size)
-        self._cache.put(key, data)
+        cache.put(sha256, data)
         return data
+
+    def discard(self, sha256: str) -> None:
+        """Forget every thumbnail of the image file `sha256` (called when that file is deleted)."""
+        for size in THUMBNAIL_SIZES.values():
+            self._cache(size).delete(sha256)
 
     def make(self, data: bytes, size: int) -> bytes:
         image = decode_image(data, self._limits, size).image  # upright RGB, within the service's input limits

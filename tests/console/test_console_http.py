@@ -297,3 +297,23 @@ def test_import_job_pages(web: TestClient, brands: TwoBrands) -> None:
     page = web.get(started.headers["location"])
     assert page.status_code == 200 and "empty.zip" in page.text
     assert web.get("/console/catalog/imports/imp_doesnotexist").status_code == 404
+
+
+def test_deleting_an_image_deletes_its_thumbnails(web: TestClient, engine: ScanEngine, brands: TwoBrands, data_dir: Path) -> None:
+    sign_in(web, brands.acme_key)
+    image_id = brands.acme_images[2]
+    for size in ("small", "large"):
+        shown = web.get(f"/console/catalog/images/{image_id}/thumbnail", params={"size": size})
+        assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
+    ref = engine.catalog.get_image(image_id)
+    assert ref is not None
+    cached = sorted(path for path in (data_dir / "console_thumbnails").rglob(ref.sha256))
+    assert len(cached) == 2
+
+    token = page_csrf(web)
+    deleted = web.post(f"/console/catalog/images/{image_id}/delete", headers={"X-CSRF-Token": token, "HX-Request": "true"})
+    assert deleted.status_code == 200, deleted.text
+    assert not any(path.exists() for path in cached)
+    assert web.get(f"/console/catalog/images/{image_id}/thumbnail").status_code == 404
+    # still shown for the images that remain
+    assert web.get(f"/console/catalog/images/{brands.acme_images[0]}/thumbnail").status_code == 200
