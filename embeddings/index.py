@@ -14,7 +14,8 @@ Two kinds, chosen by the catalog's size (`IndexOptions.kind_for`):
   through the lists with an ID selector, and a query that finds fewer than k in-scope hits that way is probed again
   over 8 x `nprobe` lists.
 
-Kind and training follow the size (`refit`, which the engine runs whenever it loads, repairs or rebuilds an index):
+Kind and training follow the size (`refit`, which the engine runs whenever it loads, repairs or rebuilds an index, and
+on a copy in the background once a running service's catalog calls for it, `ScanEngine.refit_index`):
 flat becomes ivf at `ivf_min_vectors`; ivf goes back to flat below half of that (so deleting a few images around the
 threshold does not rebuild it back and forth); an ivf index is retrained, centroids and codebooks, once it holds more
 than twice the vectors it was trained on. In between, adds go straight into the trained lists without retraining: the
@@ -194,11 +195,49 @@ class VectorIndex:
         return 0 if self._ivf is None else int(self._ivf.ntotal) - len(self)
 
     # --- kind ------------------------------------------------------------------------------------------------
+    def needs_refit(self) -> bool:
+        """Whether `refit` would change anything: another kind, a retrain after doubling, or stale codes to drop."""
+        with self._lock:
+            size = len(self)
+            wanted = self.options.kind_for(size, self.kind)
+            if wanted == "flat":
+                return self._ivf is not None
+            if self._ivf is None or size > RETRAIN_GROWTH * self._trained_size:
+                return True
+            return self.stale_codes > STALE_MAX_SHARE * size
+
+    def copy(self) -> VectorIndex:
+        """An independent copy (same vectors, kind and training) that can be refitted while this one serves."""
+        with self._lock:
+            twin = VectorIndex(self.dim, self.fingerprint, self.revision, self.options)
+            # deserialize_index answers an object of the index's own class, which owns the index
+            twin._flat = faiss.deserialize_index(faiss.serialize_index(self._flat))  # type: ignore[assignment]
+            if self._ivf is not None:
+                twin._ivf = faiss.deserialize_index(faiss.serialize_index(self._ivf))  # type: ignore[assignment]
+            twin._trained_size = self._trained_size
+            twin._present = set(self._present)
+            return twin
+
+    def catch_up(self, live: VectorIndex) -> int:
+        """Apply what `live` gained or lost since this was copied from it (ids only: vectors never change in place
+        within one model); returns the number of ids added or removed."""
+        with live._lock, self._lock:
+            gone = np.fromiter(self._present - live._present, dtype=np.int64)
+            new = np.fromiter(live._present - self._present, dtype=np.int64)
+            if len(gone):
+                self._remove_present(gone)
+            for start in range(0, len(new), CHUNK):
+                ids = new[start : start + CHUNK]
+                self._add_chunk(ids, live._flat.reconstruct_batch(ids))
+            self.revision = live.revision
+            return len(gone) + len(new)
+
     def refit(self) -> bool:
         """Make this the kind (and training) its size calls for; returns whether anything changed.
 
         Holds the index's lock while it trains and fills an ivf index (minutes at a million vectors): call it before
-        the index serves, as the engine does when it loads, repairs or rebuilds one.
+        the index serves, as the engine does when it loads, repairs or rebuilds one, or on a `copy` (the engine's
+        `refit_index`, while the catalog grows or shrinks under a running service).
         """
         with self._lock:
             size = len(self)

@@ -343,6 +343,26 @@ class ScanEngine:
             self.save_index()
             return index
 
+    def refit_index(self) -> bool:
+        """Give a running service's index the kind its catalog's size now calls for (flat <-> ivf, retrained once it
+        doubled, stale codes dropped): refitted on a copy while scans go on searching the serving index, which then
+        hands over what changed meanwhile and is swapped out in one assignment. Returns whether it was swapped."""
+        serving = self.index
+        if not serving.needs_refit():
+            return False
+        started = time.perf_counter()
+        fresh = serving.copy()
+        fresh.refit()
+        with self._write_lock:
+            if self.index is not serving:  # a model switch or rebuild replaced it meanwhile
+                return False
+            caught_up = fresh.catch_up(serving)
+            self.model = replace(self.model, index=fresh)
+            self._dirty = True
+        log.info("index refitted while serving in %.1f s (%d changes caught up): %s",
+                 time.perf_counter() - started, caught_up, fresh.describe())  # fmt: skip
+        return True
+
     def save_index(self) -> None:
         with self._write_lock:
             self.index.save(self.index_path)

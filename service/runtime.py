@@ -62,6 +62,7 @@ class ServiceRuntime:
             engine = self.engine
             if engine is not None:
                 try:
+                    engine.refit_index()  # flat -> ivf (and back, and retrained) as HTTP writes grow the catalog
                     engine.save_index_if_dirty()
                     engine.refresh_calibrator()
                     self.switcher.follow_registry(engine)

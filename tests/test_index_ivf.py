@@ -4,6 +4,7 @@ against exact search, scoped search, writes, persistence, and the engine buildin
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -248,3 +249,62 @@ def test_the_engine_builds_ivf_for_a_catalog_above_the_threshold(
     third.close()
     fourth = make_engine(settings)  # 15 < 40 / 2: back to flat
     assert fourth.index.kind == "flat" and len(fourth.index) == 15
+
+
+def test_a_copy_refitted_aside_catches_up_with_the_serving_index() -> None:
+    options = IndexOptions(ivf_min_vectors=1_000, nprobe=16, rerank=30)
+    serving, ids, vectors = build(1_200, IndexOptions(ivf_min_vectors=5_000))  # flat, though 1,200 now calls for ivf
+    serving.options = options
+    assert serving.needs_refit()
+    fresh = serving.copy()
+    fresh.refit()
+    assert (fresh.kind, serving.kind) == ("ivf", "flat")
+    # meanwhile the serving index changes: 100 added, 50 removed
+    more_ids, more = np.arange(9_000, 9_100, dtype=np.int64), clustered(100, seed=7)
+    serving.add(more_ids, more)
+    serving.remove(ids[:50])
+    serving.revision = 42
+    assert fresh.catch_up(serving) == 150
+    assert set(fresh.ids().tolist()) == set(serving.ids().tolist()) and fresh.revision == 42
+    assert not fresh.needs_refit()
+    queries = more[:20]
+    assert [row[0] for row in hit_ids(fresh, queries, 1)] == more_ids[:20].tolist()
+    assert not set(ids[:50].tolist()) & {hit for row in hit_ids(fresh, vectors[:50], 10) for hit in row}
+
+
+def test_a_running_engine_refits_its_index_as_the_catalog_grows_and_shrinks(
+    make_engine: Callable[[Settings], ScanEngine], data_dir: Path
+) -> None:
+    engine = make_engine(tiny_settings(data_dir, index_ivf_min_vectors=40, index_exact_scope_max=5))
+    ids = add_photos(engine, range(200, 230))
+    assert not engine.refit_index() and engine.index.kind == "flat"  # 30 < 40
+    ids.update(add_photos(engine, range(230, 250)))  # 50 over HTTP-like writes, no restart
+
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def scan_meanwhile() -> None:
+        while not stop.is_set():
+            try:
+                result = engine.scan([PhotoInput(imaging.jpeg(210))], record=False)
+                assert result["images"][0]["matches"][0]["image_id"] == ids[210]
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+    scanner = threading.Thread(target=scan_meanwhile)
+    scanner.start()
+    try:
+        assert engine.refit_index()
+    finally:
+        stop.set()
+        scanner.join()
+    assert errors == []
+    kind: str = engine.index.kind  # (not narrowed by the "flat" above: the index was swapped)
+    assert kind == "ivf" and len(engine.index) == 50 and not engine.refit_index()
+    result = engine.scan([PhotoInput(imaging.jpeg(249))], record=False)
+    assert result["images"][0]["matches"][0]["image_id"] == ids[249] and "-ivf" in result["index_version"]
+    assert engine.save_index_if_dirty() and VectorIndex.load(engine.index_path).kind == "ivf"
+
+    for seed in range(200, 235):
+        engine.delete_reference(ids[seed])
+    assert engine.refit_index() and engine.index.kind == "flat" and len(engine.index) == 15  # 15 < 40 / 2
