@@ -240,17 +240,14 @@ class VectorIndex:
         `refit_index`, while the catalog grows or shrinks under a running service).
         """
         with self._lock:
+            if not self.needs_refit():
+                return False
             size = len(self)
-            wanted = self.options.kind_for(size, self.kind)
-            if wanted == "flat":
-                if self._ivf is None:
-                    return False
+            if self.options.kind_for(size, self.kind) == "flat":
                 self._ivf, self._trained_size = None, 0
                 log.info("index: %s", self.describe())
                 return True
-            if self._ivf is not None and size <= RETRAIN_GROWTH * self._trained_size:
-                if self.stale_codes <= STALE_MAX_SHARE * size:
-                    return False
+            if self._ivf is not None and size <= RETRAIN_GROWTH * self._trained_size:  # too many stale codes
                 started = time.perf_counter()
                 stale = self.stale_codes
                 self._ivf.reset()  # same centroids and codebooks: only the lists are written again
