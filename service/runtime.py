@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from service.batching import ScanBatcher
 from service.catalog_imports import ImportJobs
@@ -27,6 +28,8 @@ class ServiceRuntime:
         self._batcher: ScanBatcher | None = None
         self._batcher_lock = threading.Lock()
         self.imports = ImportJobs(settings, lambda: self.engine)  # bulk catalog imports (POST /v1/catalog/imports)
+        # Called with the engine once it serves (given, or loaded in the background), before any request reaches it.
+        self.on_engine: list[Callable[[ScanEngine], object]] = []
 
     def start(self) -> None:
         if self.settings.auth_disabled:
@@ -36,6 +39,8 @@ class ServiceRuntime:
             log.warning("!" * 80)
         if self.engine is None:
             self._spawn(self._load, "engine-loader")
+        else:
+            self._engine_ready(self.engine)
         self._spawn(self._save_periodically, "index-saver")
         self.imports.start()
 
@@ -46,7 +51,9 @@ class ServiceRuntime:
 
     def _load(self) -> None:
         try:
-            self.engine = ScanEngine.open(self.settings)
+            engine = ScanEngine.open(self.settings)
+            self._engine_ready(engine)
+            self.engine = engine
             log.info(
                 "ready: model %s, index %s with %d images",
                 self.engine.embedder.info.short_id,
@@ -56,6 +63,10 @@ class ServiceRuntime:
         except Exception as exc:  # surfaced by /readyz and every request
             log.exception("could not load the model or index")
             self.error = f"{type(exc).__name__}: {exc}"
+
+    def _engine_ready(self, engine: ScanEngine) -> None:
+        for callback in self.on_engine:
+            callback(engine)
 
     def _save_periodically(self) -> None:
         while not self._stop.wait(self.settings.index_save_interval_s):

@@ -25,6 +25,7 @@ from service.console.common import (
     render,
     sign_in_url,
 )
+from service.runtime import ServiceRuntime
 
 CONSOLE_IMPORTS_PATH = f"{PREFIX}/catalog/imports"  # archive uploads: the bigger body bound of bulk imports (app.py)
 
@@ -33,7 +34,11 @@ def mount_console(app: FastAPI, settings: Settings) -> None:
     """Serve the console on `app` (unless console_enabled is off): pages, static files, and their error pages."""
     if not settings.console_enabled:
         return
-    app.state.console = ConsoleState(settings)
+    app.state.console = state = ConsoleState(settings)
+    # Thumbnails follow deletions made through this service (API, console) from the engine's first moment on,
+    # not only once someone has opened the console in this process.
+    runtime: ServiceRuntime = app.state.runtime
+    runtime.on_engine.append(state.thumbnails)
     for router in (auth.router, catalog.router, review.router):
         app.include_router(router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="console-static")

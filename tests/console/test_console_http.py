@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import httpx2
@@ -17,6 +18,7 @@ from service.app import create_app
 from service.config import Settings
 from service.console.queries import catalog_images
 from service.console.sessions import ConsoleSession, SessionStore, digest
+from service.console.thumbnails import THUMBNAIL_SIZES, Thumbnails
 from service.engine import PhotoInput, ScanEngine
 from tests import imaging
 from tests.archives import zip_bytes
@@ -317,3 +319,19 @@ def test_deleting_an_image_deletes_its_thumbnails(web: TestClient, engine: ScanE
     assert web.get(f"/console/catalog/images/{image_id}/thumbnail").status_code == 404
     # still shown for the images that remain
     assert web.get(f"/console/catalog/images/{brands.acme_images[0]}/thumbnail").status_code == 200
+
+
+def test_an_api_delete_removes_thumbnails_before_the_console_is_opened(
+    settings: Settings, engine: ScanEngine, brands: TwoBrands, data_dir: Path
+) -> None:
+    ref = engine.catalog.get_image(brands.acme_images[3])
+    assert ref is not None
+    made_earlier = Thumbnails(data_dir / "console_thumbnails", settings.image_limits())  # e.g. by the last process
+    made_earlier.get(ref.sha256, THUMBNAIL_SIZES["small"], partial(engine.blobs.get, ref.sha256))
+    cached = list((data_dir / "console_thumbnails").rglob(ref.sha256))
+    assert len(cached) == 1
+
+    with TestClient(create_app(settings, engine=engine)) as api:  # no console page is requested
+        deleted = api.delete(f"/v1/catalog/images/{ref.image_id}", headers={"authorization": f"Bearer {brands.acme_key}"})
+        assert deleted.status_code == 200, deleted.text
+    assert not cached[0].exists()
