@@ -38,7 +38,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from embeddings import ImageEmbedder, ImageLimits, decode_image, load_embedder
-from embeddings.preprocess import to_model_input
+from embeddings.preprocess import to_pixels
 from service.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 def model_inputs(embedder: ImageEmbedder, paths: Sequence[Path]) -> np.ndarray:
     """The photos decoded and preprocessed exactly as the service does (draft decode, one resize), stacked."""
     images = [decode_image(p.read_bytes(), ImageLimits(), embedder.input_size).image for p in paths]
-    return to_model_input(images, embedder.preprocess)
+    return to_pixels(images, embedder.preprocess)
 
 
 def _timed_passes(run: Any, inputs: np.ndarray, batch_size: int, min_seconds: float) -> tuple[int, float]:
@@ -133,7 +133,7 @@ def best_raw(
     """
     runs: dict[str, Any] = {"onnxruntime as the service runs it": lambda: raw_throughput(embedder, inputs, batch_size, 1.5)}
     cores = len(os.sched_getaffinity(0))
-    onnx = sorted(export_dir.glob(f"*-{embedder.info.fingerprint[:16]}.onnx"))
+    onnx = sorted(export_dir.glob(f"*-{embedder.info.fingerprint[:16]}-uint8.onnx"))
     if onnx and embedder.info.runtime.startswith("onnx"):
         runs[f"onnxruntime, 1 session x {cores} spinning threads"] = lambda: raw_throughput_onnx(
             onnx[0], inputs, batch_size, 1, cores, True, 1.5

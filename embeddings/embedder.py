@@ -17,8 +17,8 @@ from PIL import Image
 from torch import nn
 
 from embeddings.loading import LoadedVisual, load_visual
-from embeddings.preprocess import PreprocessSpec, to_model_input
-from embeddings.runtimes import OnnxRunner, Runner, TorchRunner, export_onnx, onnx_available, resolve_device
+from embeddings.preprocess import PreprocessSpec, to_pixels
+from embeddings.runtimes import OnnxRunner, PixelInput, Runner, TorchRunner, export_onnx, onnx_available, resolve_device
 from embeddings.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,17 @@ class ImageEmbedder:
         step = max(1, self.spec.batch_size)
         for start in range(0, len(images), step):
             chunk = images[start : start + step]
-            out[start : start + len(chunk)] = self.embed_batch(to_model_input(chunk, self.preprocess))
+            out[start : start + len(chunk)] = self.embed_batch(to_pixels(chunk, self.preprocess))
         return out
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Run a preprocessed NCHW batch through the model and L2-normalise the rows."""
+        """Run a `(n, size, size, 3)` uint8 batch (`embeddings.preprocess.to_pixels`) through the model; unit rows out."""
         if len(batch) == 0:
             return np.empty((0, self.info.dim), dtype=np.float32)
-        vectors = self._runner(np.ascontiguousarray(batch, dtype=np.float32))
+        if batch.dtype != np.uint8 or batch.shape[1:] != (self.input_size, self.input_size, 3):
+            size = self.input_size
+            raise ValueError(f"expected uint8 pixels of shape (n, {size}, {size}, 3), got {batch.dtype} {batch.shape}")
+        vectors = self._runner(np.ascontiguousarray(batch))
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
@@ -106,16 +109,17 @@ def load_embedder(spec: ModelSpec, export_dir: Path | None = None) -> ImageEmbed
     with torch.inference_mode():
         probe = torch.zeros(1, 3, loaded.preprocess.size, loaded.preprocess.size)
         dim = int(loaded.visual(probe).shape[-1])
+    model = PixelInput(loaded.visual, loaded.preprocess.mean, loaded.preprocess.std)
     runner: Runner
     if runtime == "onnx":
         directory = export_dir or Path(tempfile.mkdtemp(prefix="counterfeit-scan-onnx-"))
-        path = directory / f"{loaded.architecture}-{fingerprint[:16]}.onnx"
+        path = directory / f"{loaded.architecture}-{fingerprint[:16]}-uint8.onnx"  # -uint8: the graph takes pixels
         if not path.is_file():
             log.info("exporting %s to ONNX at %s", spec.name, path)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                export_onnx(loaded.visual, loaded.preprocess.size, path)
+                export_onnx(model, loaded.preprocess.size, path)
         runner = OnnxRunner(path, spec.threads)
     else:
-        runner = TorchRunner(loaded.visual, device, compile_model=spec.compile)
+        runner = TorchRunner(model, device, compile_model=spec.compile)
     return ImageEmbedder(spec, loaded, runner, fingerprint, dim)

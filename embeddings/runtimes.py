@@ -1,4 +1,8 @@
-"""Runs a vision tower on a float32 NCHW batch: eager torch (GPU, training) or ONNX Runtime (CPU serving)."""
+"""Runs a vision tower on a uint8 NHWC batch: eager torch (GPU, training) or ONNX Runtime (CPU serving).
+
+Both run `PixelInput`: the tower behind its own normalisation, so callers hand over the cropped photos' pixels as
+they are and the arithmetic runs where the model runs (vectorised in the ONNX graph, on the GPU).
+"""
 
 from __future__ import annotations
 
@@ -21,17 +25,39 @@ class Runner(Protocol):
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
+class PixelInput(nn.Module):
+    """uint8 `(n, h, w, 3)` pixels in, the tower's output out: NHWC to NCHW, (x - mean) / std, then the tower.
+
+    The permuted view of NHWC pixels is already channels-last in memory, which is the layout GPUs convolve fastest.
+    """
+
+    def __init__(self, visual: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.visual = visual
+        self.dtype = torch.float32  # the tower's; TorchRunner sets float16 on a GPU
+        self.mean: torch.Tensor
+        self.scale: torch.Tensor
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("scale", 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0), persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels.permute(0, 3, 1, 2).float() - self.mean) * self.scale
+        out: torch.Tensor = self.visual(x.to(self.dtype))
+        return out
+
+
 class TorchRunner:
     """Eager (or compiled) torch. On a GPU: half precision, channels-last, inputs staged through pinned host memory."""
 
-    def __init__(self, visual: nn.Module, device: str, compile_model: bool = False) -> None:
+    def __init__(self, model: PixelInput, device: str, compile_model: bool = False) -> None:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        visual = visual.to(self.device).eval()
+        model = model.to(self.device).eval()
         if self.cuda:
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-            visual = visual.half().to(memory_format=torch.channels_last)
-        self.visual: nn.Module = torch.compile(visual, dynamic=True) if compile_model else visual  # type: ignore[assignment]
+            model.visual = model.visual.half().to(memory_format=torch.channels_last)
+            model.dtype = torch.float16
+        self.model: nn.Module = torch.compile(model, dynamic=True) if compile_model else model  # type: ignore[assignment]
         self.name = f"torch-{self.device.type}" + ("-fp16" if self.cuda else "") + ("-compiled" if compile_model else "")
         self._pinned: torch.Tensor | None = None
         self._lock = threading.Lock()  # one staging buffer: calls from the batcher and catalog writes take turns
@@ -40,14 +66,14 @@ class TorchRunner:
         host = torch.from_numpy(batch)
         with torch.inference_mode():
             if not self.cuda:
-                return np.asarray(self.visual(host.to(self.device)).float().cpu().numpy(), dtype=np.float32)
+                return np.asarray(self.model(host.to(self.device)).float().cpu().numpy(), dtype=np.float32)
             with self._lock:
                 if self._pinned is None or self._pinned.numel() < host.numel():
                     self._pinned = torch.empty(host.numel(), dtype=host.dtype, pin_memory=True)
                 staged = self._pinned[: host.numel()].view(host.shape)
                 staged.copy_(host)
-                pixels = staged.to(self.device, non_blocking=True).half().contiguous(memory_format=torch.channels_last)
-                out = self.visual(pixels).float().cpu()  # waits for the GPU, so the staging buffer is free again
+                pixels = staged.to(self.device, non_blocking=True)  # uint8: a quarter of the bytes of float32
+                out = self.model(pixels).float().cpu()  # waits for the GPU, so the staging buffer is free again
         return np.asarray(out.numpy(), dtype=np.float32)
 
 
@@ -67,13 +93,13 @@ class OnnxRunner:
         return np.asarray(self.session.run(None, {"pixels": batch})[0], dtype=np.float32)
 
 
-def export_onnx(visual: nn.Module, size: int, path: Path) -> Path:
-    """Export the tower with a dynamic batch axis; written to a temp file then renamed into place."""
+def export_onnx(model: PixelInput, size: int, path: Path) -> Path:
+    """Export the tower with its uint8 input and a dynamic batch axis; written to a temp file then renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    dummy = torch.zeros(2, 3, size, size)
+    dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     torch.onnx.export(
-        visual.cpu().eval(),
+        model.cpu().eval(),
         (dummy,),
         str(tmp),
         input_names=["pixels"],

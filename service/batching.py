@@ -32,7 +32,7 @@ import numpy as np
 from embeddings import DecodedImage
 from embeddings.index import IndexHit
 from embeddings.perceptual_hash import perceptual_hash
-from embeddings.preprocess import PreprocessSpec, to_model_input
+from embeddings.preprocess import PreprocessSpec, to_pixels
 from embeddings.runtimes import available_cores
 from service.config import Settings
 from service.engine import PhotoInput, ScanEngine, ServingModel
@@ -54,7 +54,7 @@ class PreparedPhoto:
     """A decoded photo with its model input (for `spec`) and perceptual hash, made off the inference thread."""
 
     decoded: DecodedImage
-    pixels: np.ndarray  # (3, size, size) float32, normalised for `spec`
+    pixels: np.ndarray  # (size, size, 3) uint8, cropped and resized for `spec`; the model normalises
     spec: PreprocessSpec
     phash: int
 
@@ -81,13 +81,13 @@ class ScanJob:
 def prepare_photos(engine: ScanEngine, model: ServingModel, photos: Sequence[PhotoInput]) -> list[PreparedPhoto]:
     """Decode (JPEG in draft mode, to about the model's input size), preprocess and hash one listing's photos.
 
-    One resize per photo: the draft decode lands near the input size and `to_model_input` resizes and crops once.
+    One resampling per photo: the draft decode lands near the input size and `to_pixels` resizes the centre square.
     Raises ImageRejected naming the photo that failed.
     """
     spec = model.embedder.preprocess
     prepared = []
     for decoded in engine._decode_listing(photos, model.embedder.input_size):
-        pixels = to_model_input([decoded.image], spec)[0]
+        pixels = to_pixels([decoded.image], spec)[0]
         prepared.append(PreparedPhoto(decoded, pixels, spec, perceptual_hash(decoded.image)))
     return prepared
 
@@ -99,7 +99,7 @@ def model_input(engine: ScanEngine, model: ServingModel, jobs: Sequence[ScanJob]
         if any(photo.spec != model.embedder.preprocess for photo in job.prepared):
             job.prepared = prepare_photos(engine, model, job.photos)
         rows.extend(photo.pixels for photo in job.prepared)
-    return np.stack(rows) if rows else np.empty((0, 3, 1, 1), dtype=np.float32)
+    return np.stack(rows) if rows else np.empty((0, 1, 1, 3), dtype=np.uint8)
 
 
 def embed(model: ServingModel, batch: np.ndarray, max_size: int) -> np.ndarray:

@@ -8,11 +8,13 @@ from pathlib import Path
 import huggingface_hub.constants
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 
 from embeddings import ImageEmbedder, ImageLimits, ModelLoadError, ModelSpec, decode_image, load_embedder
 from embeddings.embedder import model_fingerprint
 from embeddings.loading import load_visual, save_checkpoint
+from embeddings.preprocess import resize_and_crop, to_model_input, to_pixels
 from embeddings.pretrained import PACKAGED_WEIGHTS
 from service.config import Settings
 from service.engine import PhotoInput, ScanEngine
@@ -148,3 +150,34 @@ def test_torch_and_onnx_runtimes_agree(real_embedder: ImageEmbedder, model_expor
     assert torch_embedder.info.fingerprint == real_embedder.info.fingerprint
     images = [imaging.noise_image(seed, (100, 80)) for seed in range(3)]
     assert np.allclose(torch_embedder.embed_images(images), real_embedder.embed_images(images), atol=1e-4)
+
+
+def test_the_model_normalises_uint8_pixels_as_training_does(real_embedder: ImageEmbedder) -> None:
+    # serving hands the runtime cropped uint8 pixels and the graph normalises them; training normalises in numpy
+    images = [imaging.noise_image(seed, (130, 90)) for seed in range(3)]
+    spec = real_embedder.preprocess
+    pixels = to_pixels(images, spec)
+    assert pixels.dtype == np.uint8 and pixels.shape == (3, spec.size, spec.size, 3)
+    visual = load_visual(ModelSpec()).visual.eval()
+    with torch.inference_mode():
+        expected = visual(torch.from_numpy(to_model_input(images, spec))).numpy()
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(real_embedder.embed_batch(pixels), expected, atol=1e-4)
+
+
+def test_embed_batch_refuses_float_or_wrongly_sized_input(real_embedder: ImageEmbedder) -> None:
+    size = real_embedder.input_size
+    with pytest.raises(ValueError, match="uint8 pixels"):
+        real_embedder.embed_batch(np.zeros((1, 3, size, size), dtype=np.float32))
+    with pytest.raises(ValueError, match="uint8 pixels"):
+        real_embedder.embed_batch(np.zeros((1, size + 1, size + 1, 3), dtype=np.uint8))
+    assert real_embedder.embed_batch(np.zeros((0, size, size, 3), dtype=np.uint8)).shape == (0, real_embedder.info.dim)
+
+
+def test_centre_square_is_resized_in_one_pass() -> None:
+    # a wide photo: the centre square is what the model sees, whatever lies left and right of it
+    image = Image.new("RGB", (300, 100), (255, 0, 0))
+    image.paste((0, 255, 0), (100, 0, 200, 100))
+    out = resize_and_crop(image, 50)
+    assert out.size == (50, 50)
+    assert np.asarray(out)[5:45, 5:45].tolist() == np.full((40, 40, 3), (0, 255, 0), dtype=np.uint8).tolist()
