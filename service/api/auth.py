@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from service.api_keys import LOCAL_ADMIN, Principal
 from service.errors import RequestRejected
@@ -13,7 +14,9 @@ from service.errors import RequestRejected
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="counterfeit-scan"'}
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
+    # async, as every dependency of the scan path: FastAPI runs a plain `def` dependency on a worker thread, a
+    # thread hop per dependency per request that costs more than the work on a busy machine
     runtime = request.app.state.runtime
     if runtime.settings.auth_disabled:
         return LOCAL_ADMIN
@@ -22,14 +25,15 @@ def get_principal(request: Request) -> Principal:
     token = credentials.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "").strip()
     if not token:
         raise RequestRejected("an API key is required: send 'Authorization: Bearer <key>'", 401, CHALLENGE)
-    principal: Principal | None = runtime.require_engine().keys.authenticate(token)
+    keys = runtime.require_engine().keys
+    principal: Principal | None = keys.cached(token) or await run_in_threadpool(keys.authenticate, token)
     if principal is None:
         raise RequestRejected("the API key is unknown or revoked", 401, CHALLENGE)
     return principal
 
 
-def require(*roles: str) -> Callable[[Principal], Principal]:
-    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+def require(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if principal.role not in roles:
             raise RequestRejected(f"a {principal.role} key may not do this (needs {' or '.join(roles)})", 403)
         return principal

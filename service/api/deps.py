@@ -12,16 +12,18 @@ from service.metrics import ServiceMetrics
 from service.runtime import ServiceRuntime
 
 
-def get_runtime(request: Request) -> ServiceRuntime:
+# async: FastAPI runs a plain `def` dependency on a worker thread, a thread hop per request for a dictionary lookup
+async def get_runtime(request: Request) -> ServiceRuntime:
     runtime: ServiceRuntime = request.app.state.runtime
     return runtime
 
 
-def get_engine(request: Request) -> ScanEngine:
-    return get_runtime(request).require_engine()
+async def get_engine(request: Request) -> ScanEngine:
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime.require_engine()
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     metrics: ServiceMetrics = request.app.state.metrics
     return metrics
 
