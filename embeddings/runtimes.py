@@ -113,12 +113,14 @@ def export_onnx(model: PixelInput, size: int, path: Path) -> Path:
 
 
 def default_inference_threads() -> int:
-    """Model threads when none are set: every core but a quarter of them (at least one), which decode, resize, parse
-    HTTP and score beside the model. On 2 cores the service scanned as many photos/s with one model thread as with two,
-    on 20% less CPU per photo and with half the tail latency (benchmarks/README.md): a model thread that shares its core
-    with decoding stalls every parallel operator of the other one."""
+    """Model threads when none are set: every core but a quarter of them, which decode, resize, parse HTTP and score
+    beside the model (a model thread that shares its core with them stalls every parallel operator of the others).
+
+    Below four cores, every core: on 2 cores EfficientNet-Lite0 served as many photos/s with one model thread as with
+    two (on less CPU per photo), but ViT-B-32, whose forward pass dwarfs the rest, lost 40% with one.
+    """
     cores = available_cores()
-    return max(1, cores - max(1, cores // 4))
+    return cores - cores // 4
 
 
 def available_cores() -> int:

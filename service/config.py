@@ -27,9 +27,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu or cuda[:N].")
     runtime: Literal["auto", "torch", "onnx"] = Field("auto", description="auto: ONNX Runtime on CPU, torch on GPU.")
     batch_size: int = Field(16, ge=1, le=1024)
-    threads: int = Field(
-        0, ge=0, description="Model threads (ONNX Runtime); 0: all cores but a quarter, at least one, left for decoding."
-    )
+    threads: int = Field(0, ge=0, description="Model threads (ONNX Runtime); 0: all cores but a quarter (left for decoding).")
     allow_random_weights: bool = Field(False, description="Tests only: run a model with random weights.")
 
     # Input limits
