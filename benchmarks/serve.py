@@ -232,6 +232,8 @@ class Server:
                 if not sample.labels or set(sample.labels) == {"le"}:
                     key = sample.name + (f"{{le={sample.labels['le']}}}" if "le" in sample.labels else "")
                     values[key] = sample.value
+                elif sample.name == "python_gc_collections_total" and sample.labels.get("generation") == "2":
+                    values["full_gc"] = sample.value  # full collections: every thread stops while they run
         return values
 
     def stop(self) -> None:
@@ -283,6 +285,7 @@ class LevelResult:
     server_cpu_ms_per_photo: float = float("nan")
     client_cpu_ms_per_photo: float = float("nan")
     peak_rss_mb: float = float("nan")
+    full_gcs: int = 0
 
     @property
     def throughput(self) -> float:
@@ -352,6 +355,7 @@ def measure(server: Server, run: Any) -> LevelResult:
     total = after.get("counterfeit_scan_batch_photos_sum", 0) - before.get("counterfeit_scan_batch_photos_sum", 0)
     result.batch_mean = total / batches if batches else float("nan")
     result.peak_rss_mb = server.peak_rss_mb()
+    result.full_gcs = int(after.get("full_gc", 0) - before.get("full_gc", 0))
     return result
 
 
@@ -361,13 +365,13 @@ def row(result: LevelResult) -> str:
     return (
         f"{result.name:>22} {result.throughput:8.1f} {percentile(lat, 50) * 1000:8.1f} {percentile(lat, 95) * 1000:8.1f} "
         f"{percentile(lat, 99) * 1000:8.1f} {result.batch_mean:6.1f} {result.server_cpu_ms_per_photo:7.2f} "
-        f"{result.client_cpu_ms_per_photo:7.2f} {result.peak_rss_mb:8.0f} {refused:5d}"
+        f"{result.client_cpu_ms_per_photo:7.2f} {result.peak_rss_mb:8.0f} {refused:5d} {result.full_gcs:4d}"
     )
 
 
 HEADER = (
     f"{'load':>22} {'photo/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'srv cpu':>7} {'cli cpu':>7} "
-    f"{'peak MB':>8} {'429':>5}"
+    f"{'peak MB':>8} {'429':>5} {'gc2':>4}"
 )
 
 
