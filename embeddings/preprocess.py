@@ -33,9 +33,9 @@ def resize_and_crop(image: Image.Image, size: int, interpolation: str = "bicubic
     Resampling only the centre square (Pillow's `box`) skips the pixels a crop after the resize would throw away.
     """
     width, height = image.size
-    side = min(width, height)
     if (width, height) == (size, size):
         return image
+    side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
     return image.resize(
         (size, size),

@@ -15,8 +15,7 @@ CHALLENGE = {"WWW-Authenticate": 'Bearer realm="counterfeit-scan"'}
 
 
 async def get_principal(request: Request) -> Principal:
-    # async, as every dependency of the scan path: FastAPI runs a plain `def` dependency on a worker thread, a
-    # thread hop per dependency per request that costs more than the work on a busy machine
+    # async like the other scan-path dependencies (see service/api/deps.py)
     runtime = request.app.state.runtime
     if runtime.settings.auth_disabled:
         return LOCAL_ADMIN
