@@ -42,6 +42,9 @@ from service.metrics import ServiceMetrics
 log = logging.getLogger(__name__)
 
 
+UNMEASURED_BATCH_LIMIT = 16  # batch_max_size 0 means "measure" (ServiceRuntime); a batcher made without measuring
+
+
 class Overloaded(RequestRejected):
     """The scan queue is full: answered 429 with Retry-After."""
 
@@ -181,7 +184,7 @@ class ScanBatcher:
         settings = settings or engine.settings
         self.engine = engine
         self.metrics = metrics
-        self.max_batch = settings.batch_max_size
+        self.max_batch = settings.batch_max_size or UNMEASURED_BATCH_LIMIT
         self.max_wait = settings.batch_max_wait_ms / 1000.0
         self.queue_limit = settings.queue_max_photos
         self.retry_after_s = settings.retry_after_s

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.batching import ScanBatcher
+from embeddings.batch_sizing import largest_fast_batch
+from service.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
 from service.engine import PhotoInput, ScanEngine
+from service.runtime import ServiceRuntime
 from tests import imaging
 from tests.helpers import add_reference, scan, stored_state, tiny_settings
 
@@ -148,3 +150,25 @@ def test_metrics_expose_queue_batches_and_latencies(client: TestClient) -> None:
         assert series in text, series
     assert sample(client, "counterfeit_scan_batch_photos_sum") == 2
     assert sample(client, "counterfeit_scan_inference_seconds_count") == 1
+
+
+def test_batch_limit_zero_is_measured_on_the_served_model_before_it_is_ready(data_dir: Path) -> None:
+    settings = tiny_settings(data_dir, batch_max_size=0)
+    engine = ScanEngine.open(settings)
+    runtime = ServiceRuntime(settings, engine)
+    try:
+        runtime.start()
+        assert 1 <= runtime.batch_max_size <= UNMEASURED_BATCH_LIMIT
+        assert runtime.batcher().max_batch == runtime.batch_max_size
+    finally:
+        runtime.stop()
+        engine.close()
+
+
+def test_the_largest_batch_within_ten_percent_of_the_best_rate_is_chosen() -> None:
+    # EfficientNet-Lite0 on 2 cores, measured: faster per photo in small batches
+    assert largest_fast_batch({1: 107.0, 2: 100.0, 4: 93.0, 8: 90.0, 16: 86.0}) == 2
+    # a GPU: the larger the better
+    assert largest_fast_batch({1: 300.0, 2: 580.0, 4: 1100.0, 8: 2000.0, 16: 3500.0}) == 16
+    # flat within the tolerance: batch as much as the limit allows
+    assert largest_fast_batch({1: 10.0, 2: 10.5, 4: 10.2, 8: 9.9, 16: 9.6}) == 16

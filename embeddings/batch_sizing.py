@@ -1,0 +1,37 @@
+"""How large a model batch should be: measured on the machine, because it is not always "as large as possible".
+
+On a GPU, photos/s rise with the batch up to hundreds. On a CPU a small model can run slower per photo in a large
+batch (its activations stop fitting in cache): EfficientNet-Lite0 on 2 cores embedded 107 photos/s at batch 1 and
+86 at batch 16, and the service scanned 27% more photos/s with batches capped at 2 than at 16 (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from embeddings.embedder import ImageEmbedder
+
+
+def batch_rates(embedder: ImageEmbedder, limit: int, min_seconds: float = 0.1) -> dict[int, float]:
+    """Photos/s of `embedder` at batch 1, 2, 4, ... up to `limit`, each timed over at least `limit` photos."""
+    size = embedder.input_size
+    pixels = np.random.default_rng(0).integers(0, 256, (limit, size, size, 3), dtype=np.uint8)
+    rates: dict[int, float] = {}
+    for n in sorted({*(2**k for k in range(limit.bit_length()) if 2**k <= limit), limit}):
+        batch = pixels[:n]
+        embedder.embed_batch(batch)  # warm-up: the runtime allocates for this shape
+        done, started = 0, time.perf_counter()
+        while done < limit or time.perf_counter() - started < min_seconds:
+            embedder.embed_batch(batch)
+            done += n
+        rates[n] = done / (time.perf_counter() - started)
+    return rates
+
+
+def largest_fast_batch(rates: dict[int, float], tolerance: float = 0.9) -> int:
+    """The largest batch that runs at `tolerance` of the best photos/s or better: batching amortises the per-batch
+    costs around the model (search, records), but not at any price in model speed."""
+    best = max(rates.values())
+    return max(n for n, rate in rates.items() if rate >= tolerance * best)
