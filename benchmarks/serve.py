@@ -38,6 +38,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from embeddings import ImageEmbedder, ImageLimits, decode_image, load_embedder
+from embeddings.batch_sizing import timed_passes
 from embeddings.preprocess import to_pixels
 from service.config import Settings
 
@@ -80,20 +81,15 @@ def model_inputs(embedder: ImageEmbedder, paths: Sequence[Path]) -> np.ndarray:
     return to_pixels(images, embedder.preprocess)
 
 
-def _timed_passes(run: Any, inputs: np.ndarray, batch_size: int, min_seconds: float) -> tuple[int, float]:
-    run(inputs[:batch_size])  # warm-up (allocations for this batch shape)
-    done, started = 0, time.perf_counter()
-    while True:
-        for start in range(0, len(inputs) - batch_size + 1, batch_size):
-            run(inputs[start : start + batch_size])
-            done += batch_size
-        if time.perf_counter() - started >= min_seconds:
-            return done, time.perf_counter() - started
+def _passes(run: Any, inputs: np.ndarray, batch_size: int, min_seconds: float) -> tuple[int, float]:
+    """(photos, seconds) of `run` over `inputs` in batches of `batch_size`, timed as the service times its batch sizes."""
+    batches = [inputs[start : start + batch_size] for start in range(0, len(inputs) - batch_size + 1, batch_size)]
+    return timed_passes(run, batches, min_seconds)
 
 
 def raw_throughput(embedder: ImageEmbedder, inputs: np.ndarray, batch_size: int, min_seconds: float = 3.0) -> float:
     """Photos/s of the model's forward pass (plus L2 normalisation) in batches of `batch_size`, one caller."""
-    done, seconds = _timed_passes(embedder.embed_batch, inputs, batch_size, min_seconds)
+    done, seconds = _passes(embedder.embed_batch, inputs, batch_size, min_seconds)
     return done / seconds
 
 
@@ -112,7 +108,7 @@ def raw_throughput_onnx(
 
     def work(i: int) -> None:
         session = sessions[i]
-        results[i] = _timed_passes(lambda b: session.run(None, {"pixels": b}), inputs, batch_size, min_seconds)
+        results[i] = _passes(lambda b: session.run(None, {"pixels": b}), inputs, batch_size, min_seconds)
 
     threads_ = [threading.Thread(target=work, args=(i,)) for i in range(streams)]
     for thread in threads_:

@@ -8,10 +8,27 @@ batch (its activations stop fitting in cache): EfficientNet-Lite0 on 2 cores emb
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from embeddings.embedder import ImageEmbedder
+
+
+def timed_passes(
+    run: Callable[[np.ndarray], object], batches: Sequence[np.ndarray], min_seconds: float, min_photos: int = 0
+) -> tuple[int, float]:
+    """(photos, seconds): `run` over `batches` in turn, after one warm-up call (the runtime allocates for the shape),
+    until at least `min_seconds` have passed and `min_photos` photos have run."""
+    run(batches[0])
+    done, started = 0, time.perf_counter()
+    while True:
+        for batch in batches:
+            run(batch)
+            done += len(batch)
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds and done >= min_photos:
+            return done, elapsed
 
 
 def batch_rates(embedder: ImageEmbedder, limit: int, min_seconds: float = 0.1) -> dict[int, float]:
@@ -19,14 +36,9 @@ def batch_rates(embedder: ImageEmbedder, limit: int, min_seconds: float = 0.1) -
     size = embedder.input_size
     pixels = np.random.default_rng(0).integers(0, 256, (limit, size, size, 3), dtype=np.uint8)
     rates: dict[int, float] = {}
-    for n in sorted({*(2**k for k in range(limit.bit_length()) if 2**k <= limit), limit}):
-        batch = pixels[:n]
-        embedder.embed_batch(batch)  # warm-up: the runtime allocates for this shape
-        done, started = 0, time.perf_counter()
-        while done < limit or time.perf_counter() - started < min_seconds:
-            embedder.embed_batch(batch)
-            done += n
-        rates[n] = done / (time.perf_counter() - started)
+    for n in sorted({*(1 << k for k in range(limit.bit_length())), limit}):
+        done, seconds = timed_passes(embedder.embed_batch, [pixels[:n]], min_seconds, min_photos=limit)
+        rates[n] = done / seconds
     return rates
 
 
