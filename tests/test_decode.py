@@ -45,24 +45,45 @@ def test_jpeg_draft_decodes_smaller_but_reports_the_file_size() -> None:
     assert decoded.image.size[0] < 640 and min(decoded.image.size) >= 64
 
 
+def test_scaled_jpeg_decode_uses_the_finest_dct_scale_that_covers_the_model_input() -> None:
+    """640 px to at least 224: libjpeg-turbo's 3/8 (240 px), where Pillow's draft mode stops at 1/2 (320 px)."""
+    photo_like = imaging.noise_image(3, (40, 40)).resize((640, 640), Image.Resampling.BICUBIC)  # smooth, not noise
+    data = imaging.encode(photo_like, "JPEG", quality=95)
+    decoded = decode_image(data, LIMITS, draft_size=224)
+    assert decoded.image.size == (240, 240) and decoded.image.mode == "RGB"
+    assert (decoded.width, decoded.height) == (640, 640)
+    full = decode_image(data, LIMITS).image.resize((240, 240), Image.Resampling.BOX)
+    difference = np.abs(np.asarray(decoded.image, dtype=np.int16) - np.asarray(full, dtype=np.int16))
+    assert difference.mean() < 2  # the same picture, scaled in the DCT instead of in pixels
+
+
+def test_small_jpeg_is_never_scaled_up() -> None:
+    assert decode_image(imaging.jpeg(4, (96, 80)), LIMITS, draft_size=224).image.size == (96, 80)
+
+
+@pytest.mark.parametrize("draft_size", [None, 32], ids=["full", "scaled"])
 @pytest.mark.parametrize("orientation", [6, 8])
-def test_exif_rotation_is_applied(orientation: int) -> None:
+def test_exif_rotation_is_applied(orientation: int, draft_size: int | None) -> None:
     """Stored 80x40 (red left, blue right) with Orientation 6 (or 8) is a 40x80 portrait image upright."""
-    decoded = decode_image(imaging.exif_jpeg((80, 40), orientation), LIMITS)
-    assert decoded.image.size == (40, 80)
+    decoded = decode_image(imaging.exif_jpeg((80, 40), orientation), LIMITS, draft_size)
+    width, height = decoded.image.size
+    assert height == 2 * width and (width == 40 or draft_size)
     assert (decoded.width, decoded.height) == (40, 80)
-    top = decoded.image.getpixel((20, 5))
-    bottom = decoded.image.getpixel((20, 75))
+    top = decoded.image.getpixel((width // 2, height // 16))
+    bottom = decoded.image.getpixel((width // 2, height - height // 16))
     red, blue = (top, bottom) if orientation == 6 else (bottom, top)
     assert isinstance(red, tuple) and isinstance(blue, tuple)
     assert red[0] > 150 and red[2] < 100, red
     assert blue[2] > 150 and blue[0] < 100, blue
 
 
-def test_exif_mirror_keeps_size_and_flips() -> None:
-    decoded = decode_image(imaging.exif_jpeg((80, 40), 2), LIMITS)  # 2 = mirrored horizontally
-    assert (decoded.width, decoded.height) == decoded.image.size == (80, 40)
-    left = decoded.image.getpixel((5, 20))
+@pytest.mark.parametrize("draft_size", [None, 32], ids=["full", "scaled"])
+def test_exif_mirror_keeps_size_and_flips(draft_size: int | None) -> None:
+    decoded = decode_image(imaging.exif_jpeg((80, 40), 2), LIMITS, draft_size)  # 2 = mirrored horizontally
+    assert (decoded.width, decoded.height) == (80, 40)
+    width, height = decoded.image.size
+    assert width == 2 * height
+    left = decoded.image.getpixel((width // 16, height // 2))
     assert isinstance(left, tuple) and left[2] > 150  # blue is now on the left
 
 
@@ -107,18 +128,21 @@ def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
     assert all(isinstance(p, tuple) and p[0] == p[1] == p[2] for p in row)
 
 
-def test_greyscale_jpeg_becomes_rgb() -> None:
-    decoded = decode_image(imaging.encode(Image.new("L", (16, 16), 90), "JPEG"), LIMITS)
+@pytest.mark.parametrize("draft_size", [None, 8], ids=["full", "scaled"])
+def test_greyscale_jpeg_becomes_rgb(draft_size: int | None) -> None:
+    decoded = decode_image(imaging.encode(Image.new("L", (16, 16), 90), "JPEG"), LIMITS, draft_size)
     assert decoded.image.mode == "RGB"
-    assert decoded.image.getpixel((8, 8)) == (90, 90, 90)
+    assert decoded.image.getpixel((4, 4)) == (90, 90, 90)
 
 
-def test_cmyk_jpeg_decodes_to_rgb() -> None:
+@pytest.mark.parametrize("draft_size", [None, 16], ids=["full", "scaled"])
+def test_cmyk_jpeg_decodes_to_rgb(draft_size: int | None) -> None:
+    """libjpeg-turbo's scaled decode takes no CMYK: Pillow decodes it, at the size it can."""
     data = imaging.encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red ink
     assert Image.open(io.BytesIO(data)).mode == "CMYK"
-    decoded = decode_image(data, LIMITS)
+    decoded = decode_image(data, LIMITS, draft_size)
     assert decoded.image.mode == "RGB"
-    r, g, b = decoded.image.getpixel((16, 16))  # type: ignore[misc]
+    r, g, b = decoded.image.getpixel((8, 8))  # type: ignore[misc]
     assert r > 200 and g < 60 and b < 60
 
 
@@ -135,9 +159,10 @@ def test_cmyk_jpeg_decodes_to_rgb() -> None:
     ],
     ids=["empty", "text", "truncated-jpeg", "gif", "bmp", "over-pixel-limit", "decompression-bomb"],
 )
-def test_bad_input_is_rejected_with_its_status(data: bytes, status: int, words: str) -> None:
+@pytest.mark.parametrize("draft_size", [None, 64], ids=["full", "scaled"])
+def test_bad_input_is_rejected_with_its_status(data: bytes, status: int, words: str, draft_size: int | None) -> None:
     with pytest.raises(ImageRejected) as caught:
-        decode_image(data, LIMITS)
+        decode_image(data, LIMITS, draft_size)
     assert caught.value.status == status
     assert words in str(caught.value)
 
