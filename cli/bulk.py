@@ -130,7 +130,7 @@ def scan_batch(listings_csv: Path, out: Path, record: bool, workers: int | None,
     Run it again with the same --out after an interruption: listings already written are skipped.
     Listings without a listing_id are identified by their photo's path as written in the manifest.
     """
-    settings = make_settings(**flags, decode_workers=workers)
+    settings = make_settings(**flags, decode_workers=workers).for_serving()
     listings = read_listings(listings_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as fh:

@@ -116,8 +116,9 @@ def default_inference_threads() -> int:
     """Model threads when none are set: every core but a quarter of them, which decode, resize, parse HTTP and score
     beside the model (a model thread that shares its core with them stalls every parallel operator of the others).
 
-    Below four cores, every core: on 2 cores EfficientNet-Lite0 served as many photos/s with one model thread as with
-    two (on less CPU per photo), but ViT-B-32, whose forward pass dwarfs the rest, lost 40% with one.
+    Below four cores, every core: on 2 cores one model thread served EfficientNet-Lite0 as fast as two, but ViT-B-32,
+    whose forward pass dwarfs the rest, lost 40% with one. Serving spreads these cores over single-threaded workers
+    by default (`Settings.for_serving`).
     """
     cores = available_cores()
     return cores - cores // 4

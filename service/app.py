@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, engine: ScanEngine | None = None) -> FastAPI:
     """Build the app; with no `engine`, the model and index load in the background at start-up."""
-    settings = settings or Settings()
+    settings = (settings or Settings()).for_serving()
     runtime = ServiceRuntime(settings, engine)
     metrics = ServiceMetrics()
 

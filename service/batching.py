@@ -2,9 +2,10 @@
 
 One `ScanBatcher` per serving engine. A scan is admitted (or refused with 429 when `queue_max_photos` photos are
 already in flight), decoded and preprocessed in a thread pool (`decode_workers`, JPEGs decoded straight to about the
-model's input size), then queued for the inference thread (`inference_workers` of them, each running the model on
-`threads` cores). It takes whatever is queued, up to `batch_max_size` photos, waiting at most `batch_max_wait_ms` after
-the oldest one when fewer are there, and runs:
+model's input size), then queued for the inference threads (`inference_workers` of them, each running the model on
+`threads` cores: on CPU by default one single-threaded worker per model core, `Settings.for_serving`). Each takes
+whatever is queued, up to `batch_max_size` photos, waiting at most `batch_max_wait_ms` after the oldest one when
+fewer are there, and runs:
 
     one ServingModel snapshot ─► one model forward pass ─► (scorer thread) one index search per brand/product scope
                                                          ─► score, record and answer each listing on its own future
@@ -202,7 +203,8 @@ class ScanBatcher:
         self._ready = threading.Condition(self._lock)
         self._closed = False
         self._threads = [
-            threading.Thread(target=self._run, name=f"scan-inference-{i}", daemon=True) for i in range(settings.inference_workers)
+            threading.Thread(target=self._run, name=f"scan-inference-{i}", daemon=True)
+            for i in range(settings.inference_workers or settings.for_serving().inference_workers)
         ]
         for thread in self._threads:
             thread.start()

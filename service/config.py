@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embeddings import ImageLimits, ModelSpec
 from embeddings.index import IndexOptions
+from embeddings.runtimes import default_inference_threads, resolve_device
 
 
 class Settings(BaseSettings):
@@ -109,7 +110,11 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a 429 when the queue is full.")
     decode_workers: int = Field(0, ge=0, le=256, description="Image decoding threads; 0: one per CPU core.")
     inference_workers: int = Field(
-        1, ge=1, le=64, description="Threads running model batches side by side, each on `threads` cores (CPU: cores/threads)."
+        0,
+        ge=0,
+        le=64,
+        description="Model batches run side by side (serve, scan-batch), each on `threads` cores; 0: on CPU one "
+        "single-threaded worker per model core (or model cores / `threads` when set), on a GPU one.",
     )
     torch_compile: bool = Field(False, description="GPU runtime: compile the model with torch.compile (slow start).")
     log_level: str = "info"
@@ -138,6 +143,23 @@ class Settings(BaseSettings):
     @property
     def export_dir(self) -> Path:
         return self.data_dir / "models"
+
+    def for_serving(self) -> Settings:
+        """These settings with `inference_workers` and `threads` settled for concurrent model batches (serve, scan-batch).
+
+        On CPU with neither set: one single-threaded worker per model core (`default_inference_threads`). Independent
+        single-threaded batches beat one batch split over the cores when decoding and HTTP share them: a thread of a
+        split batch that loses its core stalls the others at every operator (EfficientNet-Lite0 served 106 instead of
+        92 photos/s at c=16 on 2 cores, benchmarks/README.md). The price: a lone photo runs on one core.
+        """
+        cores = default_inference_threads()
+        if self.inference_workers:
+            threads = self.threads or max(1, cores // self.inference_workers)
+            return self.model_copy(update={"threads": threads})
+        if resolve_device(self.device).startswith("cuda"):
+            return self.model_copy(update={"inference_workers": 1})
+        threads = self.threads or 1
+        return self.model_copy(update={"inference_workers": max(1, cores // threads), "threads": threads})
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(
