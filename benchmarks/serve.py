@@ -296,16 +296,34 @@ class Connection:
     the status line and Content-Length (uvicorn answers JSON with a Content-Length, never chunked).
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
-        return cls(reader, writer)
+        connection = cls(host, port)
+        await connection.connect()
+        return connection
+
+    async def connect(self) -> None:
+        self.close()
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
+        """Send `data` and read the answer; once more on a fresh connection when the server had closed this one
+        (uvicorn drops keep-alive connections idle for 5 s, as an open-loop pool leaves some)."""
+        try:
+            return await self._exchange(data)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            await self.connect()
+            return await self._exchange(data)
+
+    async def _exchange(self, data: bytes) -> tuple[int, bytes]:
+        assert self.reader is not None and self.writer is not None
         self.writer.write(data)
+        await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
@@ -316,7 +334,8 @@ class Connection:
         return status, await self.reader.readexactly(length)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def request_bytes(host: str, port: int, body: Body, headers: dict[str, str]) -> bytes:
