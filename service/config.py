@@ -104,11 +104,7 @@ class Settings(BaseSettings):
         "to 16 at which the model runs within 10% of its best photos/s.",
     )
     batch_max_wait_ms: float = Field(
-        0.0,
-        ge=0,
-        le=1000,
-        description="How long the first photo of a batch may wait for others; 0: batches form only from photos that "
-        "queued while the model was busy (measured best on CPU, benchmarks/README.md).",
+        2.0, ge=0, le=1000, description="How long the first photo of a batch waits for others (no wait when busy)."
     )
     queue_max_photos: int = Field(256, ge=1, description="Photos admitted and not yet answered; beyond it: 429.")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a 429 when the queue is full.")
