@@ -77,11 +77,10 @@ def decode_image(data: bytes, limits: ImageLimits, draft_size: int | None = None
     if width * height > limits.max_pixels:
         raise ImageRejected(f"image is {width}x{height} pixels, the limit is {limits.max_pixels} pixels", 413)
     if draft_size and fmt in ("JPEG", "MPO") and image.mode in ("RGB", "L"):
-        orientation = _orientation(image)
-        scaled = _scaled_jpeg(data, draft_size, orientation)
+        scaled = _scaled_jpeg(data, draft_size, image.info.get("exif"))
         if scaled is not None:
-            upright_size = (height, width) if orientation in _TURNING else (width, height)
-            return DecodedImage(scaled, sha256_hex(data), fmt, *upright_size)
+            upright, turned = scaled
+            return DecodedImage(upright, sha256_hex(data), fmt, *((height, width) if turned else (width, height)))
     try:
         if draft_size and fmt in ("JPEG", "MPO"):
             image.draft("RGB", (draft_size, draft_size))
@@ -96,36 +95,21 @@ def decode_image(data: bytes, limits: ImageLimits, draft_size: int | None = None
     return DecodedImage(image=rgb, sha256=sha256_hex(data), format=fmt, width=width, height=height)
 
 
-# EXIF Orientation tag values to the transpose that makes the photo upright (as ImageOps.exif_transpose does).
-_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-_ORIENTATION_TAG = 0x0112
-_TURNING = (5, 6, 7, 8)
-
-
-def _orientation(image: Image.Image) -> int:
-    try:
-        return int(image.getexif().get(_ORIENTATION_TAG, 1))
-    except (OSError, SyntaxError, ValueError, TypeError):
-        return 1
-
-
-def _scaled_jpeg(data: bytes, min_side: int, orientation: int) -> Image.Image | None:
-    """An upright RGB image decoded at the smallest DCT scale n/8 whose sides are all >= `min_side` (None: use Pillow)."""
+def _scaled_jpeg(data: bytes, min_side: int, exif: bytes | None) -> tuple[Image.Image, bool] | None:
+    """(upright RGB image, whether EXIF turned it) decoded at the smallest DCT scale n/8 whose sides are all >=
+    `min_side`; None when simplejpeg refuses the stream (Pillow then decodes it and decides)."""
     try:
         pixels: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_side, min_width=min_side)
-    except (ValueError, RuntimeError):  # a recoverable error in the stream, an unsupported colour space: Pillow decides
+    except (ValueError, RuntimeError):  # a recoverable error in the stream, an unsupported colour space
         return None
     image = Image.fromarray(pixels, "RGB")
-    method = _ORIENTATION.get(orientation)
-    return image.transpose(method) if method is not None else image
+    if exif:
+        image.info["exif"] = exif  # what ImageOps.exif_transpose reads the Orientation tag from
+    try:
+        upright = ImageOps.exif_transpose(image) or image
+    except (OSError, SyntaxError, ValueError, TypeError):  # unreadable EXIF: as Pillow's path would fail, let it judge
+        return None
+    return upright, upright.size != image.size
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
