@@ -32,6 +32,7 @@ class ServiceRuntime:
         # Called with the engine once it serves (given, or loaded in the background), before any request reaches it.
         self.on_engine: list[Callable[[ScanEngine], object]] = []
         self.batch_max_size = settings.batch_max_size  # 0: measured once the engine is ready
+        self.batch_limit_model: str | None = None  # fingerprint of the model `batch_max_size` was measured on
 
     def start(self) -> None:
         if self.settings.auth_disabled:
@@ -73,13 +74,24 @@ class ServiceRuntime:
             callback(engine)
 
     def _measure_batch_limit(self, engine: ScanEngine) -> None:
-        """Settle `batch_max_size` 0 ("measure") for the model served at start (embeddings/batch_sizing.py): about a
-        second for EfficientNet-Lite0 on 2 cores, before the service reports ready. A model activated later keeps the
-        limit until a restart."""
-        rates = batch_rates(engine.embedder, UNMEASURED_BATCH_LIMIT)
+        """Settle `batch_max_size` 0 ("measure") for the served model (embeddings/batch_sizing.py): at start, before
+        the service reports ready (about a second for EfficientNet-Lite0 on 2 cores), and again after a model switch
+        (`_follow_batch_limit`), where the timing shares the cores with the scans going on."""
+        embedder = engine.embedder
+        rates = batch_rates(embedder, UNMEASURED_BATCH_LIMIT)
         self.batch_max_size = largest_fast_batch(rates)
+        self.batch_limit_model = embedder.info.fingerprint
+        with self._batcher_lock:
+            if self._batcher is not None:
+                self._batcher.max_batch = self.batch_max_size  # read by its inference threads at their next batch
         shown = {n: round(rate, 1) for n, rate in rates.items()}
-        log.info("model batches of up to %d photos (photos/s by batch size: %s)", self.batch_max_size, shown)
+        limit = self.batch_max_size
+        log.info("%s: model batches of up to %d photos (photos/s by batch: %s)", embedder.info.short_id, limit, shown)
+
+    def _follow_batch_limit(self, engine: ScanEngine) -> None:
+        """Measure again when the served model is no longer the one measured (activated, rolled back)."""
+        if self.settings.batch_max_size == 0 and engine.embedder.info.fingerprint != self.batch_limit_model:
+            self._measure_batch_limit(engine)
 
     def _save_periodically(self) -> None:
         while not self._stop.wait(self.settings.index_save_interval_s):
@@ -90,6 +102,7 @@ class ServiceRuntime:
                     engine.save_index_if_dirty()
                     engine.refresh_calibrator()
                     self.switcher.follow_registry(engine)
+                    self._follow_batch_limit(engine)
                     engine.follow_catalog()
                 except Exception:  # e.g. "database is locked": this thread must outlive any one failure
                     log.exception("periodic upkeep failed (index save, calibrator, registry, catalog); will retry")

@@ -16,9 +16,11 @@ from fastapi.testclient import TestClient
 from cli.main import cli
 from embeddings import ModelSpec
 from embeddings.loading import load_visual, save_checkpoint
+from service.batching import UNMEASURED_BATCH_LIMIT
 from service.config import Settings
 from service.engine import PhotoInput, ScanEngine
 from service.model_registry import ModelRecord, ModelRegistry, NothingToRollBack
+from service.runtime import ServiceRuntime
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, add_reference, scan, tiny_settings
 
@@ -147,3 +149,23 @@ def test_cli_activation_reaches_a_running_service(
     assert run("model", "info")["fingerprint"] == new
     run("model", "rollback")
     wait_for(lambda: client.get("/v1/admin/model").json()["serving"]["fingerprint"] == old)
+
+
+def test_a_switched_model_gets_its_own_measured_batch_limit(data_dir: Path, other_checkpoint: Path) -> None:
+    """batch_max_size 0: measured on the model served at start, then again on the model a switch brings in."""
+    settings = tiny_settings(data_dir, batch_max_size=0, index_save_interval_s=0.1)
+    engine = ScanEngine.open(settings)
+    runtime = ServiceRuntime(settings, engine)
+    try:
+        runtime.start()
+        batcher = runtime.batcher()
+        first = engine.embedder.info.fingerprint
+        assert runtime.batch_limit_model == first
+        assert runtime.switcher.switch(engine, ModelSpec(checkpoint=other_checkpoint), wait=True)["state"] == "done"
+        second = engine.embedder.info.fingerprint
+        assert second != first
+        wait_for(lambda: runtime.batch_limit_model == second)
+        assert 1 <= batcher.max_batch == runtime.batch_max_size <= UNMEASURED_BATCH_LIMIT
+    finally:
+        runtime.stop()
+        engine.close()
