@@ -120,6 +120,12 @@ def _write(fh: IO[str], record: dict[str, Any]) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON lines: one per listing.")
 @click.option("--record", is_flag=True, help="Record each scan in the database (GET /v1/scans/{id}), as POST /v1/scan does.")
 @click.option("--workers", type=int, help="Decoding threads [env COUNTERFEIT_SCAN_DECODE_WORKERS; 0: one per core].")
+@click.option(
+    "--inference-workers",
+    type=int,
+    help="Model batches run side by side, each on --threads cores [env COUNTERFEIT_SCAN_INFERENCE_WORKERS; 0: one "
+    "single-threaded worker per model core on CPU].",
+)
 @engine_options
 @scoring_options
 def scan_batch(listings_csv: Path, out: Path, record: bool, workers: int | None, **flags: Any) -> None:

@@ -88,8 +88,11 @@ def test_one_line_per_listing_with_rows_grouped_by_listing_id(
 
 
 def test_record_flag_records_the_scans(catalog: None, listings: Path, data_dir: Path, tmp_path: Path) -> None:
+    """Also with three model workers side by side: every listing answered once, in manifest order, and recorded."""
     out = tmp_path / "results.jsonl"
-    assert run("scan-batch", str(listings), "--out", str(out), "--record", data_dir=data_dir).exit_code == 0
+    args = ["scan-batch", str(listings), "--out", str(out), "--record", "--inference-workers", "3", "--batch-size", "1"]
+    assert run(*args, data_dir=data_dir).exit_code == 0
+    assert [r["listing_id"] for r in lines(out)] == ["L1", "L2", "L3", "1.jpg", "2.jpg"]
     engine = ScanEngine.open(tiny_settings(data_dir))
     try:
         assert all(engine.scans.get(r["scan_id"]) is not None for r in lines(out))
