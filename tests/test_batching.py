@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from embeddings.batch_sizing import largest_fast_batch
 from service.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
 from service.engine import PhotoInput, ScanEngine
+from service.metrics import ServiceMetrics
 from service.runtime import ServiceRuntime
 from tests import imaging
 from tests.helpers import add_reference, scan, stored_state, tiny_settings
@@ -172,3 +173,18 @@ def test_the_largest_batch_within_ten_percent_of_the_best_rate_is_chosen() -> No
     assert largest_fast_batch({1: 300.0, 2: 580.0, 4: 1100.0, 8: 2000.0, 16: 3500.0}) == 16
     # flat within the tolerance: batch as much as the limit allows
     assert largest_fast_batch({1: 10.0, 2: 10.5, 4: 10.2, 8: 9.9, 16: 9.6}) == 16
+
+
+def test_several_workers_split_a_queue_instead_of_one_taking_it_all(engine: ScanEngine) -> None:
+    """Eight photos queued for two single-threaded workers: four each, not eight on one worker while the other idles."""
+    engine.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
+    settings = engine.settings.model_copy(update={"batch_max_wait_ms": 2000.0, "batch_max_size": 8, "inference_workers": 2})
+    metrics = ServiceMetrics()
+    with ScanBatcher(engine, settings, metrics) as batcher:
+        futures = [batcher.submit([PhotoInput(imaging.jpeg(10 + i))], None, record=False) for i in range(8)]
+        assert all(future.result(timeout=30)["images"] for future in futures)
+    value = metrics.registry.get_sample_value
+    assert value("counterfeit_scan_batch_photos_sum", {}) == 8
+    batches = value("counterfeit_scan_batch_photos_count", {})
+    assert batches is not None and batches >= 2
+    assert value("counterfeit_scan_batch_photos_bucket", {"le": "4.0"}) == batches  # no batch above its share
