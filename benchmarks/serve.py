@@ -359,8 +359,7 @@ async def _post(connection: Connection, request: bytes, photos: int, result: Lev
 async def closed_loop(url: str, bodies: Sequence[Body], headers: dict[str, str], concurrency: int, requests: int) -> LevelResult:
     """`concurrency` clients, each sending its next request when the last one is answered."""
     result = LevelResult(f"c={concurrency}", requests, 0, 0.0, [])
-    host, port = _address(url)
-    prepared = [(request_bytes(host, port, body, headers), body.photos) for body in bodies]
+    host, port, prepared = _prepared(url, bodies, headers)
     order = iter(range(requests))
     connections = [await Connection.open(host, port) for _ in range(concurrency)]
     for i, connection in enumerate(connections):  # warm each connection once
@@ -384,8 +383,7 @@ async def open_loop(
 ) -> LevelResult:
     """Poisson arrivals at `rate` requests/s, whatever the answers: latency under a realistic, bursty load."""
     result = LevelResult(f"open loop {rate:.0f} req/s", requests, 0, 0.0, [])
-    host, port = _address(url)
-    prepared = [(request_bytes(host, port, body, headers), body.photos) for body in bodies]
+    host, port, prepared = _prepared(url, bodies, headers)
     rng = random.Random(seed)
     arrivals = np.cumsum([rng.expovariate(rate) for _ in range(requests)])
     idle: list[Connection] = [await Connection.open(host, port) for _ in range(8)]
@@ -409,9 +407,11 @@ async def open_loop(
     return result
 
 
-def _address(url: str) -> tuple[str, int]:
-    host, _, port = url.removeprefix("http://").partition(":")
-    return host, int(port)
+def _prepared(url: str, bodies: Sequence[Body], headers: dict[str, str]) -> tuple[str, int, list[tuple[bytes, int]]]:
+    """The service's host and port, and each body as the request bytes to send with its photo count."""
+    host, _, port_text = url.removeprefix("http://").partition(":")
+    port = int(port_text)
+    return host, port, [(request_bytes(host, port, body, headers), body.photos) for body in bodies]
 
 
 def measure(server: Server, run: Any) -> LevelResult:

@@ -76,17 +76,10 @@ def decode_image(data: bytes, limits: ImageLimits, draft_size: int | None = None
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageRejected(f"image is {width}x{height} pixels, the limit is {limits.max_pixels} pixels", 413)
-    if draft_size and fmt in ("JPEG", "MPO") and image.mode in ("RGB", "L"):
-        scaled = _scaled_jpeg(data, draft_size, image.info.get("exif"))
-        if scaled is not None:
-            upright, turned = scaled
-            return DecodedImage(upright, sha256_hex(data), fmt, *((height, width) if turned else (width, height)))
     try:
-        if draft_size and fmt in ("JPEG", "MPO"):
-            image.draft("RGB", (draft_size, draft_size))
-        image.load()
-        upright = ImageOps.exif_transpose(image) or image
-        if upright.size != image.size:
+        pixels = _decode(data, image, fmt, draft_size)
+        upright = ImageOps.exif_transpose(pixels) or pixels
+        if upright.size != pixels.size:
             # EXIF orientation 5-8 turned the image: report the upright width and height.
             width, height = height, width
         rgb = to_rgb(upright)
@@ -95,21 +88,28 @@ def decode_image(data: bytes, limits: ImageLimits, draft_size: int | None = None
     return DecodedImage(image=rgb, sha256=sha256_hex(data), format=fmt, width=width, height=height)
 
 
-def _scaled_jpeg(data: bytes, min_side: int, exif: bytes | None) -> tuple[Image.Image, bool] | None:
-    """(upright RGB image, whether EXIF turned it) decoded at the smallest DCT scale n/8 whose sides are all >=
-    `min_side`; None when simplejpeg refuses the stream (Pillow then decodes it and decides)."""
+def _decode(data: bytes, image: Image.Image, fmt: str, draft_size: int | None) -> Image.Image:
+    """The pixels of the opened `image`, as stored (before EXIF orientation); a JPEG asked for at about `draft_size`
+    decoded at the finest DCT scale that covers it (see the module docstring)."""
+    if draft_size and fmt in ("JPEG", "MPO"):
+        if image.mode in ("RGB", "L"):
+            scaled = _scaled_jpeg(data, draft_size)
+            if scaled is not None:
+                scaled.info = dict(image.info)  # EXIF and the rest of the header, for exif_transpose
+                return scaled
+        image.draft("RGB", (draft_size, draft_size))
+    image.load()
+    return image
+
+
+def _scaled_jpeg(data: bytes, min_side: int) -> Image.Image | None:
+    """An RGB image decoded at the smallest DCT scale n/8 whose sides are all >= `min_side`; None when simplejpeg
+    refuses the stream (a recoverable error, an unsupported colour space): Pillow then decodes it and decides."""
     try:
         pixels: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_side, min_width=min_side)
-    except (ValueError, RuntimeError):  # a recoverable error in the stream, an unsupported colour space
+    except (ValueError, RuntimeError):
         return None
-    image = Image.fromarray(pixels, "RGB")
-    if exif:
-        image.info["exif"] = exif  # what ImageOps.exif_transpose reads the Orientation tag from
-    try:
-        upright = ImageOps.exif_transpose(image) or image
-    except (OSError, SyntaxError, ValueError, TypeError):  # unreadable EXIF: as Pillow's path would fail, let it judge
-        return None
-    return upright, upright.size != image.size
+    return Image.fromarray(pixels, "RGB")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

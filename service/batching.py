@@ -204,7 +204,7 @@ class ScanBatcher:
         self._closed = False
         self._threads = [
             threading.Thread(target=self._run, name=f"scan-inference-{i}", daemon=True)
-            for i in range(settings.inference_workers or settings.for_serving().inference_workers)
+            for i in range(settings.for_serving().inference_workers)  # as set, or resolved for this machine
         ]
         for thread in self._threads:
             thread.start()
