@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.transforms.v2.functional import InterpolationMode, resize
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+_INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
+_REDUCING_GAP = 3
 
 
 @dataclass(frozen=True)
@@ -27,29 +30,36 @@ class PreprocessSpec:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
 
 
-def resize_and_crop(image: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
-    """The centre square of the image, scaled to `size` x `size` in one resampling pass (shorter side to `size`).
+def resize_and_crop(image: Image.Image, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """The centre square of the image as `(size, size, 3)` uint8 pixels, scaled in one resampling pass.
 
-    Resampling only the centre square (Pillow's `box`) skips the pixels a crop after the resize would throw away.
+    The resampling is torchvision's antialiased bicubic (or bilinear) on uint8 channels-last pixels, which follows
+    Pillow's filters to within a level and runs several times faster than `Image.resize` here (a 240 px decode to 224:
+    0.17 against 0.82 ms, benchmarks/README.md). Only the centre square is resampled. A square more than `_REDUCING_GAP` times the
+    target is first shrunk by an integer factor with Pillow's box `reduce`, as `Image.resize(reducing_gap=3)` does.
     """
-    width, height = image.size
-    if (width, height) == (size, size):
-        return image
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    width, height = rgb.size
     side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    return image.resize(
-        (size, size),
-        _RESAMPLE.get(interpolation, Image.Resampling.BICUBIC),
-        box=(left, top, left + side, top + side),
-        reducing_gap=3.0,
-    )
+    left, top = (width - side) // 2, (height - side) // 2
+    factor = side // (size * _REDUCING_GAP)
+    if factor >= 2:
+        square = np.asarray(rgb.reduce(factor, box=(left, top, left + side, top + side)))
+    else:
+        square = np.asarray(rgb)[top : top + side, left : left + side]
+    if square.shape[:2] == (size, size):
+        return np.ascontiguousarray(square)
+    pixels = torch.from_numpy(np.array(square)).permute(2, 0, 1)  # a writable copy, as torch wants; CHW, channels last
+    mode = _INTERPOLATIONS.get(interpolation, InterpolationMode.BICUBIC)
+    resized = resize(pixels, [size, size], interpolation=mode, antialias=True)  # channels last in, channels last out
+    return np.ascontiguousarray(resized.permute(1, 2, 0).numpy())
 
 
 def to_pixels(images: Sequence[Image.Image], spec: PreprocessSpec) -> np.ndarray:
     """Stack images into the `(n, size, size, 3)` uint8 batch the runtimes take (see the module docstring)."""
     batch = np.empty((len(images), spec.size, spec.size, 3), dtype=np.uint8)
     for i, image in enumerate(images):
-        batch[i] = np.asarray(resize_and_crop(image, spec.size, spec.interpolation))
+        batch[i] = resize_and_crop(image, spec.size, spec.interpolation)
     return batch
 
 
