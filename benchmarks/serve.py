@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import json
 import os
 import platform
@@ -75,6 +76,22 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 # --- raw model throughput -----------------------------------------------------------------------------------------
+def queue_floor_p99(rate: float, service_s: float, servers: int, arrivals: int = 200_000, seed: int = 0) -> float:
+    """p99 time in system of an ideal M/D/c queue: Poisson arrivals at `rate`, `servers` servers that each take
+    exactly `service_s` per request and share nothing. No service with that many model workers and that capacity
+    can beat it at that load; the half-load target is judged against it."""
+    rng = random.Random(seed)
+    free = [0.0] * servers
+    now = 0.0
+    times = np.empty(arrivals)
+    for i in range(arrivals):
+        now += rng.expovariate(rate)
+        start = max(now, heapq.heappop(free))
+        heapq.heappush(free, start + service_s)
+        times[i] = start + service_s - now
+    return float(np.percentile(times, 99))
+
+
 def model_inputs(embedder: ImageEmbedder, paths: Sequence[Path]) -> np.ndarray:
     """The photos decoded and preprocessed exactly as the service does (draft decode, one resize), stacked."""
     images = [decode_image(p.read_bytes(), ImageLimits(), embedder.input_size).image for p in paths]
@@ -503,6 +520,14 @@ def main() -> None:
         print(
             f"\nsingle-photo latency (c=1, p50) {base * 1000:.1f} ms; p99 at half the saturating load "
             f"({rate * args.photos_per_request:.0f} photos/s) {p99 * 1000:.1f} ms = {p99 / base:.2f}x (target < 3x)"
+        )
+        workers = settings.for_serving().inference_workers
+        service_s = workers * args.photos_per_request / saturated.throughput  # one request on one worker
+        floor = queue_floor_p99(rate, service_s, workers)
+        print(
+            f"queueing floor at that load: an ideal M/D/{workers} queue ({workers} model workers, "
+            f"{service_s * 1000:.1f} ms per request each) has p99 {floor * 1000:.1f} ms = {floor / service_s:.2f}x "
+            f"its service time; this run: {p99 / service_s:.2f}x"
         )
     print("\nserved/raw by concurrency (raw at the batch size the service formed; and against the fastest raw):")
     for result in results:
