@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -130,6 +131,17 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def lower_thread_priority(increment: int) -> None:
+    """Add `increment` to the calling thread's niceness (Linux, where each thread has its own); elsewhere nothing."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + increment))
+    except OSError as exc:  # a sandbox that forbids it: run at the process's priority
+        log.warning("could not lower the priority of thread %s: %s", thread, exc)
 
 
 def resolve_device(device: str) -> str:

@@ -34,7 +34,7 @@ from embeddings import DecodedImage
 from embeddings.index import IndexHit
 from embeddings.perceptual_hash import perceptual_hash
 from embeddings.preprocess import PreprocessSpec, to_pixels
-from embeddings.runtimes import available_cores
+from embeddings.runtimes import available_cores, lower_thread_priority
 from service.config import Settings
 from service.engine import PhotoInput, ScanEngine, ServingModel
 from service.errors import RequestRejected, ServiceNotReady
@@ -190,7 +190,14 @@ class ScanBatcher:
         self.queue_limit = settings.queue_max_photos
         self.retry_after_s = settings.retry_after_s
         self.decode_workers = settings.decode_workers or available_cores()
-        self._decode_pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="scan-decode")
+        # Decoding runs a little below the model (`decode_nice`): on cores both want, a photo already decoded is
+        # embedded before the next one is decoded, so bursts queue in order instead of slowing everything in flight.
+        self._decode_pool = ThreadPoolExecutor(
+            self.decode_workers,
+            thread_name_prefix="scan-decode",
+            initializer=lower_thread_priority,
+            initargs=(settings.decode_nice,),
+        )
         # FAISS searches from this thread run single-threaded: a batch's search is small, and OpenMP workers that
         # spin or wait for a time slice cost more than they save on a machine whose cores the model already uses.
         self._finish_pool = ThreadPoolExecutor(

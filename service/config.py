@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     queue_max_photos: int = Field(256, ge=1, description="Photos admitted and not yet answered; beyond it: 429.")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a 429 when the queue is full.")
     decode_workers: int = Field(0, ge=0, le=256, description="Image decoding threads; 0: one per CPU core.")
+    decode_nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="Niceness the decoding threads add to the process's (Linux): when they and the model want the same "
+        "cores, the photos already decoded finish first; 0: equal priority.",
+    )
     inference_workers: int = Field(
         0,
         ge=0,

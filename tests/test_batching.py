@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -188,3 +191,21 @@ def test_several_workers_split_a_queue_instead_of_one_taking_it_all(engine: Scan
     batches = value("counterfeit_scan_batch_photos_count", {})
     assert batches is not None and batches >= 2
     assert value("counterfeit_scan_batch_photos_bucket", {"le": "4.0"}) == batches  # no batch above its share
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
+@pytest.mark.parametrize("nice", [0, 6])
+def test_decoding_threads_run_below_the_model_by_decode_nice(engine: ScanEngine, nice: int) -> None:
+    engine.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
+    settings = engine.settings.model_copy(update={"decode_nice": nice, "decode_workers": 2, "inference_workers": 1})
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    before = set(threading.enumerate())  # other tests' batchers may still be winding down: only this one's threads
+    with ScanBatcher(engine, settings) as batcher:
+        futures = [batcher.submit([PhotoInput(imaging.jpeg(10 + i))], None, record=False) for i in range(4)]
+        assert all(future.result(timeout=30)["images"] for future in futures)
+        ours = {t.name: t.native_id for t in set(threading.enumerate()) - before if t.native_id is not None}
+        priority = {name: os.getpriority(os.PRIO_PROCESS, tid) for name, tid in ours.items()}
+    decoders = {value for name, value in priority.items() if name.startswith("scan-decode")}
+    models = {value for name, value in priority.items() if name.startswith("scan-inference")}
+    assert decoders == {min(19, base + nice)}
+    assert models == {base}
