@@ -184,6 +184,25 @@ def pick(figures: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if figures is None else {k: figures.get(k) for k in ("roc_auc", "tpr_at_fpr_1pct", "product_recall_at_1")}
 
 
+def training_options(parser: argparse.ArgumentParser) -> None:
+    """The fine-tuning settings these benchmarks share (FinetuneConfig's, as `make_config` reads them)."""
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--samples-per-class", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--image-size", type=int, default=288)
+    parser.add_argument("--unfreeze", default="3")
+    parser.add_argument("--bn", choices=["frozen", "train"], default="frozen")
+    parser.add_argument("--loss", choices=["supcon", "triplet"], default="supcon")
+    parser.add_argument("--temperature", type=float, default=0.1)
+    parser.add_argument("--anchor", type=float, default=1.0)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+
+
 def make_config(args: argparse.Namespace, **overrides: Any) -> FinetuneConfig:
     values: dict[str, Any] = {
         "epochs": args.epochs,
@@ -205,13 +224,16 @@ def make_config(args: argparse.Namespace, **overrides: Any) -> FinetuneConfig:
     return FinetuneConfig(**{**values, **overrides})
 
 
-def table(result: dict[str, Any], keys: Sequence[str]) -> str:
-    sides = [side for side in ("before", "before_at_training_size", "after") if result.get(side)]
-    names = {"before": "base model", "before_at_training_size": "base at training size", "after": "fine-tuned"}
-    lines = [f"{'figure':>22} | " + " | ".join(f"{names[side]:>22}" for side in sides)]
+SIDES = {"before": "base model", "before_at_training_size": "base at training size", "after": "fine-tuned"}
+
+
+def table(result: dict[str, Any], keys: Sequence[str], sides: dict[str, str] = SIDES) -> str:
+    """Figures by row, one column per side of `result` present (named by `sides`), intervals in brackets."""
+    present = [side for side in sides if result.get(side)]
+    lines = [f"{'figure':>22} | " + " | ".join(f"{sides[side]:>22}" for side in present)]
     for key in keys:
         cells = []
-        for side in sides:
+        for side in present:
             value, interval = result[side].get(key), result[side].get("ci", {}).get(key)
             cell = "n/a" if value is None else (f"{value}" if isinstance(value, int) else f"{value:.3f}")
             if interval:
@@ -225,22 +247,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--only", choices=["sneakers", "grocery"])
-    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--grocery-epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--samples-per-class", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--image-size", type=int, default=288)
-    parser.add_argument("--unfreeze", default="3")
-    parser.add_argument("--bn", choices=["frozen", "train"], default="frozen")
-    parser.add_argument("--loss", choices=["supcon", "triplet"], default="supcon")
-    parser.add_argument("--temperature", type=float, default=0.1)
-    parser.add_argument("--anchor", type=float, default=1.0)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--patience", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2)
+    training_options(parser)
     parser.add_argument("--out", type=Path, help="Keep the runs and write results.json here (default: a temp dir).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

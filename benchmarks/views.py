@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from embeddings import ImageLimits, decode_image, load_embedder
 from embeddings.preprocess import resize_and_crop
@@ -26,12 +27,6 @@ from training.finetune.validation import knn_vote
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CROP = 224
-
-
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    pos, neg = scores[positive], scores[~positive]
-    wins = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
-    return float(wins)
 
 
 def recall_at_fpr(scores: np.ndarray, positive: np.ndarray, fpr: float = 0.05) -> float:
@@ -95,7 +90,7 @@ def main() -> None:
             ),
             "same": np.mean([knn_vote(ref[:, v], fake, qry[:, v]).scores for v in range(n)], 0),
         }
-        cells = " ".join(f"{roc_auc(s, positive):13.3f} {recall_at_fpr(s, positive):5.2f}" for s in scored.values())
+        cells = " ".join(f"{roc_auc_score(positive, s):13.3f} {recall_at_fpr(s, positive):5.2f}" for s in scored.values())
         print(f"{name:>8} {n:3d} {cells}   ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
