@@ -53,8 +53,10 @@ def main() -> None:
     bits = np.concatenate([hamming_distances(hashes[i + 1 :], int(hashes[i])) for i in range(len(rows) - 1)])
     near = (cosine > 0.9) | (bits <= 8)
     print(f"{embedder.info.short_id}: {len(rows)} photos, {len(set(group))} groups")
-    print(f"near-identical pairs of photos from different groups: {int((near & cross).sum())} across labels, ")
-    print(f"  {int((near & same).sum())} within a label; highest cosine across labels {cosine[cross].max():.3f}")
+    print(
+        f"near-identical pairs of photos from different groups: {int((near & cross).sum())} across labels, "
+        f"{int((near & same).sum())} within a label; highest cosine across labels {cosine[cross].max():.3f}"
+    )
     print(f"groups holding both labels: {sum(len(set(label[group == g])) > 1 for g in set(group))}")
 
     queries = np.flatnonzero(split == "query")
