@@ -20,7 +20,6 @@ from tqdm import tqdm
 from cli.common import make_settings, open_engine
 from cli.options import engine_options, scoring_options
 from embeddings import ImageRejected
-from embeddings.runtimes import available_cores
 from service.batching import ScanBatcher
 from service.engine import PhotoInput
 from service.errors import RequestRejected
@@ -150,7 +149,7 @@ def scan_batch(listings_csv: Path, out: Path, record: bool, workers: int | None,
             "listings": len(listings), "skipped": len(listings) - len(todo), "scanned": 0, "errors": 0, "photos": 0
         }  # fmt: skip
         # The model batch is --batch-size; enough listings are kept in flight to fill the next batches while one runs.
-        window = 4 * settings.batch_size + 2 * (settings.decode_workers or available_cores())
+        window = 4 * settings.batch_size + 2 * settings.decode_workers  # resolved by for_serving
         settings = settings.model_copy(update={"batch_max_size": settings.batch_size, "queue_max_photos": window + 1024})
         with open_engine(settings) as engine, ScanBatcher(engine, settings) as batcher:
             started = time.perf_counter()  # scanning only, not loading the model and index

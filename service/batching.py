@@ -34,7 +34,7 @@ from embeddings import DecodedImage
 from embeddings.index import IndexHit
 from embeddings.perceptual_hash import perceptual_hash
 from embeddings.preprocess import PreprocessSpec, to_pixels
-from embeddings.runtimes import available_cores, lower_thread_priority
+from embeddings.runtimes import lower_thread_priority
 from service.config import Settings
 from service.engine import PhotoInput, ScanEngine, ServingModel
 from service.errors import RequestRejected, ServiceNotReady
@@ -182,14 +182,14 @@ class ScanBatcher:
     """Gathers concurrent scans into model batches run on inference threads; see the module docstring."""
 
     def __init__(self, engine: ScanEngine, settings: Settings | None = None, metrics: ServiceMetrics | None = None) -> None:
-        settings = settings or engine.settings
+        settings = (settings or engine.settings).for_serving()  # worker counts as set, or resolved for this machine
         self.engine = engine
         self.metrics = metrics
         self.max_batch = settings.batch_max_size or UNMEASURED_BATCH_LIMIT
         self.max_wait = settings.batch_max_wait_ms / 1000.0
         self.queue_limit = settings.queue_max_photos
         self.retry_after_s = settings.retry_after_s
-        self.decode_workers = settings.decode_workers or available_cores()
+        self.decode_workers = settings.decode_workers
         # Decoding runs a little below the model (`decode_nice`): on cores both want, a photo already decoded is
         # embedded before the next one is decoded, so bursts queue in order instead of slowing everything in flight.
         self._decode_pool = ThreadPoolExecutor(
@@ -210,8 +210,7 @@ class ScanBatcher:
         self._ready = threading.Condition(self._lock)
         self._closed = False
         self._threads = [
-            threading.Thread(target=self._run, name=f"scan-inference-{i}", daemon=True)
-            for i in range(settings.for_serving().inference_workers)  # as set, or resolved for this machine
+            threading.Thread(target=self._run, name=f"scan-inference-{i}", daemon=True) for i in range(settings.inference_workers)
         ]
         for thread in self._threads:
             thread.start()

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embeddings import ImageLimits, ModelSpec
 from embeddings.index import IndexOptions
-from embeddings.runtimes import default_inference_threads, resolve_device
+from embeddings.runtimes import available_cores, default_inference_threads, resolve_device
 
 
 class Settings(BaseSettings):
@@ -152,7 +152,7 @@ class Settings(BaseSettings):
         return self.data_dir / "models"
 
     def for_serving(self) -> Settings:
-        """These settings with `inference_workers` and `threads` settled for concurrent model batches (serve, scan-batch).
+        """These settings with `inference_workers`, `threads` and `decode_workers` settled for serve and scan-batch.
 
         On CPU with neither set: one single-threaded worker per model core (`default_inference_threads`). Independent
         single-threaded batches beat one batch split over the cores when decoding and HTTP share them: a thread of a
@@ -160,13 +160,14 @@ class Settings(BaseSettings):
         92 photos/s at c=16 on 2 cores, benchmarks/README.md). The price: a lone photo runs on one core.
         """
         cores = default_inference_threads()
+        decoding = {"decode_workers": self.decode_workers or available_cores()}
         if self.inference_workers:
             threads = self.threads or max(1, cores // self.inference_workers)
-            return self.model_copy(update={"threads": threads})
+            return self.model_copy(update={"threads": threads, **decoding})
         if resolve_device(self.device).startswith("cuda"):
-            return self.model_copy(update={"inference_workers": 1})
+            return self.model_copy(update={"inference_workers": 1, **decoding})
         threads = self.threads or 1
-        return self.model_copy(update={"inference_workers": max(1, cores // threads), "threads": threads})
+        return self.model_copy(update={"inference_workers": max(1, cores // threads), "threads": threads, **decoding})
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from embeddings.runtimes import default_inference_threads
+from embeddings.runtimes import available_cores, default_inference_threads
 from service.config import Settings
 
 
@@ -38,3 +38,8 @@ def test_a_gpu_gets_one_worker() -> None:
 def test_resolving_twice_changes_nothing() -> None:
     once = Settings(device="cpu").for_serving()
     assert once.for_serving() == once
+
+
+def test_decoding_threads_default_to_one_per_core_and_keep_a_set_count() -> None:
+    assert Settings(device="cpu").for_serving().decode_workers == available_cores()
+    assert Settings(device="cuda", decode_workers=7).for_serving().decode_workers == 7
