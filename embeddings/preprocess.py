@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 
+from embeddings.decode import to_rgb
+
 _INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 _REDUCING_GAP = 3
 
@@ -39,7 +41,7 @@ def resize_and_crop(image: Image.Image, size: int, interpolation: str = "bicubic
     `_REDUCING_GAP` times the target is first shrunk by an integer factor with Pillow's box `reduce`, as
     `Image.resize(reducing_gap=3)` does.
     """
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    rgb = to_rgb(image)  # the decoder's conversion: transparency on white, 16-bit scaled
     width, height = rgb.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2

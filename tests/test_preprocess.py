@@ -65,3 +65,8 @@ def test_modes_other_than_rgb_and_exact_sizes() -> None:
     assert batch.shape == (2, 32, 32, 3) and batch.dtype == np.uint8
     assert np.array_equal(batch[1], np.asarray(exact))  # already the input size: the pixels as they are
     assert np.array_equal(batch[0][..., 0], batch[0][..., 2])  # grey stays grey
+
+
+def test_transparency_is_composited_on_white_as_the_decoder_does() -> None:
+    clear = Image.new("RGBA", (50, 50), (0, 0, 0, 0))
+    assert resize_and_crop(clear, 32).tolist() == np.full((32, 32, 3), 255, dtype=np.uint8).tolist()
