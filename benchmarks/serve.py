@@ -75,7 +75,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
 
 
-# --- raw model throughput -----------------------------------------------------------------------------------------
 def queue_floor_p99(rate: float, service_s: float, servers: int, arrivals: int = 200_000, seed: int = 0) -> float:
     """p99 time in system of an ideal M/D/c queue: Poisson arrivals at `rate`, `servers` servers that each take
     exactly `service_s` per request and share nothing. No service with that many model workers and that capacity
@@ -92,6 +91,7 @@ def queue_floor_p99(rate: float, service_s: float, servers: int, arrivals: int =
     return float(np.percentile(times, 99))
 
 
+# --- raw model throughput -----------------------------------------------------------------------------------------
 def model_inputs(embedder: ImageEmbedder, paths: Sequence[Path]) -> np.ndarray:
     """The photos decoded and preprocessed exactly as the service does (draft decode, one resize), stacked."""
     images = [decode_image(p.read_bytes(), ImageLimits(), embedder.input_size).image for p in paths]
