@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import re
 import secrets
 import shutil
 import socket
@@ -195,6 +196,9 @@ def scanner_key(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
     return {"authorization": f"Bearer {created['key']}"}
 
 
+THREAD_GROUPS = {"scan-decode": "decode", "scan-inference": "model", "scan-finish": "search+score"}
+
+
 class Server:
     """`counterfeit-scan serve` in a subprocess; CPU time and peak RSS read from /proc."""
 
@@ -228,6 +232,29 @@ class Server:
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def cpu_by_thread(self) -> dict[str, float]:
+        """CPU seconds of the service's threads, grouped by the names the service gives them at the OS level: the
+        main thread runs the event loop (HTTP, multipart, responses), scan-decode_N decode, scan-inference-N the
+        model, scan-finish_0 search, scoring and scan records; unnamed threads are "other"."""
+        groups: dict[str, float] = {}
+        process_name = Path(f"/proc/{self.process.pid}/comm").read_text().strip()
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:  # the thread ended meanwhile
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            if task.name == str(self.process.pid):
+                group = "event loop"
+            elif comm == process_name:
+                group = "other"
+            else:
+                group = THREAD_GROUPS.get(re.sub(r"[-_]?\d*$", "", comm), comm)
+            groups[group] = groups.get(group, 0.0) + seconds
+        return groups
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -299,6 +326,8 @@ class LevelResult:
     client_cpu_ms_per_photo: float = float("nan")
     peak_rss_mb: float = float("nan")
     full_gcs: int = 0
+    cpu_by_thread: dict[str, float] = field(default_factory=dict)  # ms per photo
+    stage_ms: dict[str, float] = field(default_factory=dict)  # wall ms per photo, from the service's histograms
 
     @property
     def throughput(self) -> float:
@@ -433,6 +462,7 @@ def _prepared(url: str, bodies: Sequence[Body], headers: dict[str, str]) -> tupl
 
 def measure(server: Server, run: Any) -> LevelResult:
     before, cpu_before, client_before = server.metrics(), server.cpu_seconds(), time.process_time()
+    threads_before = server.cpu_by_thread()
     result: LevelResult = asyncio.run(run)
     after = server.metrics()
     photos = max(1, result.photos)
@@ -443,7 +473,25 @@ def measure(server: Server, run: Any) -> LevelResult:
     result.batch_mean = total / batches if batches else float("nan")
     result.peak_rss_mb = server.peak_rss_mb()
     result.full_gcs = int(after.get("full_gc", 0) - before.get("full_gc", 0))
+    threads_after = server.cpu_by_thread()
+    result.cpu_by_thread = {
+        group: (seconds - threads_before.get(group, 0.0)) * 1000 / photos for group, seconds in threads_after.items()
+    }
+    for stage in ("decode", "inference", "finish"):
+        name = f"counterfeit_scan_{stage}_seconds_sum"
+        result.stage_ms[stage] = (after.get(name, 0) - before.get(name, 0)) * 1000 / photos
     return result
+
+
+def cpu_table(results: Sequence[LevelResult], raw_ms: float) -> str:
+    """Where the service's CPU goes, per photo, by thread; and the model's wall time per photo in the service
+    against the raw run's (each worker / session on one thread): the gap is contention for the cores."""
+    groups = sorted({g for r in results for g in r.cpu_by_thread}, key=lambda g: -sum(r.cpu_by_thread.get(g, 0) for r in results))
+    lines = [f"{'load':>22} " + " ".join(f"{g[:12]:>12}" for g in groups) + f" {'model wall':>10} {'raw wall':>8}"]
+    for r in results:
+        cells = " ".join(f"{r.cpu_by_thread.get(g, 0.0):12.2f}" for g in groups)
+        lines.append(f"{r.name:>22} {cells} {r.stage_ms.get('inference', float('nan')):10.2f} {raw_ms:8.2f}")
+    return "\n".join(lines)
 
 
 def row(result: LevelResult) -> str:
@@ -513,6 +561,7 @@ def main() -> None:
         print(f"  batch {size:3d}: {raw[size][0]:7.1f} photos/s ({raw[size][1]})")
     fastest = max(v[0] for v in raw.values())
 
+    workers = settings.for_serving().inference_workers
     single = results[0] if levels[0] == 1 else None
     if single is not None:
         base = percentile(single.latencies, 50)
@@ -521,7 +570,6 @@ def main() -> None:
             f"\nsingle-photo latency (c=1, p50) {base * 1000:.1f} ms; p99 at half the saturating load "
             f"({rate * args.photos_per_request:.0f} photos/s) {p99 * 1000:.1f} ms = {p99 / base:.2f}x (target < 3x)"
         )
-        workers = settings.for_serving().inference_workers
         service_s = workers * args.photos_per_request / saturated.throughput  # one request on one worker
         floor = queue_floor_p99(rate, service_s, workers)
         print(
@@ -536,6 +584,8 @@ def main() -> None:
             f"  {result.name:>6}: {result.throughput:7.1f} / {raw[size][0]:7.1f} = {result.throughput / raw[size][0]:.3f}"
             f"   (vs fastest {fastest:.1f}: {result.throughput / fastest:.3f})"
         )
+    print(f"\nservice CPU by thread, ms per photo; the model's wall ms per photo per worker, served and raw ({workers} workers):")
+    print(cpu_table([*results, half], workers * 1000 / raw[1][0]))
     best = max(results, key=lambda r: r.throughput / raw[max(1, round(r.batch_mean)) if r.batch_mean == r.batch_mean else 1][0])
     best_size = max(1, round(best.batch_mean)) if best.batch_mean == best.batch_mean else 1
     print(f"load while measuring: {os.getloadavg()}")

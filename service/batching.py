@@ -34,7 +34,7 @@ from embeddings import DecodedImage
 from embeddings.index import IndexHit
 from embeddings.perceptual_hash import perceptual_hash
 from embeddings.preprocess import PreprocessSpec, to_pixels
-from embeddings.runtimes import lower_thread_priority
+from embeddings.runtimes import lower_thread_priority, name_os_thread
 from service.config import Settings
 from service.engine import PhotoInput, ScanEngine, ServingModel
 from service.errors import RequestRejected, ServiceNotReady
@@ -178,6 +178,16 @@ def finish_jobs(
         metrics.finish_seconds.observe(time.perf_counter() - started)
 
 
+def _start_decode_thread(nice: int) -> None:
+    name_os_thread()
+    lower_thread_priority(nice)
+
+
+def _start_finish_thread() -> None:
+    name_os_thread()
+    faiss.omp_set_num_threads(1)
+
+
 class ScanBatcher:
     """Gathers concurrent scans into model batches run on inference threads; see the module docstring."""
 
@@ -195,14 +205,12 @@ class ScanBatcher:
         self._decode_pool = ThreadPoolExecutor(
             self.decode_workers,
             thread_name_prefix="scan-decode",
-            initializer=lower_thread_priority,
+            initializer=_start_decode_thread,
             initargs=(settings.decode_nice,),
         )
         # FAISS searches from this thread run single-threaded: a batch's search is small, and OpenMP workers that
         # spin or wait for a time slice cost more than they save on a machine whose cores the model already uses.
-        self._finish_pool = ThreadPoolExecutor(
-            1, thread_name_prefix="scan-finish", initializer=faiss.omp_set_num_threads, initargs=(1,)
-        )
+        self._finish_pool = ThreadPoolExecutor(1, thread_name_prefix="scan-finish", initializer=_start_finish_thread)
         self._queue: deque[ScanJob] = deque()
         self._queued_photos = 0
         self._in_flight = 0  # photos admitted and not yet answered
@@ -327,6 +335,7 @@ class ScanBatcher:
             return jobs
 
     def _run(self) -> None:
+        name_os_thread()
         while True:
             jobs = self._take()
             if jobs is None:

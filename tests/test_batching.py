@@ -209,3 +209,20 @@ def test_decoding_threads_run_below_the_model_by_decode_nice(engine: ScanEngine,
     models = {value for name, value in priority.items() if name.startswith("scan-inference")}
     assert decoders == {min(19, base + nice)}
     assert models == {base}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc are a Linux feature")
+def test_batcher_threads_carry_their_names_at_the_os_level(engine: ScanEngine) -> None:
+    """top -H, ps -L and benchmarks/serve.py's CPU-by-thread profile read these names."""
+    engine.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
+    settings = engine.settings.model_copy(update={"decode_workers": 2, "inference_workers": 2})
+    before = set(threading.enumerate())
+    with ScanBatcher(engine, settings) as batcher:
+        futures = [batcher.submit([PhotoInput(imaging.jpeg(10 + i))], None, record=False) for i in range(4)]
+        assert all(future.result(timeout=30)["images"] for future in futures)
+        ours = [t for t in set(threading.enumerate()) - before if t.native_id is not None]
+        comm = {t.name: Path(f"/proc/self/task/{t.native_id}/comm").read_text().strip() for t in ours}
+    assert {name[:15] for name in comm} == set(comm.values())
+    assert any(value.startswith("scan-inference") for value in comm.values())
+    assert any(value.startswith("scan-decode") for value in comm.values())
+    assert "scan-finish_0" in comm.values()
