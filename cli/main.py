@@ -44,7 +44,14 @@ def serve(**flags: Any) -> None:
 
     settings = make_settings(**flags)
     logging.getLogger().setLevel(logging.INFO)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        http=settings.http_parser,
+        loop=settings.event_loop,
+    )
 
 
 @cli.group()

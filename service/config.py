@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     # Serving
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    http_parser: Literal["auto", "httptools", "h11"] = Field(
+        "auto",
+        description="uvicorn's HTTP/1.1 parser: httptools (C, installed with the service) or h11 (pure Python); "
+        "auto: httptools when importable.",
+    )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="uvicorn's event loop: uvloop (installed with the service) or asyncio; auto: uvloop when importable."
+    )
     index_save_interval_s: float = Field(5.0, gt=0, description="How often a changed index is written to disk.")
 
     # Vector index (embeddings/index.py): exact below index_ivf_min_vectors, inverted lists (IVF) from there on
