@@ -4,14 +4,16 @@ One `ScanBatcher` per serving engine. A scan is admitted (or refused with 429 wh
 already in flight), decoded and preprocessed in a thread pool (`decode_workers`, JPEGs decoded straight to about the
 model's input size), then queued for the inference threads (`inference_workers` of them, each running the model on
 `threads` cores: on CPU by default one single-threaded worker per model core, `Settings.for_serving`). Each takes
-whatever is queued, up to `batch_max_size` photos, waiting at most `batch_max_wait_ms` after the oldest one when
-fewer are there, and runs:
+whatever is queued, up to `batch_max_size` photos and its share of the queue (queued photos / workers), waiting at
+most `batch_max_wait_ms` after the oldest one when fewer are there, and runs:
 
-    one ServingModel snapshot ─► one model forward pass ─► (scorer thread) one index search per brand/product scope
-                                                         ─► score, record and answer each listing on its own future
+    one model forward pass ─► the listings whose last photos it embedded ─► (scorer thread) one index search per
+    brand/product scope ─► score, record and answer each listing on its own future
 
-The snapshot (`engine.model`) is taken once per batch, so a model switch never mixes versions within a batch or a
-listing. Scoring and recording run on a second thread, overlapping the next batch's forward pass.
+A listing's photos may be split between batches, so that two workers embed a four-photo listing side by side (half
+the latency) and no batch outgrows the size at which the model runs fastest. Each listing is pinned to the serving
+model (`engine.model`) when its first photos are taken, so a model switch never mixes versions within a listing.
+Scoring and recording run on a second thread, overlapping the next batch's forward pass.
 `counterfeit-scan scan-batch` drives the same machinery through `submit`.
 """
 
@@ -76,10 +78,26 @@ class ScanJob:
     future: Future[dict[str, Any]] = field(default_factory=Future)
     prepared: list[PreparedPhoto] = field(default_factory=list)
     queued_at: float = 0.0
+    model: ServingModel | None = None  # pinned when its first photos are taken: every photo is embedded by it
+    vectors: np.ndarray | None = None  # filled piece by piece
+    remaining: int = 0  # photos not embedded yet
 
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Photos `start:stop` of a listing, queued for the model: a whole listing, or what a batch left of it."""
+
+    job: ScanJob
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
 
 
 def prepare_photos(engine: ScanEngine, model: ServingModel, photos: Sequence[PhotoInput]) -> list[PreparedPhoto]:
@@ -96,13 +114,14 @@ def prepare_photos(engine: ScanEngine, model: ServingModel, photos: Sequence[Pho
     return prepared
 
 
-def model_input(engine: ScanEngine, model: ServingModel, jobs: Sequence[ScanJob]) -> np.ndarray:
-    """Stack the batch's model inputs; a listing prepared for another model (a switch meanwhile) is prepared again."""
+def model_input(engine: ScanEngine, model: ServingModel, pieces: Sequence[Piece]) -> np.ndarray:
+    """Stack the pieces' model inputs; photos prepared for another model (a switch meanwhile) are prepared again."""
     rows: list[np.ndarray] = []
-    for job in jobs:
-        if any(photo.spec != model.embedder.preprocess for photo in job.prepared):
-            job.prepared = prepare_photos(engine, model, job.photos)
-        rows.extend(photo.pixels for photo in job.prepared)
+    for piece in pieces:
+        photos = piece.job.prepared[piece.start : piece.stop]
+        if any(photo.spec != model.embedder.preprocess for photo in photos):
+            photos = prepare_photos(engine, model, piece.job.photos[piece.start : piece.stop])
+        rows.extend(photo.pixels for photo in photos)
     return np.stack(rows) if rows else np.empty((0, 1, 1, 3), dtype=np.uint8)
 
 
@@ -173,7 +192,8 @@ def finish_jobs(
             job.fail(exc)
     else:
         for job, result in answered:
-            job.future.set_result(result)
+            if not job.future.done():  # failed meanwhile (the service closing): its other photos were dropped
+                job.future.set_result(result)
     if metrics is not None:
         metrics.finish_seconds.observe(time.perf_counter() - started)
 
@@ -211,7 +231,7 @@ class ScanBatcher:
         # FAISS searches from this thread run single-threaded: a batch's search is small, and OpenMP workers that
         # spin or wait for a time slice cost more than they save on a machine whose cores the model already uses.
         self._finish_pool = ThreadPoolExecutor(1, thread_name_prefix="scan-finish", initializer=_start_finish_thread)
-        self._queue: deque[ScanJob] = deque()
+        self._queue: deque[Piece] = deque()
         self._queued_photos = 0
         self._in_flight = 0  # photos admitted and not yet answered
         self._lock = threading.Lock()
@@ -302,20 +322,21 @@ class ScanBatcher:
                 job.fail(ServiceNotReady("the service is shutting down"))
                 return
             job.queued_at = finished
-            self._queue.append(job)
+            job.remaining = len(job.prepared)
+            self._queue.append(Piece(job, 0, len(job.prepared)))
             self._queued_photos += len(job.prepared)
             self._ready.notify()
 
     # --- inference thread ---------------------------------------------------------------------------------------
-    def _take(self) -> list[ScanJob] | None:
-        """The next batch: whole listings, at most `max_batch` photos and this worker's share of the queue (one
-        listing may exceed either alone)."""
+    def _take(self) -> list[Piece] | None:
+        """The next batch: at most `max_batch` photos and this worker's share of the queue, in arrival order; the
+        listing that does not fit is split, its other photos stay first in the queue."""
         with self._ready:
             while not self._queue and not self._closed:
                 self._ready.wait()
             if self._closed:
                 return None
-            deadline = self._queue[0].queued_at + self.max_wait
+            deadline = self._queue[0].job.queued_at + self.max_wait
             while self._queued_photos < self.max_batch and not self._closed:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -325,50 +346,84 @@ class ScanBatcher:
             # photos in a row (1.6 s of ViT-B-32) while the other takes the next photo and idles.
             share = -(-self._queued_photos // len(self._threads))
             limit = max(1, min(self.max_batch, share))
-            jobs: list[ScanJob] = []
+            pieces: list[Piece] = []
             photos = 0
-            while self._queue and (not jobs or photos + len(self._queue[0].prepared) <= limit):
-                job = self._queue.popleft()
-                photos += len(job.prepared)
-                jobs.append(job)
-            self._queued_photos -= photos
-            return jobs
+            while self._queue and photos < limit:
+                piece = self._queue.popleft()
+                self._queued_photos -= piece.size
+                if piece.job.future.done():  # failed while its other photos ran: nothing left to answer
+                    continue
+                if piece.size > limit - photos:
+                    rest = Piece(piece.job, piece.start + limit - photos, piece.stop)
+                    self._queue.appendleft(rest)
+                    self._queued_photos += rest.size
+                    piece = Piece(piece.job, piece.start, rest.start)
+                if piece.job.model is None:
+                    piece.job.model = self.engine.model
+                pieces.append(piece)
+                photos += piece.size
+            return pieces
 
     def _run(self) -> None:
         name_os_thread()
         while True:
-            jobs = self._take()
-            if jobs is None:
+            pieces = self._take()
+            if pieces is None:
                 return
             try:
-                self._run_batch(jobs)
+                self._run_batch(pieces)
             except Exception as exc:  # never let one bad batch stop the thread
                 log.exception("scan batch failed")
-                for job in jobs:
-                    job.fail(exc)
+                for piece in pieces:
+                    piece.job.fail(exc)
 
-    def _run_batch(self, jobs: list[ScanJob]) -> None:
+    def _run_batch(self, pieces: list[Piece]) -> None:
         started = time.perf_counter()
-        model = self.engine.model  # one snapshot for the whole batch: embedding, search and scoring
-        batch = model_input(self.engine, model, jobs)
-        vectors = embed(model, batch, self.max_batch)
+        by_model: dict[int, list[Piece]] = {}  # one group but while a model switch is under way
+        for piece in pieces:
+            by_model.setdefault(id(piece.job.model), []).append(piece)
+        done: list[tuple[ServingModel, list[ScanJob]]] = []
+        for group in by_model.values():
+            model = group[0].job.model
+            assert model is not None  # pinned by _take
+            vectors = embed(model, model_input(self.engine, model, group), self.max_batch)
+            done.append((model, self._store(group, vectors)))
         if self.metrics is not None:
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(batch))
-            for job in jobs:
-                self.metrics.queue_wait.observe(started - job.queued_at)
-        self._finish_pool.submit(finish_jobs, self.engine, model, jobs, vectors, self.metrics)
+            self.metrics.batch_size.observe(sum(piece.size for piece in pieces))
+            for piece in pieces:
+                self.metrics.queue_wait.observe(started - piece.job.queued_at)
+        for model, jobs in done:
+            if jobs:
+                vectors = np.concatenate([job.vectors for job in jobs if job.vectors is not None])
+                self._finish_pool.submit(finish_jobs, self.engine, model, jobs, vectors, self.metrics)
+
+    def _store(self, pieces: Sequence[Piece], vectors: np.ndarray) -> list[ScanJob]:
+        """Put each piece's vectors in its listing; the listings whose last photos these were, in batch order."""
+        complete = []
+        offset = 0
+        with self._lock:  # two workers may finish pieces of one listing at once
+            for piece in pieces:
+                job = piece.job
+                if job.vectors is None:
+                    job.vectors = np.empty((len(job.prepared), vectors.shape[1]), dtype=vectors.dtype)
+                job.vectors[piece.start : piece.stop] = vectors[offset : offset + piece.size]
+                offset += piece.size
+                job.remaining -= piece.size
+                if job.remaining == 0:
+                    complete.append(job)
+        return complete
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking scans; scans already batched are answered, queued ones fail with 503."""
         with self._ready:
             self._closed = True
-            queued = list(self._queue)
+            queued = [piece.job for piece in self._queue]
             self._queue.clear()
             self._queued_photos = 0
             self._ready.notify_all()
-        for job in queued:
+        for job in queued:  # a listing split between batches fails whole, even if some photos were embedded
             job.fail(ServiceNotReady("the service is shutting down"))
         for thread in self._threads:
             thread.join(timeout)
