@@ -362,6 +362,8 @@ class ScanBatcher:
                     piece.job.model = self.engine.model
                 pieces.append(piece)
                 photos += piece.size
+            if self._queue:  # what is left (a split listing's other photos): for a worker that may be idle
+                self._ready.notify()
             return pieces
 
     def _run(self) -> None:
