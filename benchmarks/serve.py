@@ -566,8 +566,9 @@ def main() -> None:
     if single is not None:
         base = percentile(single.latencies, 50)
         p99 = percentile(half.latencies, 99)
+        shape = "single-photo" if args.photos_per_request == 1 else f"single-request ({args.photos_per_request} photos)"
         print(
-            f"\nsingle-photo latency (c=1, p50) {base * 1000:.1f} ms; p99 at half the saturating load "
+            f"\n{shape} latency (c=1, p50) {base * 1000:.1f} ms; p99 at half the saturating load "
             f"({rate * args.photos_per_request:.0f} photos/s) {p99 * 1000:.1f} ms = {p99 / base:.2f}x (target < 3x)"
         )
         service_s = workers * args.photos_per_request / saturated.throughput  # one request on one worker
