@@ -13,7 +13,8 @@ PYTHON=${PYTHON:-.venv/bin/python}
 CARRY=.gpu-carry
 # What the device image lacks (its package list: the device tool's KINDS.md); their own dependencies are there.
 PACKAGES="faiss-cpu open_clip_torch ftfy fastapi starlette pydantic pydantic_core annotated-types typing-inspection
-uvicorn python-multipart httptools pydantic-settings python-dotenv SQLAlchemy greenlet simplejpeg ImageHash PyWavelets wcwidth"
+uvicorn python-multipart httptools pydantic-settings python-dotenv SQLAlchemy greenlet simplejpeg ImageHash PyWavelets wcwidth
+opentelemetry-api"
 
 rm -rf "$CARRY" && mkdir -p "$CARRY/wheels" "$CARRY/data/sneakers"
 pins=()
