@@ -41,10 +41,18 @@ echo "pytest exit: $?"
 step "2. where the time goes (benchmarks/gpu.py)"
 timeout 120 "$PYTHON" benchmarks/gpu.py --data "$DATA" "${GPU_ARGS[@]}"
 
+# GPU utilisation once a second during the end-to-end runs: a starved GPU (low %) means the CPU side is the limit.
+UTIL="$OUT/gpu-util.txt"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 1 > "$UTIL" 2>/dev/null &
+SAMPLER=$!
+
 step "3. scan-batch end to end (benchmarks/scan_batch.py)"
 env "${MODEL[@]}" timeout 120 "$PYTHON" benchmarks/scan_batch.py --data "$DATA" "${BULK[@]}" --workers 0
 
 step "4. POST /v1/scan end to end (benchmarks/serve.py)"
 timeout 150 "$PYTHON" benchmarks/serve.py --data "$DATA" --concurrency 1,16,64 --photos-per-request 4 "${SERVE[@]}" \
   $(printf -- '--env %s ' "${MODEL[@]}") --env COUNTERFEIT_SCAN_BATCH_MAX_SIZE=256
+kill "$SAMPLER" 2>/dev/null
+step "GPU utilisation during 3 and 4 (nvidia-smi, once a second; the full series in gpu-util.txt)"
+awk -F', ' '{gsub(/ %/, "", $2); n++; s += $2; if ($2 > 50) busy++} END {if (n) printf "%d samples, mean %.0f%%, above 50%%: %d\n", n, s / n, busy}' "$UTIL"
 step "done"
