@@ -130,7 +130,11 @@ def main() -> None:
     summary["cpu_prepare_photos_per_s"] = cpu_prepare(datas, embedder.input_size, embedder.preprocess, workers)
     if torch.cuda.is_available():
         print("\n3. nvJPEG decode + resize on the device (not used by the service yet):", flush=True)
-        rates = {batch: gpu_decode(datas, embedder.input_size, batch) for batch in (64, 256)}
+        try:
+            rates = {batch: gpu_decode(datas, embedder.input_size, batch) for batch in (64, 256)}
+        except Exception as exc:  # this torchvision's nvJPEG may refuse (a build without it): report, go on
+            print(f"  nvJPEG decoding failed: {exc!r}")
+            rates = {}
         for batch, rate in rates.items():
             print(f"  batch {batch:4d}: {rate:9.1f} photos/s")
         summary["gpu_decode_photos_per_s"] = rates
