@@ -78,12 +78,18 @@ def test_http_activation_does_not_fail_concurrent_scans(
         add_reference(client, imaging.jpeg(seed), label="counterfeit" if seed % 2 else "authentic")
     old = client.get("/v1/admin/model").json()["serving"]["fingerprint"]
     seen: list[tuple[int, str]] = []
+    similarities: list[float] = []
     stop = threading.Event()
 
     def keep_scanning() -> None:
+        """Three-photo listings, which the two workers split between batches: every photo of each must come back,
+        matched to its own catalog image, before, during and after the switch."""
         while not stop.is_set():
-            response = client.post("/v1/scan", files=[("images", ("q.jpg", imaging.jpeg(1), "image/jpeg"))])
-            seen.append((response.status_code, response.json().get("model", {}).get("fingerprint", "")))
+            files = [("images", (f"q{i}.jpg", imaging.jpeg(1), "image/jpeg")) for i in range(3)]
+            response = client.post("/v1/scan", files=files)
+            body = response.json()
+            seen.append((response.status_code, body.get("model", {}).get("fingerprint", "")))
+            similarities.extend(image["matches"][0]["similarity"] for image in body.get("images", []))
 
     workers = [threading.Thread(target=keep_scanning) for _ in range(2)]
     for worker in workers:
@@ -102,6 +108,7 @@ def test_http_activation_does_not_fail_concurrent_scans(
             worker.join()
     assert new != old and status["active"]["fingerprint"] == new
     assert {code for code, _ in seen} == {200}, "a scan failed during the switch"
+    assert len(similarities) == 3 * len(seen) and min(similarities) > 0.999, "a photo missed its own catalog image"
     assert {fp for _, fp in seen} <= {old, new}
     assert scan(client, [imaging.jpeg(3)])["model"]["fingerprint"] == new
     assert client.get("/readyz").json()["index_size"] == 4
