@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from cli.main import cli
 from embeddings import ModelSpec
 from embeddings.loading import load_visual, save_checkpoint
-from service.batching import UNMEASURED_BATCH_LIMIT
+from service.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
 from service.config import Settings
 from service.engine import PhotoInput, ScanEngine
 from service.model_registry import ModelRecord, ModelRegistry, NothingToRollBack
@@ -118,6 +118,27 @@ def test_http_activation_does_not_fail_concurrent_scans(
     wait_for(lambda: client.get("/v1/admin/model").json()["switch"]["state"] == "done")
     wait_for(lambda: client.get("/v1/admin/model").json()["serving"]["fingerprint"] == old)
     assert client.post("/v1/admin/model/rollback").status_code == 409  # nothing older than the first model
+
+
+def test_a_listing_queued_across_a_switch_is_embedded_and_searched_by_the_new_model(
+    engine: ScanEngine, other_checkpoint: Path
+) -> None:
+    """Decoded under the old model, taken by a worker after the switch: the listing is pinned to the model serving
+    when its photos are taken, and every photo is embedded and searched by that one model."""
+    refs = [engine.add_reference(PhotoInput(imaging.jpeg(40 + i)), "Acme", "runner", "authentic").ref for i in range(2)]
+    prepared = engine.prepare(ModelSpec(checkpoint=other_checkpoint))
+    # one worker that waits up to 2 s for a fuller batch: the switch happens while the listing waits in the queue
+    settings = engine.settings.model_copy(update={"inference_workers": 1, "batch_max_size": 16, "batch_max_wait_ms": 2000.0})
+    with ScanBatcher(engine, settings) as batcher:
+        future = batcher.submit([PhotoInput(imaging.jpeg(40 + i % 2)) for i in range(4)], None, record=False)
+        time.sleep(0.3)  # decoded and queued by now (a few milliseconds); the worker waits for more photos
+        assert not future.done()
+        engine.activate(prepared)
+        result = future.result(timeout=30)
+    assert result["model"]["fingerprint"] == prepared.embedder.info.fingerprint
+    tops = [image["matches"][0] for image in result["images"]]
+    assert [top["image_id"] for top in tops] == [refs[i % 2].image_id for i in range(4)]
+    assert min(top["similarity"] for top in tops) > 0.999
 
 
 def test_bad_activations_are_refused(client: TestClient, tmp_path: Path) -> None:
