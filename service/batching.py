@@ -34,6 +34,7 @@ import faiss
 import numpy as np
 
 from embeddings import DecodedImage
+from embeddings.batch_sizing import CPU_BATCH_CEILING
 from embeddings.index import IndexHit
 from embeddings.perceptual_hash import perceptual_hash
 from embeddings.preprocess import PreprocessSpec, to_pixels
@@ -46,7 +47,7 @@ from service.metrics import ServiceMetrics
 log = logging.getLogger(__name__)
 
 
-UNMEASURED_BATCH_LIMIT = 16  # batch_max_size 0 means "measure" (ServiceRuntime); a batcher made without measuring
+UNMEASURED_BATCH_LIMIT = CPU_BATCH_CEILING  # batch_max_size 0 means "measure" (ServiceRuntime); a batcher made without measuring
 
 
 class Overloaded(RequestRejected):

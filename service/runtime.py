@@ -6,8 +6,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from embeddings.batch_sizing import batch_rates, largest_fast_batch
-from service.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
+from embeddings.batch_sizing import batch_ceiling, batch_rates, largest_fast_batch
+from service.batching import ScanBatcher
 from service.catalog_imports import ImportJobs
 from service.config import Settings
 from service.engine import ScanEngine
@@ -78,7 +78,7 @@ class ServiceRuntime:
         the service reports ready (about a second for EfficientNet-Lite0 on 2 cores), and again after a model switch
         (`_follow_batch_limit`), where the timing shares the cores with the scans going on."""
         embedder = engine.embedder
-        rates = batch_rates(embedder, UNMEASURED_BATCH_LIMIT)
+        rates = batch_rates(embedder, batch_ceiling(embedder))
         self.batch_max_size = largest_fast_batch(rates)
         self.batch_limit_model = embedder.info.fingerprint
         with self._batcher_lock:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from embeddings.batch_sizing import largest_fast_batch
+from embeddings import ImageEmbedder
+from embeddings.batch_sizing import CPU_BATCH_CEILING, batch_ceiling, largest_fast_batch
 from service.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
 from service.engine import PhotoInput, ScanEngine
 from service.metrics import ServiceMetrics
@@ -178,6 +179,10 @@ def test_the_largest_batch_within_ten_percent_of_the_best_rate_is_chosen() -> No
     assert largest_fast_batch({1: 300.0, 2: 580.0, 4: 1100.0, 8: 2000.0, 16: 3500.0}) == 16
     # flat within the tolerance: batch as much as the limit allows
     assert largest_fast_batch({1: 10.0, 2: 10.5, 4: 10.2, 8: 9.9, 16: 9.6}) == 16
+
+
+def test_batch_limits_are_measured_up_to_16_on_cpu(tiny_embedder: ImageEmbedder) -> None:
+    assert batch_ceiling(tiny_embedder) == CPU_BATCH_CEILING == 16  # on a GPU 256: tests/test_gpu.py
 
 
 def test_several_workers_split_a_queue_instead_of_one_taking_it_all(engine: ScanEngine) -> None:

@@ -18,6 +18,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from embeddings import ImageEmbedder, ImageLimits, decode_image, load_embedder
+from embeddings.batch_sizing import GPU_BATCH_CEILING, batch_ceiling, batch_rates, largest_fast_batch
 from embeddings.preprocess import to_pixels
 from service.app import create_app
 from service.engine import ScanEngine
@@ -56,6 +57,15 @@ def test_gpu_vectors_match_the_cpu_ones(tmp_path: Path, model: str) -> None:
         on_gpu, on_cpu = gpu.embed_batch(pixels), cpu.embed_batch(pixels)
         assert on_gpu.dtype == np.float32 and on_gpu.shape == on_cpu.shape
         assert cosines(on_gpu, on_cpu).min() > 0.995
+
+
+def test_batch_limit_on_a_gpu_is_measured_up_to_256(tmp_path: Path) -> None:
+    """On a GPU photos/s keep rising with the batch: the measured limit must be allowed past the CPU's 16."""
+    gpu = embedder_on(tmp_path, "cuda")
+    assert batch_ceiling(gpu) == GPU_BATCH_CEILING == 256
+    rates = batch_rates(gpu, batch_ceiling(gpu))
+    assert max(rates) == 256
+    assert largest_fast_batch(rates) > 16, rates
 
 
 def test_compiled_gpu_model_matches_eager(tmp_path: Path) -> None:
