@@ -12,8 +12,8 @@ most `batch_max_wait_ms` after the oldest one when fewer are there, and runs:
 
 A listing's photos may be split between batches, so that two workers embed a four-photo listing side by side (a
 third less latency for a lone one, EfficientNet-Lite0 on 2 cores) and no batch outgrows the size at which the model
-runs fastest. Each listing is pinned to the serving
-model (`engine.model`) when its first photos are taken, so a model switch never mixes versions within a listing.
+runs fastest. Each listing is pinned to the serving model (`engine.model`) when its first photos are taken, so a
+model switch never mixes versions within a listing.
 Scoring and recording run on a second thread, overlapping the next batch's forward pass.
 `counterfeit-scan scan-batch` drives the same machinery through `submit`.
 """
@@ -386,7 +386,7 @@ class ScanBatcher:
         by_model: dict[int, list[Piece]] = {}  # one group but while a model switch is under way
         for piece in pieces:
             by_model.setdefault(id(piece.job.model), []).append(piece)
-        done: list[tuple[ServingModel, list[ScanJob]]] = []
+        done: list[tuple[ServingModel, list[tuple[ScanJob, np.ndarray]]]] = []
         for group in by_model.values():
             model = group[0].job.model
             assert model is not None  # pinned by _take
@@ -397,14 +397,16 @@ class ScanBatcher:
             self.metrics.batch_size.observe(sum(piece.size for piece in pieces))
             for piece in pieces:
                 self.metrics.queue_wait.observe(started - piece.job.queued_at)
-        for model, jobs in done:
-            if jobs:
-                vectors = np.concatenate([job.vectors for job in jobs if job.vectors is not None])
+        for model, complete in done:
+            if complete:
+                jobs = [job for job, _ in complete]
+                vectors = np.concatenate([vectors for _, vectors in complete])
                 self._finish_pool.submit(finish_jobs, self.engine, model, jobs, vectors, self.metrics)
 
-    def _store(self, pieces: Sequence[Piece], vectors: np.ndarray) -> list[ScanJob]:
-        """Put each piece's vectors in its listing; the listings whose last photos these were, in batch order."""
-        complete = []
+    def _store(self, pieces: Sequence[Piece], vectors: np.ndarray) -> list[tuple[ScanJob, np.ndarray]]:
+        """Put each piece's vectors in its listing; the listings whose last photos these were, with all their
+        vectors, in batch order."""
+        complete: list[tuple[ScanJob, np.ndarray]] = []
         offset = 0
         with self._lock:  # two workers may finish pieces of one listing at once
             for piece in pieces:
@@ -415,7 +417,7 @@ class ScanBatcher:
                 offset += piece.size
                 job.remaining -= piece.size
                 if job.remaining == 0:
-                    complete.append(job)
+                    complete.append((job, job.vectors))
         return complete
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
