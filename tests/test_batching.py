@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,12 +17,14 @@ from fastapi.testclient import TestClient
 from embeddings import ImageEmbedder
 from embeddings.batch_sizing import CPU_BATCH_CEILING, batch_ceiling, largest_fast_batch
 from service.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
+from service.config import Settings
 from service.engine import PhotoInput, ScanEngine
 from service.metrics import ServiceMetrics
 from service.runtime import ServiceRuntime
 from tests import imaging
 from tests.helpers import add_reference, scan, stored_state, tiny_settings
 
+T = TypeVar("T")
 VOLATILE = ("scan_id", "created_at")
 
 
@@ -75,14 +77,15 @@ def test_batched_results_equal_unbatched_ones(engine: ScanEngine, workers: int) 
         futures = [batcher.submit([PhotoInput(d) for d in photos], brand, record=False) for photos, brand in listings]
         got = [future.result(timeout=30) for future in futures]
 
-    def stable(result: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in result.items() if k not in VOLATILE}
-
     for mine, theirs in zip(got, expected, strict=True):
         assert mine["images"] and [m["image_id"] for m in mine["images"][0]["matches"]] == [
             m["image_id"] for m in theirs["images"][0]["matches"]
         ]
         assert _close(stable(mine), stable(theirs))
+
+
+def stable(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in VOLATILE}
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -228,21 +231,26 @@ def test_a_listing_is_split_between_batches_and_answered_whole(
     assert [[m["image_id"] for m in image["matches"]] for image in got["images"]] == [
         [m["image_id"] for m in image["matches"]] for image in expected["images"]
     ]
-    assert _close({k: v for k, v in got.items() if k not in VOLATILE}, {k: v for k, v in expected.items() if k not in VOLATILE})
+    assert _close(stable(got), stable(expected))
+
+
+def batcher_threads(engine: ScanEngine, settings: Settings, read: Callable[[int], T]) -> dict[str, T]:
+    """Run four scans through a batcher and apply `read` to the native id of each of its own threads while they
+    still run (other tests' batchers may be winding down: only this one's threads), by thread name."""
+    engine.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
+    before = set(threading.enumerate())
+    with ScanBatcher(engine, settings) as batcher:
+        futures = [batcher.submit([PhotoInput(imaging.jpeg(10 + i))], None, record=False) for i in range(4)]
+        assert all(future.result(timeout=30)["images"] for future in futures)
+        return {t.name: read(t.native_id) for t in set(threading.enumerate()) - before if t.native_id is not None}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
 @pytest.mark.parametrize("nice", [0, 6])
 def test_decoding_threads_run_below_the_model_by_decode_nice(engine: ScanEngine, nice: int) -> None:
-    engine.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
     settings = engine.settings.model_copy(update={"decode_nice": nice, "decode_workers": 2, "inference_workers": 1})
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    before = set(threading.enumerate())  # other tests' batchers may still be winding down: only this one's threads
-    with ScanBatcher(engine, settings) as batcher:
-        futures = [batcher.submit([PhotoInput(imaging.jpeg(10 + i))], None, record=False) for i in range(4)]
-        assert all(future.result(timeout=30)["images"] for future in futures)
-        ours = {t.name: t.native_id for t in set(threading.enumerate()) - before if t.native_id is not None}
-        priority = {name: os.getpriority(os.PRIO_PROCESS, tid) for name, tid in ours.items()}
+    priority = batcher_threads(engine, settings, lambda tid: os.getpriority(os.PRIO_PROCESS, tid))
     decoders = {value for name, value in priority.items() if name.startswith("scan-decode")}
     models = {value for name, value in priority.items() if name.startswith("scan-inference")}
     assert decoders == {min(19, base + nice)}
@@ -252,14 +260,8 @@ def test_decoding_threads_run_below_the_model_by_decode_nice(engine: ScanEngine,
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc are a Linux feature")
 def test_batcher_threads_carry_their_names_at_the_os_level(engine: ScanEngine) -> None:
     """top -H, ps -L and benchmarks/serve.py's CPU-by-thread profile read these names."""
-    engine.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
     settings = engine.settings.model_copy(update={"decode_workers": 2, "inference_workers": 2})
-    before = set(threading.enumerate())
-    with ScanBatcher(engine, settings) as batcher:
-        futures = [batcher.submit([PhotoInput(imaging.jpeg(10 + i))], None, record=False) for i in range(4)]
-        assert all(future.result(timeout=30)["images"] for future in futures)
-        ours = [t for t in set(threading.enumerate()) - before if t.native_id is not None]
-        comm = {t.name: Path(f"/proc/self/task/{t.native_id}/comm").read_text().strip() for t in ours}
+    comm = batcher_threads(engine, settings, lambda tid: Path(f"/proc/self/task/{tid}/comm").read_text().strip())
     assert {name[:15] for name in comm} == set(comm.values())
     assert any(value.startswith("scan-inference") for value in comm.values())
     assert any(value.startswith("scan-decode") for value in comm.values())
