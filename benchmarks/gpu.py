@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,41 +28,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.serve import DEFAULT_DATA, machine, model_inputs, query_photos
 from embeddings import ImageEmbedder, ImageLimits, decode_image, load_embedder
-from embeddings.perceptual_hash import perceptual_hash
-from embeddings.preprocess import PreprocessSpec, to_pixels
+from embeddings.batch_sizing import timed_passes
+from embeddings.preprocess import PreprocessSpec
 from embeddings.runtimes import available_cores
+from service.batching import prepare_decoded
 from service.config import Settings
-
-
-def timed(run: Callable[[], object], min_seconds: float = 2.0) -> tuple[int, float]:
-    """(calls, seconds) of `run` repeated for at least `min_seconds`, after one warm-up call."""
-    run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    calls, started = 0, time.perf_counter()
-    while time.perf_counter() - started < min_seconds:
-        run()
-        calls += 1
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return calls, time.perf_counter() - started
 
 
 def model_alone(embedder: ImageEmbedder, inputs: np.ndarray, batches: Sequence[int]) -> dict[int, float]:
     results = {}
     for size in batches:
         batch = np.resize(inputs, (size, *inputs.shape[1:]))  # the photos repeated up to the batch size
-        calls, seconds = timed(lambda: embedder.embed_batch(batch))  # noqa: B023 (called before the next size)
-        results[size] = calls * size / seconds
+        photos, seconds = timed_passes(embedder.embed_batch, [batch], min_seconds=2.0)  # vectors back on the host
+        results[size] = photos / seconds
         print(f"  batch {size:4d}: {results[size]:9.1f} photos/s ({embedder.info.runtime})", flush=True)
     return results
 
 
 def prepare_one(data: bytes, size: int, spec: PreprocessSpec) -> int:
-    """What the scan path does on the CPU for one photo before the model."""
-    image = decode_image(data, ImageLimits(), size).image
-    to_pixels([image], spec)
-    return perceptual_hash(image)
+    """What the scan path does on the CPU for one photo before the model (service.batching.prepare_photos)."""
+    return prepare_decoded(decode_image(data, ImageLimits(), size), spec).phash
 
 
 def prepare_many(datas: Sequence[bytes], size: int, spec: PreprocessSpec) -> int:
@@ -93,14 +78,14 @@ def gpu_decode(datas: Sequence[bytes], size: int, batch: int) -> float:
     encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     chunk = (encoded * (batch // len(encoded) + 1))[:batch]
 
-    def run() -> None:
-        images = decode_jpeg(chunk, device="cuda")
-        for image in images:
+    def run(jpegs: list[torch.Tensor]) -> None:
+        for image in decode_jpeg(jpegs, device="cuda"):
             side = min(image.shape[-2:])
             center_crop(resize(image, [size * image.shape[-2] // side, size * image.shape[-1] // side], antialias=True), [size])
+        torch.cuda.synchronize()  # the work done, not just queued
 
-    calls, seconds = timed(run)
-    return calls * batch / seconds
+    photos, seconds = timed_passes(run, [chunk], min_seconds=2.0)
+    return photos / seconds
 
 
 def main() -> None:

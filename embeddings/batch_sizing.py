@@ -8,7 +8,8 @@ batch (its activations stop fitting in cache): EfficientNet-Lite0 on 2 cores emb
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
+from typing import TypeVar
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from embeddings.embedder import ImageEmbedder
 
 CPU_BATCH_CEILING = 16
 GPU_BATCH_CEILING = 256
+Batch = TypeVar("Batch", bound=Sized)  # pixels (n, h, w, 3), or a list of n encoded photos
 
 
 def batch_ceiling(embedder: ImageEmbedder) -> int:
@@ -25,7 +27,7 @@ def batch_ceiling(embedder: ImageEmbedder) -> int:
 
 
 def timed_passes(
-    run: Callable[[np.ndarray], object], batches: Sequence[np.ndarray], min_seconds: float, min_photos: int = 0
+    run: Callable[[Batch], object], batches: Sequence[Batch], min_seconds: float, min_photos: int = 0
 ) -> tuple[int, float]:
     """(photos, seconds): `run` over `batches` in turn, after one warm-up call (the runtime allocates for the shape),
     until at least `min_seconds` have passed and `min_photos` photos have run."""

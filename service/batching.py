@@ -109,11 +109,12 @@ def prepare_photos(engine: ScanEngine, model: ServingModel, photos: Sequence[Pho
     Raises ImageRejected naming the photo that failed.
     """
     spec = model.embedder.preprocess
-    prepared = []
-    for decoded in engine._decode_listing(photos, model.embedder.input_size):
-        pixels = to_pixels([decoded.image], spec)[0]
-        prepared.append(PreparedPhoto(decoded, pixels, spec, perceptual_hash(decoded.image)))
-    return prepared
+    return [prepare_decoded(decoded, spec) for decoded in engine._decode_listing(photos, model.embedder.input_size)]
+
+
+def prepare_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> PreparedPhoto:
+    """One decoded photo's model input and perceptual hash."""
+    return PreparedPhoto(decoded, to_pixels([decoded.image], spec)[0], spec, perceptual_hash(decoded.image))
 
 
 def model_input(engine: ScanEngine, model: ServingModel, pieces: Sequence[Piece]) -> np.ndarray:
