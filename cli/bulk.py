@@ -21,8 +21,8 @@ from cli.common import make_settings, open_engine
 from cli.options import engine_options, scoring_options
 from embeddings import ImageRejected
 from service.batching import ScanBatcher
-from service.engine import PhotoInput
 from service.errors import RequestRejected
+from service.photo_prep import PhotoInput
 
 
 @dataclass
@@ -119,6 +119,12 @@ def _write(fh: IO[str], record: dict[str, Any]) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON lines: one per listing.")
 @click.option("--record", is_flag=True, help="Record each scan in the database (GET /v1/scans/{id}), as POST /v1/scan does.")
 @click.option("--workers", type=int, help="Decoding threads [env COUNTERFEIT_SCAN_DECODE_WORKERS; 0: one per core].")
+@click.option(
+    "--decode-processes",
+    type=int,
+    help="Worker processes that decode, resize and hash photos, fed by the decoding threads [env "
+    "COUNTERFEIT_SCAN_DECODE_PROCESSES; 0: decode in this process]. For many-core machines (a GPU server).",
+)
 @click.option(
     "--inference-workers",
     type=int,

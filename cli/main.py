@@ -17,8 +17,9 @@ from cli.quality import calibrate, evaluate
 from cli.train import train
 from embeddings import ModelLoadError
 from reference_catalog import ManifestError, read_manifest, write_manifest
-from service.engine import PhotoInput, serving_spec
+from service.engine import serving_spec
 from service.errors import RequestRejected
+from service.photo_prep import PhotoInput
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})

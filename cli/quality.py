@@ -20,7 +20,8 @@ from cli.options import engine_options, scoring_options
 from embeddings import ImageRejected
 from reference_catalog import ManifestError, read_manifest
 from service.calibration import save_calibrator
-from service.engine import PhotoInput, ScanEngine
+from service.engine import ScanEngine
+from service.photo_prep import PhotoInput
 from service.scoring import FEATURES
 
 QUERY_LABELS = ("authentic", "counterfeit", "unrelated")

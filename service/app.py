@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, engine: ScanEngine | None = None) -> FastAPI:
     """Build the app; with no `engine`, the model and index load in the background at start-up."""
     settings = (settings or Settings()).for_serving()
-    runtime = ServiceRuntime(settings, engine)
     metrics = ServiceMetrics()
+    runtime = ServiceRuntime(settings, engine, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

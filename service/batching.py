@@ -33,16 +33,14 @@ from typing import Any
 import faiss
 import numpy as np
 
-from embeddings import DecodedImage
 from embeddings.batch_sizing import CPU_BATCH_CEILING
 from embeddings.index import IndexHit
-from embeddings.perceptual_hash import perceptual_hash
-from embeddings.preprocess import PreprocessSpec, to_pixels
 from embeddings.runtimes import lower_thread_priority, name_os_thread
 from service.config import Settings
-from service.engine import PhotoInput, ScanEngine, ServingModel
+from service.engine import ScanEngine, ServingModel
 from service.errors import RequestRejected, ServiceNotReady
 from service.metrics import ServiceMetrics
+from service.photo_prep import PhotoInput, PreparedPhoto, ProcessPreparer, prepare_listing
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +53,6 @@ class Overloaded(RequestRejected):
 
     def __init__(self, detail: str, retry_after_s: int) -> None:
         super().__init__(detail, 429, {"Retry-After": str(retry_after_s)})
-
-
-@dataclass(frozen=True)
-class PreparedPhoto:
-    """A decoded photo with its model input (for `spec`) and perceptual hash, made off the inference thread."""
-
-    decoded: DecodedImage
-    pixels: np.ndarray  # (size, size, 3) uint8, cropped and resized for `spec`; the model normalises
-    spec: PreprocessSpec
-    phash: int
 
 
 @dataclass
@@ -108,13 +96,7 @@ def prepare_photos(engine: ScanEngine, model: ServingModel, photos: Sequence[Pho
     One resampling per photo: the draft decode lands near the input size and `to_pixels` resizes the centre square.
     Raises ImageRejected naming the photo that failed.
     """
-    spec = model.embedder.preprocess
-    return [prepare_decoded(decoded, spec) for decoded in engine._decode_listing(photos, model.embedder.input_size)]
-
-
-def prepare_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> PreparedPhoto:
-    """One decoded photo's model input and perceptual hash."""
-    return PreparedPhoto(decoded, to_pixels([decoded.image], spec)[0], spec, perceptual_hash(decoded.image))
+    return prepare_listing(photos, engine.settings.image_limits(), model.embedder.preprocess)
 
 
 def model_input(engine: ScanEngine, model: ServingModel, pieces: Sequence[Piece]) -> np.ndarray:
@@ -175,12 +157,12 @@ def finish_jobs(
         try:
             result = engine.score_photos(
                 vectors[offset : offset + count],
-                [photo.decoded for photo in job.prepared],
+                [photo.sha256 for photo in job.prepared],
+                [photo.phash for photo in job.prepared],
                 job.brand,
                 job.product,
                 job.listing_id,
                 model,
-                phashes=[photo.phash for photo in job.prepared],
                 searched=found,
             )
         except Exception as exc:
@@ -234,6 +216,8 @@ class ScanBatcher:
         # FAISS searches from this thread run single-threaded: a batch's search is small, and OpenMP workers that
         # spin or wait for a time slice cost more than they save on a machine whose cores the model already uses.
         self._finish_pool = ThreadPoolExecutor(1, thread_name_prefix="scan-finish", initializer=_start_finish_thread)
+        # With `decode_processes`, the decoding threads only wait for worker processes that do the work.
+        self.preparer = ProcessPreparer(settings.decode_processes, settings.decode_nice) if settings.decode_processes else None
         self._queue: deque[Piece] = deque()
         self._queued_photos = 0
         self._in_flight = 0  # photos admitted and not yet answered
@@ -313,7 +297,11 @@ class ScanBatcher:
             return
         started = time.perf_counter()
         try:
-            job.prepared = prepare_photos(self.engine, self.engine.model, job.photos)
+            if self.preparer is None:
+                job.prepared = prepare_photos(self.engine, self.engine.model, job.photos)
+            else:
+                limits = self.engine.settings.image_limits()
+                job.prepared = self.preparer.prepare(job.photos, limits, self.engine.model.embedder.preprocess)
         except Exception as exc:  # ImageRejected and anything unexpected: answered on the job's future
             job.fail(exc)
             return
@@ -435,6 +423,8 @@ class ScanBatcher:
         for thread in self._threads:
             thread.join(timeout)
         self._decode_pool.shutdown(wait=True)
+        if self.preparer is not None:
+            self.preparer.close()
         self._finish_pool.shutdown(wait=True)
 
     def __enter__(self) -> ScanBatcher:

@@ -116,7 +116,17 @@ class Settings(BaseSettings):
     )
     queue_max_photos: int = Field(256, ge=1, description="Photos admitted and not yet answered; beyond it: 429.")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a 429 when the queue is full.")
-    decode_workers: int = Field(0, ge=0, le=256, description="Image decoding threads; 0: one per CPU core.")
+    decode_workers: int = Field(
+        0, ge=0, le=256, description="Image decoding threads; 0: one per CPU core, or one per `decode_processes`."
+    )
+    decode_processes: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Worker processes that decode, resize and hash scan photos (the decoding threads hand them the work); "
+        "0: decode in the service's own process. For machines with many cores (a GPU server), where one process's "
+        "interpreter lock caps decoding; each is spawned at start and imports the service.",
+    )
     decode_nice: int = Field(
         5,
         ge=0,
@@ -168,7 +178,7 @@ class Settings(BaseSettings):
         92 photos/s at c=16 on 2 cores, benchmarks/README.md). The price: a lone photo runs on one core.
         """
         cores = default_inference_threads()
-        decoding = {"decode_workers": self.decode_workers or available_cores()}
+        decoding = {"decode_workers": self.decode_workers or self.decode_processes or available_cores()}
         if self.inference_workers:
             threads = self.threads or max(1, cores // self.inference_workers)
             return self.model_copy(update={"threads": threads, **decoding})

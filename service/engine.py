@@ -27,12 +27,12 @@ from service.errors import RequestRejected
 from service.feedback import FeedbackStore
 from service.model_registry import ModelRegistry
 from service.near_duplicates import NearDuplicateTable
+from service.photo_prep import PhotoInput, decode_listing, decode_photo
 from service.scan_records import ScanRecordStore, new_scan_id
 from service.scoring import FEATURES, Match, NearDuplicate, PhotoEvidence, ScoringParams, photo_risk, score_listing
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_CONTENT_TYPES = {"image/jpeg", "image/png", "image/webp", "image/jpg", "application/octet-stream", ""}
 DEFAULT_MATCH_THRESHOLD = 0.5
 MAX_NAME_LENGTH = 200
 
@@ -45,13 +45,6 @@ class ServingModel:
     index: VectorIndex
     calibrator: LoadedCalibrator | None
     scoring: ScoringParams
-
-
-@dataclass(frozen=True)
-class PhotoInput:
-    data: bytes
-    filename: str | None = None
-    content_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -377,14 +370,9 @@ class ScanEngine:
     # --- decoding -------------------------------------------------------------------------------------------
     def decode(self, photo: PhotoInput, draft_size: int | None = None) -> DecodedImage:
         """Check the declared type and decode; JPEGs decode straight to about `draft_size` (the model's input)."""
-        declared = (photo.content_type or "").split(";")[0].strip().lower()
-        if declared not in ACCEPTED_CONTENT_TYPES:
-            raise ImageRejected(f"unsupported content type {declared!r}: send image/jpeg, image/png or image/webp", 415)
-        size = draft_size if draft_size is not None else self.embedder.input_size
-        decoded = decode_image(photo.data, self.settings.image_limits(), size)
-        if declared.startswith("image/") and declared.replace("jpg", "jpeg") != decoded.media_type:
-            raise ImageRejected(f"declared {declared} but the bytes are {decoded.format}", 415)
-        return decoded
+        return decode_photo(
+            photo, self.settings.image_limits(), draft_size if draft_size is not None else self.embedder.input_size
+        )
 
     # --- catalog writes ------------------------------------------------------------------------------------
     def add_reference(
@@ -534,7 +522,7 @@ class ScanEngine:
         model = self.model  # one snapshot: a model switch meanwhile does not mix versions within this scan
         decoded = self._decode_listing(photos, model.embedder.input_size)
         vectors = model.embedder.embed_images([d.image for d in decoded])
-        result = self.score_photos(vectors, decoded, brand, product, listing_id, model)
+        result = self._score_decoded(vectors, decoded, brand, product, listing_id, model)
         if record:
             self._record(result, photos, actor)
         return result
@@ -555,14 +543,7 @@ class ScanEngine:
         return brand, product
 
     def _decode_listing(self, photos: Sequence[PhotoInput], draft_size: int) -> list[DecodedImage]:
-        decoded: list[DecodedImage] = []
-        for number, photo in enumerate(photos, start=1):
-            try:
-                decoded.append(self.decode(photo, draft_size))
-            except ImageRejected as exc:
-                name = f" ({photo.filename})" if photo.filename else ""
-                raise ImageRejected(f"photo {number}{name}: {exc}", exc.status) from exc
-        return decoded
+        return decode_listing(photos, self.settings.image_limits(), draft_size)
 
     def scan_many(
         self, listings: Sequence[Sequence[PhotoInput]], show_progress: bool = False, batch_photos: int = 64
@@ -594,7 +575,7 @@ class ScanEngine:
                 if isinstance(item, ImageRejected):
                     results.append(item)
                     continue
-                results.append(self.score_photos(vectors[offset : offset + len(item)], item, None, None, None, model))
+                results.append(self._score_decoded(vectors[offset : offset + len(item)], item, None, None, None, model))
                 offset += len(item)
             bar.update(size)
             start += len(chunk)
@@ -636,25 +617,34 @@ class ScanEngine:
             evidence.append(PhotoEvidence(matches, duplicates))
         return evidence, index_version
 
-    def score_photos(
+    def _score_decoded(
         self,
         vectors: np.ndarray,
         decoded: Sequence[DecodedImage],
         brand: str | None,
         product: str | None,
         listing_id: str | None,
+        model: ServingModel,
+    ) -> dict[str, Any]:
+        sha256s = [d.sha256 for d in decoded]
+        return self.score_photos(vectors, sha256s, [perceptual_hash(d.image) for d in decoded], brand, product, listing_id, model)
+
+    def score_photos(
+        self,
+        vectors: np.ndarray,
+        sha256s: Sequence[str],
+        phashes: Sequence[int],
+        brand: str | None,
+        product: str | None,
+        listing_id: str | None,
         model: ServingModel | None = None,
-        phashes: Sequence[int] | None = None,
         searched: tuple[Sequence[Sequence[IndexHit]], str] | None = None,
     ) -> dict[str, Any]:
-        """Search, score and describe one listing whose photos were embedded by `model` (default: the current one).
-
-        `phashes` (the photos' perceptual hashes) and `searched` (`search`'s answer for `vectors`) may come precomputed,
-        as the micro-batcher computes them for many listings at once.
+        """Search, score and describe one listing whose photos (their SHA-256 and perceptual hashes) were embedded by
+        `model` (default: the current one). `searched` (`search`'s answer for `vectors`) may come precomputed, as the
+        micro-batcher searches for many listings at once.
         """
         model = model or self.model
-        if phashes is None:
-            phashes = [perceptual_hash(d.image) for d in decoded]
         evidence, index_version = self._evidence(model.index, vectors, phashes, brand, product, searched)
         calibrator = model.calibrator
         score = score_listing(evidence, model.scoring, calibrator)
@@ -687,7 +677,7 @@ class ScanEngine:
             "index_version": index_version,
             "images": [
                 {
-                    "sha256": image.sha256,
+                    "sha256": sha256,
                     "risk": _round(photo_risk(photo, calibrator)),
                     "score": _round(photo.score),
                     "in_catalog": photo.in_catalog,
@@ -697,7 +687,7 @@ class ScanEngine:
                     "near_duplicates": [d.as_dict() for d in photo.near_duplicates],
                     "matches": [m.as_dict() for m in photo_evidence.matches],
                 }
-                for image, photo, photo_evidence in zip(decoded, score.photos, evidence, strict=True)
+                for sha256, photo, photo_evidence in zip(sha256s, score.photos, evidence, strict=True)
             ],
             "reasons": reasons,
             "photos_kept": False,

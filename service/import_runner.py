@@ -16,9 +16,10 @@ from reference_catalog import AuditEvent
 from service.api_keys import Principal
 from service.archive_reader import ArchiveLimits, ArchiveRejected, extract_archive, nested_archive_kind
 from service.config import Settings
-from service.engine import PhotoInput, ScanEngine
+from service.engine import ScanEngine
 from service.import_job_store import ImportJobRow, ImportJobStore, JobState, Progress
 from service.import_plan import PlannedRow, RowError, plan_import
+from service.photo_prep import PhotoInput
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class ServiceRuntime:
-    def __init__(self, settings: Settings, engine: ScanEngine | None = None) -> None:
+    def __init__(self, settings: Settings, engine: ScanEngine | None = None, metrics: ServiceMetrics | None = None) -> None:
         self.settings = settings
         self.engine = engine
+        self.metrics = metrics
         self.error: str | None = None
         self.switcher = ModelSwitcher()
         self._stop = threading.Event()
@@ -70,6 +71,8 @@ class ServiceRuntime:
     def _engine_ready(self, engine: ScanEngine) -> None:
         if self.settings.batch_max_size == 0:
             self._measure_batch_limit(engine)
+        if self.settings.decode_processes:  # spawned (seconds) before the service reports ready, not at the first scan
+            self._start_batcher(engine, self.metrics)
         for callback in self.on_engine:
             callback(engine)
 
@@ -113,8 +116,11 @@ class ServiceRuntime:
         return self.engine
 
     def batcher(self, metrics: ServiceMetrics | None = None) -> ScanBatcher:
-        """The serving engine's micro-batcher (service/batching.py), started on first use."""
-        engine = self.require_engine()
+        """The serving engine's micro-batcher (service/batching.py), started on first use (at start with
+        `decode_processes`)."""
+        return self._start_batcher(self.require_engine(), metrics)
+
+    def _start_batcher(self, engine: ScanEngine, metrics: ServiceMetrics | None) -> ScanBatcher:
         with self._batcher_lock:
             if self._stop.is_set():
                 raise ServiceNotReady("the service is shutting down")

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import cli
-from service.engine import PhotoInput, ScanEngine
+from service.engine import ScanEngine
+from service.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, tiny_settings
 

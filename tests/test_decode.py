@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from embeddings import ImageLimits, ImageRejected, decode_image
-from service.engine import PhotoInput, ScanEngine
+from service.engine import ScanEngine
+from service.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import sha256
 

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from embeddings import ImageEmbedder
 from service.app import create_app
 from service.config import Settings
-from service.engine import PhotoInput, ScanEngine
+from service.engine import ScanEngine
+from service.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import tiny_settings
 

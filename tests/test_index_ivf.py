@@ -15,7 +15,8 @@ import pytest
 from embeddings import VectorIndex
 from embeddings.index import IndexOptions
 from service.config import Settings
-from service.engine import PhotoInput, ScanEngine
+from service.engine import ScanEngine
+from service.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import tiny_settings
 

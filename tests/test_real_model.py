@@ -17,7 +17,8 @@ from embeddings.loading import load_visual, save_checkpoint
 from embeddings.preprocess import resize_and_crop, to_model_input, to_pixels
 from embeddings.pretrained import PACKAGED_WEIGHTS
 from service.config import Settings
-from service.engine import PhotoInput, ScanEngine
+from service.engine import ScanEngine
+from service.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import pick_sneakers
 

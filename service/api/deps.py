@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request, UploadFile
 
-from service.engine import PhotoInput, ScanEngine
+from service.engine import ScanEngine
 from service.errors import RequestRejected
 from service.metrics import ServiceMetrics
+from service.photo_prep import PhotoInput
 from service.runtime import ServiceRuntime
 
 

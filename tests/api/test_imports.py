@@ -13,8 +13,9 @@ from service.api_keys import Principal
 from service.app import create_app
 from service.catalog_imports import ImportJobs
 from service.config import Settings
-from service.engine import PhotoInput, ScanEngine
+from service.engine import ScanEngine
 from service.import_job_store import ImportJobStore, Progress
+from service.photo_prep import PhotoInput
 from tests import imaging
 from tests.api.imports_helpers import (
     catalog_revision,

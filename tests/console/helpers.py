@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import httpx2
 from fastapi.testclient import TestClient
 
-from service.engine import PhotoInput, ScanEngine
+from service.engine import ScanEngine
+from service.photo_prep import PhotoInput
 from tests import imaging
 
 HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')

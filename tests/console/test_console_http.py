@@ -19,7 +19,8 @@ from service.config import Settings
 from service.console.queries import catalog_images
 from service.console.sessions import ConsoleSession, SessionStore, digest
 from service.console.thumbnails import THUMBNAIL_SIZES, Thumbnails
-from service.engine import PhotoInput, ScanEngine
+from service.engine import ScanEngine
+from service.photo_prep import PhotoInput
 from tests import imaging
 from tests.archives import zip_bytes
 from tests.console.helpers import TwoBrands, hidden_csrf, page_csrf, sign_in

@@ -1,0 +1,137 @@
+"""Decoding in worker processes (`decode_processes`): the same answers as decoding in threads, bad photos refused with
+the same errors, a worker that dies replaced while the service goes on, and the processes gone with the service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from embeddings import ImageRejected
+from service.batching import ScanBatcher
+from service.engine import ScanEngine
+from service.errors import ServiceNotReady
+from service.photo_prep import PhotoInput, ProcessPreparer, prepare_listing
+from tests import imaging
+from tests.helpers import admin_token, tiny_settings
+from tests.served import Server, needs_console_script
+
+VOLATILE = ("scan_id", "created_at")
+
+
+def stable(result: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in result.items() if k not in VOLATILE}
+
+
+def test_scans_decoded_in_processes_equal_scans_decoded_in_threads(engine: ScanEngine) -> None:
+    for i in range(4):
+        engine.add_reference(PhotoInput(imaging.jpeg(400 + i)), "Acme", f"p{i}", "counterfeit" if i % 2 else "authentic")
+    listings = [
+        [PhotoInput(imaging.jpeg(400)), PhotoInput(imaging.png(401), "b.png", "image/png")],
+        [PhotoInput(imaging.jpeg(402), "c.jpg", "image/jpeg")],
+        [PhotoInput(imaging.jpeg(403)), PhotoInput(imaging.jpeg(404)), PhotoInput(imaging.jpeg(405))],
+    ]
+    results = {}
+    for processes in (0, 2):
+        settings = engine.settings.model_copy(update={"decode_processes": processes, "decode_workers": 0})
+        with ScanBatcher(engine, settings) as batcher:
+            assert (batcher.preparer is not None) is bool(processes)
+            futures = [batcher.submit(photos, record=False) for photos in listings]
+            results[processes] = [stable(future.result(timeout=60)) for future in futures]
+    assert results[2] == results[0]
+    assert results[2][0]["images"][0]["matches"][0]["similarity"] > 0.999  # type: ignore[index]
+
+
+def test_a_worker_that_dies_is_replaced_and_bad_photos_get_the_same_errors(engine: ScanEngine) -> None:
+    limits = engine.settings.image_limits()
+    spec = engine.embedder.preprocess
+    good = [PhotoInput(imaging.jpeg(7), "a.jpg", "image/jpeg")]
+    preparer = ProcessPreparer(1, start_timeout_s=120)
+    try:
+        (pid,) = preparer.pids()
+        assert pid != os.getpid()
+        here = prepare_listing(good, limits, spec)[0]
+        there = preparer.prepare(good, limits, spec)[0]
+        assert (there.sha256, there.phash, there.spec) == (here.sha256, here.phash, here.spec)
+        assert (there.pixels == here.pixels).all()
+
+        for photos, status, words in [
+            ([good[0], PhotoInput(b"not an image", "x.jpg")], 400, "photo 2 (x.jpg)"),
+            ([PhotoInput(imaging.png(1), "y.png", "image/jpeg")], 415, "declared image/jpeg but the bytes are PNG"),
+            ([PhotoInput(imaging.jpeg(1), "z.gif", "image/gif")], 415, "unsupported content type 'image/gif'"),
+        ]:
+            with pytest.raises(ImageRejected) as rejected:
+                preparer.prepare(photos, limits, spec)
+            assert rejected.value.status == status
+            assert words in str(rejected.value)
+
+        os.kill(pid, signal.SIGKILL)  # as the kernel's OOM killer, or a crash in a decoder, would
+        deadline = time.monotonic() + 10
+        while not preparer._workers[0].process.exitcode and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(ServiceNotReady, match="decoding process stopped"):
+            preparer.prepare(good, limits, spec)
+        (new_pid,) = preparer.pids()
+        assert new_pid != pid
+        assert preparer.prepare(good, limits, spec)[0].sha256 == here.sha256
+    finally:
+        preparer.close()
+    assert not any(worker.process.is_alive() for worker in preparer._workers)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the decoding processes in /proc")
+def test_serve_with_decoding_processes_scans_refuses_bad_photos_and_takes_them_down(data_dir: Path, tmp_path: Path) -> None:
+    needs_console_script()
+    token = admin_token(tiny_settings(data_dir))
+    server = Server(data_dir, tmp_path / "serve.log", "--decode-processes", "2")
+    try:
+        server.start()  # ready: the decoding processes are up, not started by the first scan
+        assert server.proc is not None
+        children = child_processes(server.proc.pid)
+        assert len(children) >= 2, children  # the two decoders (and multiprocessing's resource tracker)
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+            added = client.post(
+                "/v1/catalog/images",
+                files={"file": ("ref.jpg", imaging.jpeg(3), "image/jpeg")},
+                data={"brand": "Acme", "product": "p", "label": "authentic"},
+            )
+            assert added.status_code == 201, added.text
+            photos = [("images", ("a.jpg", imaging.jpeg(3), "image/jpeg")), ("images", ("b.png", imaging.png(4), "image/png"))]
+            scanned = client.post("/v1/scan", files=photos)
+            assert scanned.status_code == 200, scanned.text
+            assert scanned.json()["images"][0]["matches"][0]["image_id"] == added.json()["image_id"]
+            bad = client.post("/v1/scan", files=[("images", ("a.jpg", b"not an image", "image/jpeg"))])
+            assert bad.status_code == 400
+            assert "photo 1 (a.jpg)" in bad.json()["detail"]
+            assert client.get("/readyz").status_code == 200
+    finally:
+        server.stop()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and not zombie(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and not zombie(pid)], "decoders outlived the service"
+
+
+def child_processes(parent: int) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(proc.name))
+    return pids
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) == "Z"
+    except OSError:
+        return False
