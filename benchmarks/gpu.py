@@ -31,8 +31,8 @@ from embeddings import ImageEmbedder, ImageLimits, decode_image, load_embedder
 from embeddings.batch_sizing import timed_passes
 from embeddings.preprocess import PreprocessSpec
 from embeddings.runtimes import available_cores
-from service.batching import prepare_decoded
 from service.config import Settings
+from service.photo_prep import prepare_decoded
 
 
 def model_alone(embedder: ImageEmbedder, inputs: np.ndarray, batches: Sequence[int]) -> dict[int, float]:

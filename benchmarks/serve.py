@@ -235,13 +235,35 @@ class Server:
             time.sleep(0.5)
         raise SystemExit("the service did not become ready")
 
+    def children(self) -> list[int]:
+        """The service's child processes (its decoding processes, with COUNTERFEIT_SCAN_DECODE_PROCESSES set)."""
+        pids: list[int] = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    stat = (proc / "stat").read_text()
+                except OSError:  # ended meanwhile
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                    pids.append(int(proc.name))
+        return pids
+
     def cpu_seconds(self) -> float:
-        return stat_cpu_seconds(Path(f"/proc/{self.process.pid}/stat").read_text())
+        """CPU seconds of the service and its child processes."""
+        return sum(self._process_cpu(pid) for pid in [self.process.pid, *self.children()])
+
+    @staticmethod
+    def _process_cpu(pid: int) -> float:
+        try:
+            return stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
+        except OSError:
+            return 0.0
 
     def cpu_by_thread(self) -> dict[str, float]:
         """CPU seconds of the service's threads, grouped by the names the service gives them at the OS level: the
         main thread runs the event loop (HTTP, multipart, responses), scan-decode_N decode, scan-inference-N the
-        model, scan-finish_0 search, scoring and scan records; unnamed threads are "other"."""
+        model, scan-finish_0 search, scoring and scan records; unnamed threads are "other"; child processes (decoding
+        processes) are "decode procs"."""
         groups: dict[str, float] = {}
         process_name = Path(f"/proc/{self.process.pid}/comm").read_text().strip()
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
@@ -257,6 +279,9 @@ class Server:
             else:
                 group = THREAD_GROUPS.get(re.sub(r"[-_]?\d*$", "", comm), comm)
             groups[group] = groups.get(group, 0.0) + stat_cpu_seconds(stat)
+        children = self.children()
+        if children:
+            groups["decode procs"] = sum(self._process_cpu(pid) for pid in children)
         return groups
 
     def peak_rss_mb(self) -> float:
