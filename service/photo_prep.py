@@ -2,10 +2,11 @@
 
 The micro-batcher (service/batching.py) prepares each listing in its decoding threads. With `decode_processes` set,
 those threads hand the work to that many worker processes instead (`ProcessPreparer`): on a machine with many cores
-the service's one interpreter lock would otherwise cap decoding. On 2 cores, 2 decoding threads already run 1.7 times
-one thread, so about 15% of a photo's preparation holds the lock; with 16 cores that caps threads near 5 times one
-core, while processes scale with the cores (benchmarks/gpu.py measures both). The price: processes are spawned at
-start (each imports the service: seconds and some hundred MB), and photos and model inputs are copied between them.
+the service's one interpreter lock would otherwise cap decoding. On 2 cores, two decoding threads ran 1.77 times one
+thread, so about 13% of a photo's preparation holds the lock, which by Amdahl's law caps threads near 5.4 times one
+core however many there are; processes scale with the cores (benchmarks/README.md, "Decoding in worker processes").
+The price: processes are spawned at start (each imports the service: seconds, and memory), and photos and model
+inputs are copied through pipes (about 0.5 ms of CPU per photo on 2 cores).
 """
 
 from __future__ import annotations
