@@ -202,6 +202,25 @@ def stat_cpu_seconds(stat: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendant_pids(ancestor: int) -> list[int]:
+    """The processes below `ancestor` (children, their children, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:  # ended meanwhile
+                continue
+            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(proc.name))
+    found: list[int] = []
+    todo = [ancestor]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found.extend(children)
+        todo.extend(children)
+    return found
+
+
 THREAD_GROUPS = {"scan-decode": "decode", "scan-inference": "model", "scan-finish": "search+score"}
 
 
@@ -236,17 +255,9 @@ class Server:
         raise SystemExit("the service did not become ready")
 
     def children(self) -> list[int]:
-        """The service's child processes (its decoding processes, with COUNTERFEIT_SCAN_DECODE_PROCESSES set)."""
-        pids: list[int] = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    stat = (proc / "stat").read_text()
-                except OSError:  # ended meanwhile
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                    pids.append(int(proc.name))
-        return pids
+        """The service's descendant processes (with COUNTERFEIT_SCAN_DECODE_PROCESSES set: multiprocessing's fork server,
+        the decoding processes forked from it, and its resource tracker)."""
+        return descendant_pids(self.process.pid)
 
     def cpu_seconds(self) -> float:
         """CPU seconds of the service and its child processes."""

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         le=256,
         description="Worker processes that decode, resize and hash scan photos (the decoding threads hand them the work); "
         "0: decode in the service's own process. For machines with many cores (a GPU server), where one process's "
-        "interpreter lock caps decoding; each is spawned at start and imports the service.",
+        "interpreter lock caps decoding; they start with the service, forked from a fork server that imports it once.",
     )
     decode_nice: int = Field(
         5,

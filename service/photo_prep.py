@@ -5,8 +5,9 @@ those threads hand the work to that many worker processes instead (`ProcessPrepa
 the service's one interpreter lock would otherwise cap decoding. On 2 cores, two decoding threads ran 1.77 times one
 thread, so about 13% of a photo's preparation holds the lock, which by Amdahl's law caps threads near 5.4 times one
 core however many there are; processes scale with the cores (benchmarks/README.md, "Decoding in worker processes").
-The price: processes are spawned at start (each imports the service: seconds, and memory), and photos and model
-inputs are copied through pipes (about 0.5 ms of CPU per photo on 2 cores).
+The price: the processes start with the service (a fork server imports the service once, seconds; each worker then
+holds about 140 MB of its own), and photos and model inputs are copied through pipes (about 0.5 ms of CPU per photo
+on 2 cores).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext, SpawnContext
 
 import numpy as np
 
@@ -114,11 +116,21 @@ _READY = "ready"
 START_TIMEOUT_S = 300.0
 
 
+def _context() -> ForkServerContext | SpawnContext:
+    """Workers fork from a fork server that imported this module (and the program's main module) once, so they share
+    those pages instead of each importing them again; where there is no fork server (not POSIX), they are spawned."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__])
+    return context
+
+
 class _Worker:
     """One decoding process and the service's end of its pipe."""
 
     def __init__(self, nice: int) -> None:
-        context = multiprocessing.get_context("spawn")
+        context = _context()
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, nice), name="scan-decode-process", daemon=True)
         self.process.start()
@@ -139,12 +151,13 @@ class _Worker:
 
 
 class ProcessPreparer:
-    """`prepare_listing` in `processes` spawned worker processes, one listing at a time each; a worker that dies is
+    """`prepare_listing` in `processes` worker processes, one listing at a time each; a worker that dies is
     replaced, and the listing it was preparing fails with ServiceNotReady (503): the service keeps running.
 
-    Spawned, not forked: the service process runs model, FAISS and OpenMP threads that a forked child would inherit in
-    whatever state they were. A plain pipe per worker, not concurrent.futures' process pool: the pool's manager and
-    feeder threads took more of the service's interpreter lock per listing than the decoding they took away.
+    Not forked from the service: it runs model, FAISS and OpenMP threads that a forked child would inherit in whatever
+    state they were. They fork from multiprocessing's fork server, a single-threaded process started for them. A plain
+    pipe per worker, not concurrent.futures' process pool: the pool's manager and feeder threads took more of the
+    service's interpreter lock per listing than the decoding they took away.
     """
 
     def __init__(self, processes: int, nice: int = 0, start_timeout_s: float = START_TIMEOUT_S) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.serve import descendant_pids
 from embeddings import ImageRejected
 from service.batching import ScanBatcher
 from service.engine import ScanEngine
@@ -92,8 +93,9 @@ def test_serve_with_decoding_processes_scans_refuses_bad_photos_and_takes_them_d
     try:
         server.start()  # ready: the decoding processes are up, not started by the first scan
         assert server.proc is not None
-        children = child_processes(server.proc.pid)
-        assert len(children) >= 2, children  # the two decoders (and multiprocessing's resource tracker)
+        children = descendant_pids(server.proc.pid)
+        # the fork server and the two decoders forked from it (and multiprocessing's resource tracker)
+        assert len([pid for pid in children if is_decoder(pid)]) == 3, children
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
             added = client.post(
                 "/v1/catalog/images",
@@ -117,17 +119,11 @@ def test_serve_with_decoding_processes_scans_refuses_bad_photos_and_takes_them_d
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and not zombie(pid)], "decoders outlived the service"
 
 
-def child_processes(parent: int) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-                pids.append(int(proc.name))
-    return pids
+def is_decoder(pid: int) -> bool:
+    try:
+        return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def zombie(pid: int) -> bool:
