@@ -84,3 +84,15 @@ class Server:
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.is_file() else ""
+
+
+def post_reference(client: httpx.Client, data: bytes, brand: str = "Acme", product: str = "p") -> str:
+    """Add an authentic reference photo through the HTTP API of a served process; its image_id."""
+    added = client.post(
+        "/v1/catalog/images",
+        files={"file": ("ref.jpg", data, "image/jpeg")},
+        data={"brand": brand, "product": product, "label": "authentic"},
+    )
+    assert added.status_code == 201, added.text
+    image_id: str = added.json()["image_id"]
+    return image_id

@@ -20,7 +20,7 @@ from service.errors import ServiceNotReady
 from service.photo_prep import PhotoInput, ProcessPreparer, prepare_listing
 from tests import imaging
 from tests.helpers import admin_token, tiny_settings
-from tests.served import Server, needs_console_script
+from tests.served import Server, needs_console_script, post_reference
 
 VOLATILE = ("scan_id", "created_at")
 
@@ -97,16 +97,11 @@ def test_serve_with_decoding_processes_scans_refuses_bad_photos_and_takes_them_d
         # the fork server and the two decoders forked from it (and multiprocessing's resource tracker)
         assert len([pid for pid in children if is_decoder(pid)]) == 3, children
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
-            added = client.post(
-                "/v1/catalog/images",
-                files={"file": ("ref.jpg", imaging.jpeg(3), "image/jpeg")},
-                data={"brand": "Acme", "product": "p", "label": "authentic"},
-            )
-            assert added.status_code == 201, added.text
+            image_id = post_reference(client, imaging.jpeg(3))
             photos = [("images", ("a.jpg", imaging.jpeg(3), "image/jpeg")), ("images", ("b.png", imaging.png(4), "image/png"))]
             scanned = client.post("/v1/scan", files=photos)
             assert scanned.status_code == 200, scanned.text
-            assert scanned.json()["images"][0]["matches"][0]["image_id"] == added.json()["image_id"]
+            assert scanned.json()["images"][0]["matches"][0]["image_id"] == image_id
             bad = client.post("/v1/scan", files=[("images", ("a.jpg", b"not an image", "image/jpeg"))])
             assert bad.status_code == 400
             assert "photo 1 (a.jpg)" in bad.json()["detail"]

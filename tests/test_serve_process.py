@@ -10,7 +10,7 @@ import pytest
 
 from tests import imaging
 from tests.helpers import admin_token, tiny_settings
-from tests.served import Server, needs_console_script
+from tests.served import Server, needs_console_script, post_reference
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the loaded libraries from /proc")
 
@@ -27,15 +27,10 @@ def test_serve_scans_on_the_http_parser_and_event_loop_asked_for(
     try:
         server.start()
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
-            added = client.post(
-                "/v1/catalog/images",
-                files={"file": ("ref.jpg", imaging.jpeg(3), "image/jpeg")},
-                data={"brand": "Acme", "product": "p", "label": "authentic"},
-            )
-            assert added.status_code == 201, added.text
+            image_id = post_reference(client, imaging.jpeg(3))
             scanned = client.post("/v1/scan", files=[("images", ("a.jpg", imaging.jpeg(3), "image/jpeg"))])
             assert scanned.status_code == 200, scanned.text
-            assert scanned.json()["images"][0]["matches"][0]["image_id"] == added.json()["image_id"]
+            assert scanned.json()["images"][0]["matches"][0]["image_id"] == image_id
             bad = client.post("/v1/scan", files=[("images", ("a.jpg", b"not an image", "image/jpeg"))])
             assert bad.status_code == 400
         assert server.proc is not None
