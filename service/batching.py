@@ -297,11 +297,8 @@ class ScanBatcher:
             return
         started = time.perf_counter()
         try:
-            if self.preparer is None:
-                job.prepared = prepare_photos(self.engine, self.engine.model, job.photos)
-            else:
-                limits = self.engine.settings.image_limits()
-                job.prepared = self.preparer.prepare(job.photos, limits, self.engine.model.embedder.preprocess)
+            prepare = prepare_listing if self.preparer is None else self.preparer.prepare
+            job.prepared = prepare(job.photos, self.engine.settings.image_limits(), self.engine.model.embedder.preprocess)
         except Exception as exc:  # ImageRejected and anything unexpected: answered on the job's future
             job.fail(exc)
             return

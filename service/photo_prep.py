@@ -13,6 +13,7 @@ on 2 cores).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import queue
@@ -116,6 +117,7 @@ _READY = "ready"
 START_TIMEOUT_S = 300.0
 
 
+@functools.cache
 def _context() -> ForkServerContext | SpawnContext:
     """Workers fork from a fork server that imported this module (and the program's main module) once, so they share
     those pages instead of each importing them again; where there is no fork server (not POSIX), they are spawned."""

@@ -71,8 +71,8 @@ class ServiceRuntime:
     def _engine_ready(self, engine: ScanEngine) -> None:
         if self.settings.batch_max_size == 0:
             self._measure_batch_limit(engine)
-        if self.settings.decode_processes:  # spawned (seconds) before the service reports ready, not at the first scan
-            self._start_batcher(engine, self.metrics)
+        if self.settings.decode_processes:  # started (seconds) before the service reports ready, not at the first scan
+            self._start_batcher(engine)
         for callback in self.on_engine:
             callback(engine)
 
@@ -115,18 +115,18 @@ class ServiceRuntime:
             raise ServiceNotReady(self.error or "the model and index are still loading")
         return self.engine
 
-    def batcher(self, metrics: ServiceMetrics | None = None) -> ScanBatcher:
+    def batcher(self) -> ScanBatcher:
         """The serving engine's micro-batcher (service/batching.py), started on first use (at start with
         `decode_processes`)."""
-        return self._start_batcher(self.require_engine(), metrics)
+        return self._start_batcher(self.require_engine())
 
-    def _start_batcher(self, engine: ScanEngine, metrics: ServiceMetrics | None) -> ScanBatcher:
+    def _start_batcher(self, engine: ScanEngine) -> ScanBatcher:
         with self._batcher_lock:
             if self._stop.is_set():
                 raise ServiceNotReady("the service is shutting down")
             if self._batcher is None:
                 settings = self.settings.model_copy(update={"batch_max_size": self.batch_max_size})
-                self._batcher = ScanBatcher(engine, settings, metrics)
+                self._batcher = ScanBatcher(engine, settings, self.metrics)
             return self._batcher
 
     def stop(self) -> None:

@@ -15,9 +15,9 @@ from service.schemas import ScanOut
 router = APIRouter(prefix="/v1", tags=["scan"])
 
 
-async def get_batcher(runtime: RuntimeDep, metrics: MetricsDep) -> ScanBatcher:
+async def get_batcher(runtime: RuntimeDep) -> ScanBatcher:
     # async: FastAPI runs a plain `def` dependency on a worker thread, a hop per request for nothing
-    return runtime.batcher(metrics)
+    return runtime.batcher()
 
 
 BatcherDep = Annotated[ScanBatcher, Depends(get_batcher)]
