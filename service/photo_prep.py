@@ -191,7 +191,10 @@ class ProcessPreparer:
             worker.conn.send((photos, limits, spec))
             ok, answer = worker.conn.recv()
         except (EOFError, OSError) as exc:  # the worker died (killed, out of memory, a crash in a decoder)
-            self._idle.put(self._replace(worker))
+            try:
+                worker = self._replace(worker)
+            finally:  # the new worker, or the dead one again when none started: the next listing tries once more
+                self._idle.put(worker)
             raise ServiceNotReady("a decoding process stopped unexpectedly; retry the scan") from exc
         self._idle.put(worker)
         if not ok:
@@ -205,9 +208,13 @@ class ProcessPreparer:
         )
         dead.stop()
         worker = _Worker(self.nice)
+        try:
+            worker.wait_ready(self.start_timeout_s)
+        except BaseException:
+            worker.stop()
+            raise
         with self._lock:
             self._workers[self._workers.index(dead)] = worker
-        worker.wait_ready(self.start_timeout_s)
         return worker
 
     def close(self) -> None:

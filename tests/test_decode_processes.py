@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -75,14 +76,21 @@ def test_a_worker_that_dies_is_replaced_and_bad_photos_get_the_same_errors(engin
         deadline = time.monotonic() + 10
         while not preparer._workers[0].process.exitcode and time.monotonic() < deadline:
             time.sleep(0.01)
-        with pytest.raises(ServiceNotReady, match="decoding process stopped"):
+        preparer.start_timeout_s = 0  # the replacement cannot start in time: the worker's place must not be lost
+        with pytest.raises(ServiceNotReady, match="did not start"):
             preparer.prepare(good, limits, spec)
+        assert preparer.pids() == [pid]
+        preparer.start_timeout_s = 120
+        # a lost place would leave this waiting for an idle worker for ever
+        with ThreadPoolExecutor(1) as pool, pytest.raises(ServiceNotReady, match="decoding process stopped"):
+            pool.submit(preparer.prepare, good, limits, spec).result(timeout=60)
         (new_pid,) = preparer.pids()
         assert new_pid != pid
         assert preparer.prepare(good, limits, spec)[0].sha256 == here.sha256
+        workers = list(preparer._workers)
     finally:
         preparer.close()
-    assert not any(worker.process.is_alive() for worker in preparer._workers)
+    assert workers and not any(worker.process.is_alive() for worker in workers)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the decoding processes in /proc")
