@@ -17,7 +17,7 @@ from cli.quality import calibrate, evaluate
 from cli.train import train
 from embeddings import ModelLoadError
 from reference_catalog import ManifestError, read_manifest, write_manifest
-from service.engine import serving_spec
+from service.engine import ImportRow, serving_spec
 from service.errors import RequestRejected
 from service.photo_prep import PhotoInput
 
@@ -70,7 +70,7 @@ def catalog_import(manifest: Path, split: str | None, **flags: Any) -> None:
         read = read_manifest(manifest, split)
     except ManifestError as exc:
         raise click.ClickException(str(exc)) from exc
-    rows: list[tuple[str, PhotoInput, str, str, str, str | None]] = []
+    rows: list[ImportRow] = []
     errors = [(f"line {line}", reason) for line, reason in read.errors]
     for row in read.rows:
         try:
@@ -78,15 +78,10 @@ def catalog_import(manifest: Path, split: str | None, **flags: Any) -> None:
         except OSError as exc:
             errors.append((f"line {row.line}", f"cannot read {row.path}: {exc.strerror}"))
             continue
+        source = row.extra.get("source") or str(row.path.name)
+        name = f"line {row.line}"
         rows.append(
-            (
-                f"line {row.line}",
-                PhotoInput(data, row.path.name),
-                row.brand,
-                row.product,
-                row.label,
-                row.extra.get("source") or str(row.path.name),
-            )
+            ImportRow(name, PhotoInput(data, row.path.name), row.brand, row.product, row.label, source, row.extra.get("group"))
         )
     with open_engine(make_settings(**flags)) as engine:
         summary = engine.import_rows(rows, show_progress=sys.stderr.isatty(), actor="cli")

@@ -11,6 +11,7 @@ import open_clip
 import torch
 from torch import nn
 
+from embeddings.authenticity import LabelledPhotos
 from embeddings.errors import ModelLoadError
 from embeddings.preprocess import PreprocessSpec
 from embeddings.pretrained import find_packaged_weights, load_packaged_weights
@@ -27,6 +28,10 @@ FIX_HINT = (
 )
 
 
+# Labelled photos a checkpoint carries for the authenticity head (`counterfeit-scan train`).
+HeadPhotos = LabelledPhotos
+
+
 @dataclass
 class LoadedVisual:
     """A vision tower in eval mode with what is needed to feed it and to name its weights."""
@@ -37,6 +42,7 @@ class LoadedVisual:
     weights: str
     random_weights: bool
     match_threshold: float | None
+    head_photos: HeadPhotos | None = None
 
 
 def _preprocess_from(visual: nn.Module) -> PreprocessSpec:
@@ -131,7 +137,8 @@ def _load_checkpoint(spec: ModelSpec, path: Path) -> LoadedVisual:
         preprocess = PreprocessSpec(int(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]), str(pre["interpolation"]))
         threshold = payload.get("match_threshold")
         architecture = str(payload["architecture"])
-        return LoadedVisual(architecture, visual.eval(), preprocess, f"checkpoint:{path.name}", False, threshold)
+        head_photos = LabelledPhotos.from_payload(payload["head_photos"]) if payload.get("head_photos") else None
+        return LoadedVisual(architecture, visual.eval(), preprocess, f"checkpoint:{path.name}", False, threshold, head_photos)
     try:
         visual = _create(spec.name, pretrained=str(path))
     except ModelLoadError:
@@ -141,8 +148,11 @@ def _load_checkpoint(spec: ModelSpec, path: Path) -> LoadedVisual:
     return LoadedVisual(spec.name, visual.eval(), _preprocess_from(visual), f"checkpoint:{path.name}", False, None)
 
 
-def save_checkpoint(path: Path, architecture: str, loaded: LoadedVisual, metadata: dict[str, Any]) -> None:
-    """Write a checkpoint that `load_visual` reads back (used by training and tests)."""
+def save_checkpoint(
+    path: Path, architecture: str, loaded: LoadedVisual, metadata: dict[str, Any], head_photos: HeadPhotos | None = None
+) -> None:
+    """Write a checkpoint that `load_visual` reads back (used by training and tests), with the labelled photos the
+    authenticity head learns from beside the catalog when given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(
@@ -153,6 +163,7 @@ def save_checkpoint(path: Path, architecture: str, loaded: LoadedVisual, metadat
             "preprocess": loaded.preprocess.as_dict(),
             "match_threshold": loaded.match_threshold,
             "metadata": metadata,
+            "head_photos": head_photos.to_payload() if head_photos is not None else None,
         },
         tmp,
     )

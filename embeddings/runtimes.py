@@ -21,13 +21,16 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
+    """uint8 NHWC pixels in; the tower's embedding and its detail features (`embeddings.detail`) out."""
+
     name: str
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class PixelInput(nn.Module):
-    """uint8 `(n, h, w, 3)` pixels in, the tower's output out: NHWC to NCHW, (x - mean) / std, then the tower.
+    """uint8 `(n, h, w, 3)` pixels in, the tower's outputs out: NHWC to NCHW, (x - mean) / std, then the tower
+    (a `DetailTower`: the embedding and the detail features).
 
     The permuted view of NHWC pixels is already channels-last in memory, which is the layout GPUs convolve fastest.
     """
@@ -41,10 +44,10 @@ class PixelInput(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("scale", 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0), persistent=False)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (pixels.permute(0, 3, 1, 2).float() - self.mean) * self.scale
-        out: torch.Tensor = self.visual(x.to(self.dtype))
-        return out
+        embedding, detail = self.visual(x.to(self.dtype))
+        return embedding, detail
 
 
 class TorchRunner:
@@ -63,19 +66,26 @@ class TorchRunner:
         self._pinned: torch.Tensor | None = None
         self._lock = threading.Lock()  # one staging buffer: calls from the batcher and catalog writes take turns
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         host = torch.from_numpy(batch)
         with torch.inference_mode():
             if not self.cuda:
-                return np.asarray(self.model(host.to(self.device)).float().cpu().numpy(), dtype=np.float32)
+                return _host(self.model(host.to(self.device)))
             with self._lock:
                 if self._pinned is None or self._pinned.numel() < host.numel():
                     self._pinned = torch.empty(host.numel(), dtype=host.dtype, pin_memory=True)
                 staged = self._pinned[: host.numel()].view(host.shape)
                 staged.copy_(host)
                 pixels = staged.to(self.device, non_blocking=True)  # uint8: a quarter of the bytes of float32
-                out = self.model(pixels).float().cpu()  # waits for the GPU, so the staging buffer is free again
-        return np.asarray(out.numpy(), dtype=np.float32)
+                return _host(self.model(pixels))  # waits for the GPU, so the staging buffer is free again
+
+
+def _host(outputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    embedding, detail = outputs
+    return (
+        np.asarray(embedding.float().cpu().numpy(), dtype=np.float32),
+        np.asarray(detail.float().cpu().numpy(), dtype=np.float32),
+    )
 
 
 class OnnxRunner:
@@ -90,12 +100,14 @@ class OnnxRunner:
         self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.name = "onnxruntime-cpu"
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {"pixels": batch})[0], dtype=np.float32)
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        embedding, detail = self.session.run(None, {"pixels": batch})
+        return np.asarray(embedding, dtype=np.float32), np.asarray(detail, dtype=np.float32)
 
 
 def export_onnx(model: PixelInput, size: int, path: Path) -> Path:
-    """Export the tower with its uint8 input and a dynamic batch axis; written to a temp file then renamed into place."""
+    """Export the tower with its uint8 input, its two outputs (embedding, detail) and a dynamic batch axis; written to
+    a temp file then renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
@@ -104,8 +116,8 @@ def export_onnx(model: PixelInput, size: int, path: Path) -> Path:
         (dummy,),
         str(tmp),
         input_names=["pixels"],
-        output_names=["embedding"],
-        dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
+        output_names=["embedding", "detail"],
+        dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}, "detail": {0: "batch"}},
         opset_version=17,
         dynamo=False,
     )

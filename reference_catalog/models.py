@@ -59,6 +59,25 @@ class ImageEmbedding(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class ImageDetail(Base):
+    """A reference image's detail features under one model and pooling layout (float16): what the authenticity head
+    learns from, kept so that refitting it never re-embeds the catalog."""
+
+    __tablename__ = "image_details"
+    image_id: Mapped[int] = mapped_column(ForeignKey("reference_images.id", ondelete="CASCADE"), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    layout: Mapped[str] = mapped_column(String(40))
+    features: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ImageGroup(Base):
+    """The photo shoot an image comes from (a manifest's `group` column): cross-validation keeps a shoot whole."""
+
+    __tablename__ = "image_groups"
+    image_id: Mapped[int] = mapped_column(ForeignKey("reference_images.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+
+
 class ImageHash(Base):
     """64-bit perceptual hash (pHash) of a reference image, for near-duplicate detection."""
 

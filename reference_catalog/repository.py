@@ -12,7 +12,17 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from reference_catalog.audit import AuditEvent
-from reference_catalog.models import Base, Brand, CatalogState, ImageEmbedding, ImageHash, Product, ReferenceImage
+from reference_catalog.models import (
+    Base,
+    Brand,
+    CatalogState,
+    ImageDetail,
+    ImageEmbedding,
+    ImageGroup,
+    ImageHash,
+    Product,
+    ReferenceImage,
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,15 @@ class NewImage:
     height: int
     source: str | None = None
     phash: int | None = None  # signed 64-bit view of the perceptual hash
+    group: str | None = None  # photo shoot; None: the image is a shoot of its own
+
+
+@dataclass(frozen=True)
+class DetailFeatures:
+    """Detail features (`embeddings.detail`) of newly added images, row for row, and the layout that made them."""
+
+    layout: str
+    rows: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -183,18 +202,42 @@ class CatalogRepository:
             vectors[i] = np.frombuffer(blob, dtype=np.float32)
         return keys, vectors
 
+    def stored_details(self, fingerprint: str, layout: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, float32 features) of every image whose detail features under `fingerprint` have `layout`."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(ImageDetail.image_id, ImageDetail.features).where(
+                    ImageDetail.fingerprint == fingerprint, ImageDetail.layout == layout
+                )
+            ).all()
+        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        features = np.empty((len(rows), dim), dtype=np.float32)
+        for i, (_, blob) in enumerate(rows):
+            features[i] = np.frombuffer(blob, dtype=np.float16)
+        return keys, features
+
+    def shoot_groups(self) -> dict[int, str]:
+        """Image key -> photo shoot, for the images that have one."""
+        with self._sessions() as session:
+            return dict(session.execute(select(ImageGroup.image_id, ImageGroup.name)).tuples().all())
+
     # --- writes ----------------------------------------------------------------------------------------------
     def add_images(
-        self, images: Sequence[NewImage], vectors: np.ndarray, fingerprint: str, actor: str = "system"
+        self,
+        images: Sequence[NewImage],
+        vectors: np.ndarray,
+        fingerprint: str,
+        actor: str = "system",
+        details: DetailFeatures | None = None,
     ) -> list[ImageRef]:
-        """Insert images with their vectors in one transaction; returns refs in input order.
+        """Insert images with their vectors (and detail features) in one transaction; returns refs in input order.
 
         Raises DuplicateLabelConflict (nothing written) when a row repeats an image under another label.
         Rows whose bytes are already there with the same label return the existing ref.
         """
         with self._sessions.begin() as session:
             refs: list[ImageRef] = []
-            for new, vector in zip(images, vectors, strict=True):
+            for row, (new, vector) in enumerate(zip(images, vectors, strict=True)):
                 existing = self._find_duplicate(session, new.brand, new.product, new.sha256)
                 if existing is not None:
                     if existing.label != new.label:
@@ -217,6 +260,10 @@ class CatalogRepository:
                 session.add(ImageEmbedding(image_id=image.id, fingerprint=fingerprint, vector=_vector_bytes(vector)))
                 if new.phash is not None:
                     session.add(ImageHash(image_id=image.id, phash=new.phash))
+                if new.group:
+                    session.add(ImageGroup(image_id=image.id, name=new.group))
+                if details is not None:
+                    session.add(_detail_row(image.id, fingerprint, details.layout, details.rows[row]))
                 ref = _ref(image)
                 AuditEvent(actor, "catalog.add", ref.image_id, ref.brand,
                            {"product": ref.product, "label": ref.label, "sha256": ref.sha256, "source": ref.source}
@@ -229,6 +276,11 @@ class CatalogRepository:
         with self._sessions.begin() as session:
             for key, vector in zip(keys, vectors, strict=True):
                 session.merge(ImageEmbedding(image_id=int(key), fingerprint=fingerprint, vector=_vector_bytes(vector)))
+
+    def store_details(self, fingerprint: str, layout: str, keys: Iterable[int], features: np.ndarray) -> None:
+        with self._sessions.begin() as session:
+            for key, row in zip(keys, features, strict=True):
+                session.merge(_detail_row(int(key), fingerprint, layout, row))
 
     def perceptual_hashes(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, hashes as uint64) of every image with a perceptual hash."""
@@ -246,6 +298,7 @@ class CatalogRepository:
     def drop_vectors(self, fingerprint: str) -> None:
         with self._sessions.begin() as session:
             session.execute(delete(ImageEmbedding).where(ImageEmbedding.fingerprint == fingerprint))
+            session.execute(delete(ImageDetail).where(ImageDetail.fingerprint == fingerprint))
 
     def delete_image(self, image_id: str, actor: str = "system") -> tuple[ImageRef, bool] | None:
         """Delete one image; returns its ref and whether its blob is no longer referenced by any row."""
@@ -256,6 +309,8 @@ class CatalogRepository:
             ref = _ref(image)
             session.execute(delete(ImageEmbedding).where(ImageEmbedding.image_id == image.id))
             session.execute(delete(ImageHash).where(ImageHash.image_id == image.id))
+            session.execute(delete(ImageDetail).where(ImageDetail.image_id == image.id))
+            session.execute(delete(ImageGroup).where(ImageGroup.image_id == image.id))
             session.delete(image)
             session.flush()
             AuditEvent(actor, "catalog.delete", ref.image_id, ref.brand,
@@ -302,6 +357,11 @@ class CatalogRepository:
             session.add(CatalogState(key="revision", value=1))
         else:
             state.value += 1
+
+
+def _detail_row(key: int, fingerprint: str, layout: str, features: np.ndarray) -> ImageDetail:
+    blob = np.ascontiguousarray(features, dtype=np.float16).tobytes()
+    return ImageDetail(image_id=key, fingerprint=fingerprint, layout=layout, features=blob)
 
 
 def _vector_bytes(vector: np.ndarray) -> bytes:

@@ -34,6 +34,7 @@ import faiss
 import numpy as np
 
 from embeddings.batch_sizing import CPU_BATCH_CEILING
+from embeddings.embedder import Embeddings
 from embeddings.index import IndexHit
 from embeddings.runtimes import lower_thread_priority, name_os_thread
 from service.config import Settings
@@ -69,7 +70,7 @@ class ScanJob:
     prepared: list[PreparedPhoto] = field(default_factory=list)
     queued_at: float = 0.0
     model: ServingModel | None = None  # pinned when its first photos are taken: every photo is embedded by it
-    vectors: np.ndarray | None = None  # filled piece by piece
+    embedded: Embeddings | None = None  # filled piece by piece
     remaining: int = 0  # photos not embedded yet
 
     def fail(self, exc: BaseException) -> None:
@@ -110,11 +111,15 @@ def model_input(engine: ScanEngine, model: ServingModel, pieces: Sequence[Piece]
     return np.stack(rows) if rows else np.empty((0, 1, 1, 3), dtype=np.uint8)
 
 
-def embed(model: ServingModel, batch: np.ndarray, max_size: int) -> np.ndarray:
-    """The model's vectors for a stacked batch, in forward passes of at most `max_size` rows."""
+def embed(model: ServingModel, batch: np.ndarray, max_size: int) -> Embeddings:
+    """The model's vectors and detail features for a stacked batch, in forward passes of at most `max_size` rows."""
     if len(batch) <= max_size:
-        return model.embedder.embed_batch(batch)
-    return np.concatenate([model.embedder.embed_batch(batch[i : i + max_size]) for i in range(0, len(batch), max_size)])
+        return model.embedder.embed_batch_with_detail(batch)
+    return concatenate([model.embedder.embed_batch_with_detail(batch[i : i + max_size]) for i in range(0, len(batch), max_size)])
+
+
+def concatenate(parts: Sequence[Embeddings]) -> Embeddings:
+    return Embeddings(np.concatenate([p.vectors for p in parts]), np.concatenate([p.details for p in parts]))
 
 
 def search_jobs(
@@ -138,12 +143,12 @@ def search_jobs(
 
 
 def finish_jobs(
-    engine: ScanEngine, model: ServingModel, jobs: Sequence[ScanJob], vectors: np.ndarray, metrics: ServiceMetrics | None
+    engine: ScanEngine, model: ServingModel, jobs: Sequence[ScanJob], embedded: Embeddings, metrics: ServiceMetrics | None
 ) -> None:
     """Search, score, record and answer each listing of a batch embedded by `model`."""
     started = time.perf_counter()
     try:
-        searched = search_jobs(engine, model, jobs, vectors)
+        searched = search_jobs(engine, model, jobs, embedded.vectors)
     except Exception as exc:
         for job in jobs:
             job.fail(exc)
@@ -156,7 +161,7 @@ def finish_jobs(
         count = len(job.prepared)
         try:
             result = engine.score_photos(
-                vectors[offset : offset + count],
+                embedded.rows(offset, offset + count),
                 [photo.sha256 for photo in job.prepared],
                 [photo.phash for photo in job.prepared],
                 job.brand,
@@ -372,12 +377,12 @@ class ScanBatcher:
         by_model: dict[int, list[Piece]] = {}  # one group but while a model switch is under way
         for piece in pieces:
             by_model.setdefault(id(piece.job.model), []).append(piece)
-        done: list[tuple[ServingModel, list[tuple[ScanJob, np.ndarray]]]] = []
+        done: list[tuple[ServingModel, list[tuple[ScanJob, Embeddings]]]] = []
         for group in by_model.values():
             model = group[0].job.model
             assert model is not None  # pinned by _take
-            vectors = embed(model, model_input(self.engine, model, group), self.max_batch)
-            done.append((model, self._store(group, vectors)))
+            embedded = embed(model, model_input(self.engine, model, group), self.max_batch)
+            done.append((model, self._store(group, embedded)))
         if self.metrics is not None:
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(sum(piece.size for piece in pieces))
@@ -386,24 +391,29 @@ class ScanBatcher:
         for model, complete in done:
             if complete:
                 jobs = [job for job, _ in complete]
-                vectors = np.concatenate([vectors for _, vectors in complete])
-                self._finish_pool.submit(finish_jobs, self.engine, model, jobs, vectors, self.metrics)
+                embedded = concatenate([embedded for _, embedded in complete])
+                self._finish_pool.submit(finish_jobs, self.engine, model, jobs, embedded, self.metrics)
 
-    def _store(self, pieces: Sequence[Piece], vectors: np.ndarray) -> list[tuple[ScanJob, np.ndarray]]:
-        """Put each piece's vectors in its listing; the listings whose last photos these were, with all their
-        vectors, in batch order."""
-        complete: list[tuple[ScanJob, np.ndarray]] = []
+    def _store(self, pieces: Sequence[Piece], embedded: Embeddings) -> list[tuple[ScanJob, Embeddings]]:
+        """Put each piece's vectors and detail features in its listing; the listings whose last photos these were,
+        with all their rows, in batch order."""
+        complete: list[tuple[ScanJob, Embeddings]] = []
         offset = 0
         with self._lock:  # two workers may finish pieces of one listing at once
             for piece in pieces:
                 job = piece.job
-                if job.vectors is None:
-                    job.vectors = np.empty((len(job.prepared), vectors.shape[1]), dtype=vectors.dtype)
-                job.vectors[piece.start : piece.stop] = vectors[offset : offset + piece.size]
+                if job.embedded is None:
+                    n = len(job.prepared)
+                    job.embedded = Embeddings(
+                        np.empty((n, embedded.vectors.shape[1]), dtype=np.float32),
+                        np.empty((n, embedded.details.shape[1]), dtype=np.float32),
+                    )
+                job.embedded.vectors[piece.start : piece.stop] = embedded.vectors[offset : offset + piece.size]
+                job.embedded.details[piece.start : piece.stop] = embedded.details[offset : offset + piece.size]
                 offset += piece.size
                 job.remaining -= piece.size
                 if job.remaining == 0:
-                    complete.append((job, job.vectors))
+                    complete.append((job, job.embedded))
         return complete
 
     # --- lifecycle ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embeddings import ImageLimits, ModelSpec
+from embeddings.authenticity import HeadOptions
 from embeddings.index import IndexOptions
 from embeddings.runtimes import available_cores, default_inference_threads, resolve_device
 
@@ -61,6 +62,24 @@ class Settings(BaseSettings):
     # Calibration targets (used by `calibrate`; the fitted thresholds travel with the calibrator)
     target_fpr: float = Field(0.01, gt=0, lt=1, description="Max false-positive rate of likely_counterfeit.")
     target_miss_rate: float = Field(0.05, gt=0, lt=1, description="Max share of fakes answered likely_authentic.")
+
+    # Authenticity head (embeddings/authenticity.py, service/authenticity_heads.py)
+    head_enabled: bool = Field(
+        True, description="Score with the authenticity head learned from the catalog's labelled photos where a brand has enough."
+    )
+    head_min_per_label: int = Field(
+        10, ge=2, description="Authentic and counterfeit photos a brand (or product) needs, each, for a head of its own."
+    )
+    head_min_groups_per_label: int = Field(
+        2, ge=2, description="Photo shoots (manifest `group`) each label needs for a head: its folds keep a shoot whole."
+    )
+    head_cv_repeats: int = Field(3, ge=1, le=20, description="Shuffles of the grouped folds averaged when fitting a head.")
+    head_refit_delay_s: float = Field(
+        10.0, ge=0, description="Quiet time after a catalog change before the heads are refitted in the background."
+    )
+    head_refit_max_delay_s: float = Field(
+        600.0, ge=0, description="Longest a catalog change waits for a refit while changes keep coming."
+    )
 
     # Access
     auth_disabled: bool = Field(False, description="Local demos only: every request acts as admin, with no API key.")
@@ -199,6 +218,16 @@ class Settings(BaseSettings):
             threads=self.threads,
             compile=self.torch_compile,
             allow_random_weights=self.allow_random_weights,
+        )
+
+    def head_options(self) -> HeadOptions:
+        """How the authenticity heads are fitted (the service's background fits and `train`'s figures alike)."""
+        return HeadOptions(
+            min_per_label=self.head_min_per_label,
+            min_groups_per_label=self.head_min_groups_per_label,
+            cv_repeats=self.head_cv_repeats,
+            target_fpr=self.target_fpr,
+            target_miss_rate=self.target_miss_rate,
         )
 
     def index_options(self) -> IndexOptions:

@@ -9,18 +9,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from embeddings import DecodedImage, ImageEmbedder, ImageRejected, ModelSpec, VectorIndex, decode_image, load_embedder
+from embeddings.authenticity import HeadSet
+from embeddings.embedder import Embeddings
 from embeddings.index import IndexHit
 from embeddings.perceptual_hash import perceptual_hash
 from reference_catalog import LABELS, AuditLog, BlobStore, CatalogRepository, ImageRef, NewImage, create_catalog_engine
-from reference_catalog.repository import DuplicateLabelConflict
+from reference_catalog.repository import DetailFeatures, DuplicateLabelConflict
 from service.api_keys import ApiKeyStore
+from service.authenticity_heads import HeadKeeper
 from service.calibration import CalibratorError, LoadedCalibrator, calibrator_path, load_calibrator
 from service.config import Settings
 from service.errors import RequestRejected
@@ -29,7 +32,7 @@ from service.model_registry import ModelRegistry
 from service.near_duplicates import NearDuplicateTable
 from service.photo_prep import PhotoInput, decode_listing, decode_photo
 from service.scan_records import ScanRecordStore, new_scan_id
-from service.scoring import FEATURES, Match, NearDuplicate, PhotoEvidence, ScoringParams, photo_risk, score_listing
+from service.scoring import FEATURES, HeadOpinion, Match, NearDuplicate, PhotoEvidence, ScoringParams, photo_risk, score_listing
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +42,13 @@ MAX_NAME_LENGTH = 200
 
 @dataclass(frozen=True)
 class ServingModel:
-    """The model a scan runs on, with its index, calibrator and scoring parameters."""
+    """The model a scan runs on, with its index, calibrator, scoring parameters and authenticity heads."""
 
     embedder: ImageEmbedder
     index: VectorIndex
     calibrator: LoadedCalibrator | None
     scoring: ScoringParams
+    heads: HeadSet | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,18 @@ class AddedImage:
     ref: ImageRef
     created: bool
     index_version: str
+
+
+class ImportRow(NamedTuple):
+    """One photo to import: the row's name (for errors), its bytes and what it is; `group` is its photo shoot."""
+
+    name: str
+    photo: PhotoInput
+    brand: str
+    product: str
+    label: str
+    source: str | None
+    group: str | None = None
 
 
 @dataclass
@@ -88,6 +104,7 @@ class ScanEngine:
         self.scan_photos = BlobStore(settings.data_dir / "scan_photos")
         self.registry = ModelRegistry(settings.data_dir)
         self.near_duplicates = NearDuplicateTable()
+        self.heads = HeadKeeper(settings, self.catalog)
         # Everything a scan needs from the model, replaced as one value so that a switch is atomic.
         self.model = ServingModel(embedder, self._new_index(embedder), None, self._scoring_for(embedder))
         self._refs: dict[int, ImageRef] = {}
@@ -110,6 +127,7 @@ class ScanEngine:
         embedder = load_embedder(spec, settings.export_dir)
         engine = cls(settings, embedder)
         engine.sync_index(show_progress)
+        engine.refresh_heads()
         engine.refresh_calibrator()
         engine.collect_orphan_blobs()
         return engine
@@ -204,7 +222,9 @@ class ScanEngine:
         self._repair(index, embedder, refs, revision, show_progress)
         index.refit()
         index.save(self.index_path_for(embedder.info.fingerprint))
-        return ServingModel(embedder, index, self._load_calibrator(embedder.info.fingerprint), self._scoring_for(embedder))
+        heads = self._heads_at(embedder, refs, revision)
+        calibrator = self._load_calibrator(embedder.info.fingerprint)
+        return ServingModel(embedder, index, calibrator, self._scoring_for(embedder), heads)
 
     def activate(self, model: ServingModel) -> None:
         """Switch to a prepared model: catch up with catalog writes made meanwhile, then swap in one assignment."""
@@ -215,6 +235,48 @@ class ScanEngine:
             self._dirty = True
             self.save_index()
         log.info("now serving %s with index %s", model.embedder.info.short_id, model.index.version)
+
+    # --- authenticity heads: fitted off the write lock, swapped in with one assignment -------------------------
+    def _heads_at(self, embedder: ImageEmbedder, refs: dict[int, ImageRef], revision: int) -> HeadSet | None:
+        """Saved heads for this catalog revision, else fitted now (detail features embedded where missing)."""
+        if not self.heads.enabled:
+            return None
+        saved = self.heads.load(embedder, revision)
+        if saved is not None:
+            return saved
+        self._fill_details(embedder, refs)
+        return self.heads.fit(embedder, refs, revision)
+
+    def refresh_heads(self) -> HeadSet | None:
+        """Bring the serving model's heads up to the catalog it serves (at start, and in the background)."""
+        model = self.model
+        with self._write_lock:
+            refs, revision = dict(self._refs), model.index.revision
+        heads = self._heads_at(model.embedder, refs, revision)
+        with self._write_lock:
+            if self.model.embedder is model.embedder:
+                self.model = replace(self.model, heads=heads)
+        return heads
+
+    def refresh_heads_if_due(self) -> bool:
+        """Refit the heads when the catalog has changed and settled (`HeadKeeper.due`); returns whether it did."""
+        if not self.heads.due(self.index.revision, self.model.heads):
+            return False
+        self.refresh_heads()
+        return True
+
+    def _fill_details(self, embedder: ImageEmbedder, refs: dict[int, ImageRef]) -> None:
+        """Embed the catalog images that have no detail features for this model yet (catalogs made before them)."""
+        keys, _ = self.catalog.stored_details(embedder.info.fingerprint, embedder.detail_layout, embedder.detail_dim)
+        missing = sorted(set(refs) - set(keys.tolist()))
+        if not missing:
+            return
+        log.info("computing detail features of %d catalog images with %s", len(missing), embedder.info.short_id)
+        for start in range(0, len(missing), 64):
+            chunk = [refs[k] for k in missing[start : start + 64]]
+            images = [self._decode_stored(ref, embedder.input_size) for ref in chunk]
+            out = embedder.embed_images_with_detail(images)
+            self.catalog.store_details(embedder.info.fingerprint, embedder.detail_layout, [r.key for r in chunk], out.details)
 
     # --- index lifecycle ------------------------------------------------------------------------------------
     def index_path_for(self, fingerprint: str) -> Path:
@@ -309,10 +371,11 @@ class ScanEngine:
         for start in range(0, len(refs), step):
             chunk = refs[start : start + step]
             images = [self._decode_stored(ref, embedder.input_size) for ref in chunk]
-            vectors = embedder.embed_images(images)
+            out = embedder.embed_images_with_detail(images)
             keys = np.array([ref.key for ref in chunk], dtype=np.int64)
-            self.catalog.store_vectors(embedder.info.fingerprint, keys.tolist(), vectors)
-            index.add(keys, vectors)
+            self.catalog.store_vectors(embedder.info.fingerprint, keys.tolist(), out.vectors)
+            self.catalog.store_details(embedder.info.fingerprint, embedder.detail_layout, keys.tolist(), out.details)
+            index.add(keys, out.vectors)
             bar.update(len(chunk))
         bar.close()
 
@@ -376,7 +439,14 @@ class ScanEngine:
 
     # --- catalog writes ------------------------------------------------------------------------------------
     def add_reference(
-        self, photo: PhotoInput, brand: str, product: str, label: str, source: str | None = None, actor: str = "system"
+        self,
+        photo: PhotoInput,
+        brand: str,
+        product: str,
+        label: str,
+        source: str | None = None,
+        actor: str = "system",
+        group: str | None = None,
     ) -> AddedImage:
         """Add one reference image; it is searchable when this returns. Nothing is written if it is rejected."""
         brand, product = clean_name(brand, "brand"), clean_name(product, "product")
@@ -385,21 +455,23 @@ class ScanEngine:
         if source is not None and len(source) > 500:
             raise RequestRejected("source is longer than 500 characters", 422)
         decoded = self.decode(photo)
-        new = _new_image(decoded, brand, product, label, source)
+        new = _new_image(decoded, brand, product, label, source, group)
         with self._write_lock:
             existing = self.catalog.find_duplicate(brand, product, decoded.sha256)
             if existing is not None:
                 if existing.label != label:
                     raise RequestRejected(str(DuplicateLabelConflict(existing)), 409)
                 return AddedImage(existing, False, self.index.version)
-            vectors = self.embedder.embed_images([decoded.image])
+            embedded = self.embedder.embed_images_with_detail([decoded.image])
             self.blobs.put(decoded.sha256, photo.data)
-            (ref,) = self._commit([new], vectors, actor)
+            (ref,) = self._commit([new], embedded, actor)
             return AddedImage(ref, True, self.index.version)
 
-    def _commit(self, images: Sequence[NewImage], vectors: np.ndarray, actor: str) -> list[ImageRef]:
-        """Write rows, vectors and audit entries in one transaction, then make them searchable."""
-        refs = self.catalog.add_images(images, vectors, self.embedder.info.fingerprint, actor)
+    def _commit(self, images: Sequence[NewImage], embedded: Embeddings, actor: str) -> list[ImageRef]:
+        """Write rows, vectors, detail features and audit entries in one transaction, then make them searchable."""
+        embedder, vectors = self.embedder, embedded.vectors
+        details = DetailFeatures(embedder.detail_layout, embedded.details)
+        refs = self.catalog.add_images(images, vectors, embedder.info.fingerprint, actor, details)
         fresh = [(i, ref) for i, ref in enumerate(refs) if ref.key not in self._refs]
         if fresh:
             rows = [i for i, _ in fresh]
@@ -415,11 +487,11 @@ class ScanEngine:
 
     def import_rows(
         self,
-        rows: Sequence[tuple[str, PhotoInput, str, str, str, str | None]],
+        rows: Sequence[ImportRow],
         show_progress: bool = False,
         actor: str = "system",
     ) -> ImportSummary:
-        """Import (row name, photo, brand, product, label, source) rows; bad rows are reported, good ones kept."""
+        """Import rows (`ImportRow`); bad rows are reported, good ones kept."""
         summary = ImportSummary(errors=[])
         assert summary.errors is not None
         bar = tqdm(total=len(rows), desc="importing", unit="img", disable=not show_progress)
@@ -428,7 +500,7 @@ class ScanEngine:
             batch: list[tuple[NewImage, DecodedImage, bytes]] = []
             seen: dict[tuple[str, str, str], str] = {}
             with self._write_lock:
-                for name, photo, brand, product, label, source in rows[start : start + step]:
+                for name, photo, brand, product, label, source, group in rows[start : start + step]:
                     try:
                         brand, product = clean_name(brand, "brand"), clean_name(product, "product")
                         if label not in LABELS:
@@ -444,15 +516,15 @@ class ScanEngine:
                             summary.duplicates += 1
                             continue
                         seen[key] = label
-                        new = _new_image(decoded, brand, product, label, source)
+                        new = _new_image(decoded, brand, product, label, source, group)
                         batch.append((new, decoded, photo.data))
                     except (ImageRejected, RequestRejected) as exc:
                         summary.errors.append((name, str(exc)))
                 if batch:
-                    vectors = self.embedder.embed_images([decoded.image for _, decoded, _ in batch])
+                    embedded = self.embedder.embed_images_with_detail([decoded.image for _, decoded, _ in batch])
                     for new, _, data in batch:
                         self.blobs.put(new.sha256, data)
-                    self._commit([new for new, _, _ in batch], vectors, actor)
+                    self._commit([new for new, _, _ in batch], embedded, actor)
                     summary.added += len(batch)
             bar.update(min(step, len(rows) - start))
         bar.close()
@@ -521,8 +593,8 @@ class ScanEngine:
         brand, product = self.check_scan(photos, brand, product, listing_id)
         model = self.model  # one snapshot: a model switch meanwhile does not mix versions within this scan
         decoded = self._decode_listing(photos, model.embedder.input_size)
-        vectors = model.embedder.embed_images([d.image for d in decoded])
-        result = self._score_decoded(vectors, decoded, brand, product, listing_id, model)
+        embedded = model.embedder.embed_images_with_detail([d.image for d in decoded])
+        result = self._score_decoded(embedded, decoded, brand, product, listing_id, model)
         if record:
             self._record(result, photos, actor)
         return result
@@ -569,13 +641,14 @@ class ScanEngine:
                 except ImageRejected as exc:
                     decoded.append(exc)
             flat = [d for item in decoded if not isinstance(item, ImageRejected) for d in item]
-            vectors = model.embedder.embed_images([d.image for d in flat])
+            embedded = model.embedder.embed_images_with_detail([d.image for d in flat])
             offset = 0
             for item in decoded:
                 if isinstance(item, ImageRejected):
                     results.append(item)
                     continue
-                results.append(self._score_decoded(vectors[offset : offset + len(item)], item, None, None, None, model))
+                rows = embedded.rows(offset, offset + len(item))
+                results.append(self._score_decoded(rows, item, None, None, None, model))
                 offset += len(item)
             bar.update(size)
             start += len(chunk)
@@ -591,8 +664,8 @@ class ScanEngine:
 
     def _evidence(
         self,
-        index: VectorIndex,
-        vectors: np.ndarray,
+        model: ServingModel,
+        embedded: Embeddings,
         phashes: Sequence[int],
         brand: str | None,
         product: str | None,
@@ -601,9 +674,9 @@ class ScanEngine:
         refs = self._refs
         scope = self._scope(brand, product)
         allowed = None if scope is None else set(scope.tolist())
-        hits, index_version = searched or self.search(index, vectors, brand, product)
+        hits, index_version = searched or self.search(model.index, embedded.vectors, brand, product)
         evidence = []
-        for row, phash in zip(hits, phashes, strict=True):
+        for row, phash, details in zip(hits, phashes, embedded.details, strict=True):
             matches = [
                 Match(ref.image_id, ref.brand, ref.product, ref.label, hit.similarity)
                 for hit in row
@@ -614,12 +687,16 @@ class ScanEngine:
                 for key, distance in self.near_duplicates.find(phash, self.settings.near_duplicate_max_bits)
                 if (ref := refs.get(key)) is not None and (allowed is None or key in allowed)
             ]
-            evidence.append(PhotoEvidence(matches, duplicates))
+            top = matches[0] if matches else None
+            head = _head_opinion(
+                model.heads, details, brand or (top.brand if top else None), product or (top.product if top else None)
+            )
+            evidence.append(PhotoEvidence(matches, duplicates, head))
         return evidence, index_version
 
     def _score_decoded(
         self,
-        vectors: np.ndarray,
+        embedded: Embeddings,
         decoded: Sequence[DecodedImage],
         brand: str | None,
         product: str | None,
@@ -627,11 +704,12 @@ class ScanEngine:
         model: ServingModel,
     ) -> dict[str, Any]:
         sha256s = [d.sha256 for d in decoded]
-        return self.score_photos(vectors, sha256s, [perceptual_hash(d.image) for d in decoded], brand, product, listing_id, model)
+        phashes = [perceptual_hash(d.image) for d in decoded]
+        return self.score_photos(embedded, sha256s, phashes, brand, product, listing_id, model)
 
     def score_photos(
         self,
-        vectors: np.ndarray,
+        embedded: Embeddings,
         sha256s: Sequence[str],
         phashes: Sequence[int],
         brand: str | None,
@@ -641,13 +719,13 @@ class ScanEngine:
         searched: tuple[Sequence[Sequence[IndexHit]], str] | None = None,
     ) -> dict[str, Any]:
         """Search, score and describe one listing whose photos (their SHA-256 and perceptual hashes) were embedded by
-        `model` (default: the current one). `searched` (`search`'s answer for `vectors`) may come precomputed, as the
+        `model` (default: the current one). `searched` (`search`'s answer for the vectors) may come precomputed, as the
         micro-batcher searches for many listings at once.
         """
         model = model or self.model
-        evidence, index_version = self._evidence(model.index, vectors, phashes, brand, product, searched)
+        evidence, index_version = self._evidence(model, embedded, phashes, brand, product, searched)
         calibrator = model.calibrator
-        score = score_listing(evidence, model.scoring, calibrator)
+        score = score_listing(evidence, model.scoring, calibrator, self._head_missing(model, evidence, brand))
         reasons = [reason.as_dict() for reason in score.reasons]
         scope_keys = self._scope(brand, product)
         if scope_keys is not None and len(scope_keys) == 0:
@@ -675,11 +753,13 @@ class ScanEngine:
             "product": product,
             "model": model.embedder.info.as_dict(),
             "index_version": index_version,
+            "authenticity_head": model.heads.summary() if model.heads is not None else None,
             "images": [
                 {
                     "sha256": sha256,
                     "risk": _round(photo_risk(photo, calibrator)),
                     "score": _round(photo.score),
+                    "head_probability": _round(photo.head.probability if photo.head is not None else None),
                     "in_catalog": photo.in_catalog,
                     "nearest_authentic": _round(photo.nearest_authentic),
                     "nearest_counterfeit": _round(photo.nearest_counterfeit),
@@ -692,6 +772,18 @@ class ScanEngine:
             "reasons": reasons,
             "photos_kept": False,
         }
+
+    def _head_missing(self, model: ServingModel, evidence: Sequence[PhotoEvidence], brand: str | None) -> str | None:
+        """Why the listing's photos have no head's opinion (None when one has it)."""
+        if any(e.head is not None for e in evidence):
+            return None
+        if not self.heads.enabled:
+            return "turned off (COUNTERFEIT_SCAN_HEAD_ENABLED)"
+        if model.heads is None:
+            return "not fitted yet for this model"
+        brands = [brand] if brand else [e.matches[0].brand for e in evidence if e.matches]
+        reasons = [f"{b}: {model.heads.skipped[b]}" for b in dict.fromkeys(brands) if b in model.heads.skipped]
+        return "; ".join(reasons) or "no head covers these photos"
 
     def _record(self, result: dict[str, Any], photos: Sequence[PhotoInput], actor: str = "system") -> None:
         self._record_many([(result, photos, actor)])
@@ -739,6 +831,7 @@ class ScanEngine:
                         "counterfeit",
                         f"scan:{scan_id}",
                         actor,
+                        group=f"scan:{scan_id}",  # one listing's photos are one shoot
                     )
                     added.append(added_image.ref.image_id)
                     index_version = added_image.index_version
@@ -784,8 +877,20 @@ def serving_spec(settings: Settings) -> ModelSpec:
     return active.spec(settings.model_spec()) if active else settings.model_spec()
 
 
-def _new_image(decoded: DecodedImage, brand: str, product: str, label: str, source: str | None) -> NewImage:
+def _new_image(
+    decoded: DecodedImage, brand: str, product: str, label: str, source: str | None, group: str | None = None
+) -> NewImage:
     return NewImage(
         brand, product, label, decoded.sha256, decoded.media_type, decoded.width, decoded.height, source,
-        perceptual_hash(decoded.image),
+        perceptual_hash(decoded.image), group or None,
     )  # fmt: skip
+
+
+def _head_opinion(heads: HeadSet | None, details: np.ndarray, brand: str | None, product: str | None) -> HeadOpinion | None:
+    """The probability the brand's head gives the photo (with its product's own weights where it has them)."""
+    head = heads.head_for(brand) if heads is not None and brand else None
+    if heads is None or head is None:
+        return None
+    probability = float(head.probability(details[None, :], product)[0])
+    return HeadOpinion(probability, head.brand, head.scope(product), heads.version, head.n_authentic, head.n_counterfeit,
+                       head.cv_roc_auc, head.likely_counterfeit, head.likely_authentic)  # fmt: skip

@@ -43,6 +43,7 @@ class PlannedRow:
     product: str
     label: str
     source: str | None
+    group: str | None = None  # the manifest's photo shoot
 
     def error(self, reason: str) -> RowError:
         return RowError(self.row, self.path, reason)
@@ -151,6 +152,7 @@ def _plan_from_manifest(
             # A source column is taken as it is (empty: none), so that an export comes back unchanged; else the path.
             source = (row.extra["source"] or None) if "source" in row.extra else relative
             source = source[:MAX_SOURCE_LENGTH] if source else None
-            plan.rows.append(PlannedRow(row.line, relative, member, row.brand, row.product, row.label, source))
+            group = (row.extra.get("group") or "")[:MAX_SOURCE_LENGTH] or None
+            plan.rows.append(PlannedRow(row.line, relative, member, row.brand, row.product, row.label, source, group))
     plan.errors.sort(key=lambda error: error.row or 0)
     return plan

@@ -16,7 +16,7 @@ from reference_catalog import AuditEvent
 from service.api_keys import Principal
 from service.archive_reader import ArchiveLimits, ArchiveRejected, extract_archive, nested_archive_kind
 from service.config import Settings
-from service.engine import ScanEngine
+from service.engine import ImportRow, ScanEngine
 from service.import_job_store import ImportJobRow, ImportJobStore, JobState, Progress
 from service.import_plan import PlannedRow, RowError, plan_import
 from service.photo_prep import PhotoInput
@@ -77,7 +77,7 @@ def run_import_job(engine: ScanEngine, store: ImportJobStore, job_id: str, stop:
 
 def _import_chunk(engine: ScanEngine, chunk: list[PlannedRow], start: int, actor: str) -> Progress:
     errors: list[RowError] = []
-    rows: list[tuple[str, PhotoInput, str, str, str, str | None]] = []
+    rows: list[ImportRow] = []
     for number, planned in enumerate(chunk):
         if planned.member.stored is None:
             errors.append(planned.error(f"not imported: {planned.member.problem}"))
@@ -88,7 +88,8 @@ def _import_chunk(engine: ScanEngine, chunk: list[PlannedRow], start: int, actor
             errors.append(planned.error(f"a nested {nested} archive; archives inside the archive are not unpacked"))
             continue
         name = PurePosixPath(planned.path).name
-        rows.append((str(number), PhotoInput(data, name), planned.brand, planned.product, planned.label, planned.source))
+        photo = PhotoInput(data, name)
+        rows.append(ImportRow(str(number), photo, planned.brand, planned.product, planned.label, planned.source, planned.group))
     summary = engine.import_rows(rows, actor=actor)
     errors.extend(chunk[int(number)].error(reason) for number, reason in summary.errors or [])
     errors.sort(key=lambda error: (error.row or 0, error.path or ""))

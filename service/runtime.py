@@ -46,6 +46,7 @@ class ServiceRuntime:
         else:
             self._engine_ready(self.engine)
         self._spawn(self._save_periodically, "index-saver")
+        self._spawn(self._fit_heads_when_due, "head-fitter")
         self.imports.start()
 
     def _spawn(self, target: object, name: str) -> None:
@@ -109,6 +110,16 @@ class ServiceRuntime:
                     engine.follow_catalog()
                 except Exception:  # e.g. "database is locked": this thread must outlive any one failure
                     log.exception("periodic upkeep failed (index save, calibrator, registry, catalog); will retry")
+
+    def _fit_heads_when_due(self) -> None:
+        """Refit the authenticity heads once catalog changes settle (its own thread: a fit takes seconds to minutes)."""
+        while not self._stop.wait(1.0):
+            engine = self.engine
+            if engine is not None:
+                try:
+                    engine.refresh_heads_if_due()
+                except Exception:  # this thread must outlive any one failure; the next catalog change retries
+                    log.exception("refitting the authenticity heads failed; scans keep the heads they had")
 
     def require_engine(self) -> ScanEngine:
         if self.engine is None:

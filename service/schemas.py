@@ -33,6 +33,9 @@ class ImageResultOut(BaseModel):
     nearest_authentic: float | None
     nearest_counterfeit: float | None
     margin: float | None
+    head_probability: float | None = Field(
+        None, description="The authenticity head's P(counterfeit) for this photo (none: no head covers it)."
+    )
     near_duplicates: list[NearDuplicateOut]
     matches: list[MatchOut]
 
@@ -51,6 +54,17 @@ class CalibrationOut(BaseModel):
     index_version_at_fit: str | None
     thresholds: dict[str, float]
     targets: dict[str, float | None]
+
+
+class AuthenticityHeadOut(BaseModel):
+    """The authenticity heads a scan was scored with: which fit, on what, at which catalog revision."""
+
+    version: str
+    catalog_revision: int
+    fitted_at: str
+    n_photos: int
+    n_extra_photos: int
+    scopes: list[str]
 
 
 class ModelOut(BaseModel):
@@ -96,6 +110,7 @@ class ScanOut(BaseModel):
     product: str | None
     model: ModelOut
     index_version: str
+    authenticity_head: AuthenticityHeadOut | None = None
     images: list[ImageResultOut]
     reasons: list[ReasonOut]
     photos_kept: bool

@@ -1,7 +1,14 @@
-"""The one place that turns kNN hits and near-duplicates into features, a risk, a verdict and reasons.
+"""The one place that turns a photo's evidence into features, a risk, a verdict and reasons.
 
-Without a calibrator the risk is the raw score (a similarity-weighted vote of known fakes); with one, the risk is the
-calibrator's probability and the verdict bands are the ones it was fitted with.
+The evidence: the authenticity head's probability (a model of the brand's or product's fakes, calibrated on its own
+out-of-fold scores, `embeddings/authenticity.py`), the kNN hits (nearest authentic and nearest known fake of the same
+product, a similarity-weighted vote) and near-duplicates of known fakes or official photos. Which one sets the risk:
+
+- a calibrator fitted by `counterfeit-scan calibrate` on held-out listings: its probability over all the features;
+- else the head's probability where the photos' brand has a head (bands: the head's, which keep `target_fpr`);
+- else the raw kNN vote, uncalibrated, with the reason why there is no head.
+
+A near copy of a known fake's photo lifts the risk to at least NEAR_DUP_FAKE_SCORE whatever the rest says.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 Verdict = Literal["likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog"]
-FEATURES = ("score", "max_score", "margin", "top_similarity", "spread", "near_dup_fake", "near_dup_authentic")
+FEATURES = (
+    "score", "max_score", "margin", "top_similarity", "spread", "near_dup_fake", "near_dup_authentic", "head_probability",
+)  # fmt: skip
 NEAR_DUP_FAKE_SCORE = 0.95
 
 
@@ -48,11 +57,27 @@ class NearDuplicate:
 
 
 @dataclass(frozen=True)
+class HeadOpinion:
+    """The authenticity head's probability for one photo, with what a reader needs to weigh it."""
+
+    probability: float
+    brand: str
+    scope: str
+    version: str
+    n_authentic: int
+    n_counterfeit: int
+    cv_roc_auc: float
+    likely_counterfeit: float
+    likely_authentic: float
+
+
+@dataclass(frozen=True)
 class PhotoEvidence:
-    """What the index and the hash table found for one photo, best match first."""
+    """What the index, the hash table and the authenticity head found for one photo, best match first."""
 
     matches: Sequence[Match]
     near_duplicates: Sequence[NearDuplicate] = ()
+    head: HeadOpinion | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,16 @@ class PhotoScore:
     nearest_counterfeit: float | None
     margin: float | None
     near_duplicates: Sequence[NearDuplicate]
+    head: HeadOpinion | None = None
+
+    @property
+    def head_probability(self) -> float | None:
+        """The head's probability, lifted by a near copy of a known fake; None without a head or a catalog match."""
+        if self.head is None or not self.in_catalog:
+            return None
+        if self.near_dup_fake is not None:
+            return max(self.head.probability, NEAR_DUP_FAKE_SCORE)
+        return self.head.probability
 
     @property
     def near_dup_fake(self) -> NearDuplicate | None:
@@ -119,7 +154,7 @@ def score_photo(evidence: PhotoEvidence, params: ScoringParams) -> PhotoScore:
     """Features of one photo: fake vote over its matches, same-product margin, near-duplicates."""
     matches = evidence.matches
     if not matches:
-        return PhotoScore(None, False, None, None, None, None, evidence.near_duplicates)
+        return PhotoScore(None, False, None, None, None, None, evidence.near_duplicates, evidence.head)
     top = matches[0]
     weights = [math.exp((m.similarity - top.similarity) / params.vote_temperature) for m in matches]
     vote = sum(w for w, m in zip(weights, matches, strict=True) if m.label == "counterfeit") / sum(weights)
@@ -128,10 +163,11 @@ def score_photo(evidence: PhotoEvidence, params: ScoringParams) -> PhotoScore:
     fake = max((m.similarity for m in same if m.label == "counterfeit"), default=None)
     real = max((m.similarity for m in same if m.label == "authentic"), default=None)
     margin = (fake if fake is not None else floor) - (real if real is not None else floor)
-    photo = PhotoScore(vote, top.similarity >= params.match_threshold, top, real, fake, margin, evidence.near_duplicates)
+    in_catalog = top.similarity >= params.match_threshold
+    photo = PhotoScore(vote, in_catalog, top, real, fake, margin, evidence.near_duplicates, evidence.head)
     if photo.near_dup_fake is not None:
         # A near copy of a known fake's photo is strong evidence whatever the embedding says.
-        return PhotoScore(max(vote, NEAR_DUP_FAKE_SCORE), True, top, real, fake, margin, evidence.near_duplicates)
+        return PhotoScore(max(vote, NEAR_DUP_FAKE_SCORE), True, top, real, fake, margin, evidence.near_duplicates, evidence.head)
     return photo
 
 
@@ -141,19 +177,29 @@ def listing_features(photos: Sequence[PhotoScore]) -> dict[str, float]:
     used = [p for p in scored if p.in_catalog] or scored
     scores = [p.score for p in used if p.score is not None]
     margins = [p.margin for p in used if p.margin is not None]
+    heads = [p.head_probability for p in used if p.head_probability is not None]
+    vote = sum(scores) / len(scores) if scores else 0.0
     return {
-        "score": sum(scores) / len(scores) if scores else 0.0,
+        "score": vote,
         "max_score": max(scores, default=0.0),
         "margin": sum(margins) / len(margins) if margins else 0.0,
         "top_similarity": max((p.top.similarity for p in photos if p.top is not None), default=0.0),
         "spread": (max(scores) - min(scores)) if scores else 0.0,
         "near_dup_fake": float(any(p.near_dup_fake is not None for p in photos)),
         "near_dup_authentic": float(any(p.near_dup_authentic is not None for p in photos)),
+        # Photos without a head (a brand with too few labelled photos) count with their vote, as the risk does.
+        "head_probability": sum(heads) / len(heads) if heads else vote,
     }
 
 
-def score_listing(evidence: Sequence[PhotoEvidence], params: ScoringParams, calibrator: Calibrator | None = None) -> ListingScore:
-    """Score a listing's photos: features, risk (calibrated when a calibrator is given), verdict and reasons."""
+def score_listing(
+    evidence: Sequence[PhotoEvidence],
+    params: ScoringParams,
+    calibrator: Calibrator | None = None,
+    head_missing: str | None = None,
+) -> ListingScore:
+    """Score a listing's photos: features, risk (see the module docstring), verdict and reasons. `head_missing` says why
+    the photos' brand has no authenticity head, when it has none."""
     photos = [score_photo(e, params) for e in evidence]
     features = listing_features(photos)
     reasons = _photo_reasons(photos)
@@ -169,7 +215,8 @@ def score_listing(evidence: Sequence[PhotoEvidence], params: ScoringParams, cali
                 {"best_similarity": best, "match_threshold": params.match_threshold},
             ),
         )
-        return ListingScore(None, raw, "not_in_catalog", calibrator is not None, photos, features, reasons)
+        calibrated = calibrator is not None or any(p.head is not None for p in photos)
+        return ListingScore(None, raw, "not_in_catalog", calibrated, photos, features, reasons)
     outside = sum(not p.in_catalog for p in photos)
     if outside:
         reasons.append(
@@ -185,12 +232,20 @@ def score_listing(evidence: Sequence[PhotoEvidence], params: ScoringParams, cali
                 {"spread": round(features["spread"], 6)},
             )
         )
+    head = next((p.head for p in photos if p.head_probability is not None), None)
     if calibrator is not None:
         risk = calibrator.probability(features)
         high, low = calibrator.likely_counterfeit, calibrator.likely_authentic
+    elif head is not None:
+        risk, high, low = features["head_probability"], head.likely_counterfeit, head.likely_authentic
     else:
         risk, high, low = features["score"], params.counterfeit_threshold, params.authentic_threshold
+        if head_missing:
+            reasons.append(
+                Reason("no_authenticity_head", f"no authenticity head: {head_missing}; risk falls back to the kNN vote")
+            )
         reasons.append(Reason("uncalibrated", "risk is the raw fake vote, not a calibrated probability (run calibrate)"))
+    calibrated = calibrator is not None or head is not None
     if risk >= high:
         verdict: Verdict = "likely_counterfeit"
     elif risk <= low and features["near_dup_authentic"] == 0:
@@ -204,7 +259,7 @@ def score_listing(evidence: Sequence[PhotoEvidence], params: ScoringParams, cali
             {"risk": round(risk, 6), "likely_authentic_at_most": low, "likely_counterfeit_at_least": high},
         )
     )
-    return ListingScore(risk, raw, verdict, calibrator is not None, photos, features, reasons)
+    return ListingScore(risk, raw, verdict, calibrated, photos, features, reasons)
 
 
 def _band(threshold: float) -> str:
@@ -225,6 +280,25 @@ def _photo_reasons(photos: Sequence[PhotoScore]) -> list[Reason]:
                 {"photo": number, "image_id": top.image_id, "label": top.label, "similarity": round(top.similarity, 6)},
             )
         )
+        if (head := photo.head) is not None and photo.in_catalog:
+            reasons.append(
+                Reason(
+                    "authenticity_head",
+                    f"photo {number}: the {head.scope} authenticity head gives P(counterfeit) {head.probability:.2f} "
+                    f"(learned from {head.n_authentic} authentic and {head.n_counterfeit} counterfeit photos; "
+                    f"ROC-AUC {head.cv_roc_auc:.2f} on photo shoots it was not fitted on)",
+                    {
+                        "photo": number,
+                        "probability": round(head.probability, 6),
+                        "scope": head.scope,
+                        "brand": head.brand,
+                        "head_version": head.version,
+                        "n_authentic": head.n_authentic,
+                        "n_counterfeit": head.n_counterfeit,
+                        "cv_roc_auc": round(head.cv_roc_auc, 4),
+                    },
+                )
+            )
         if photo.score is not None:
             reasons.append(
                 Reason(
@@ -264,4 +338,7 @@ def photo_risk(photo: PhotoScore, calibrator: Calibrator | None = None) -> float
     """One photo's risk on the listing scale: the photo scored as a one-photo listing."""
     if not photo.in_catalog or photo.score is None:
         return None
-    return calibrator.probability(listing_features([photo])) if calibrator is not None else photo.score
+    if calibrator is not None:
+        return calibrator.probability(listing_features([photo]))
+    head = photo.head_probability
+    return head if head is not None else photo.score

@@ -17,7 +17,7 @@ from embeddings.loading import load_visual, save_checkpoint
 from embeddings.preprocess import resize_and_crop, to_model_input, to_pixels
 from embeddings.pretrained import PACKAGED_WEIGHTS
 from service.config import Settings
-from service.engine import ScanEngine
+from service.engine import ImportRow, ScanEngine
 from service.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import pick_sneakers
@@ -60,7 +60,7 @@ def test_crops_and_mirrors_find_their_original(
         originals = [(sneakers_dir / row["path"]).read_bytes() for row in rows]
         summary = engine.import_rows(
             [
-                (row["path"], PhotoInput(data, Path(row["path"]).name), row["brand"], row["product"], row["label"], None)
+                ImportRow(row["path"], PhotoInput(data, Path(row["path"]).name), row["brand"], row["product"], row["label"], None)
                 for row, data in zip(rows, originals, strict=True)
             ]
         )

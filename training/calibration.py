@@ -29,6 +29,10 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from embeddings.verdict_bands import NEVER_CLEAR, NEVER_FLAG, choose_thresholds
+
+__all__ = ["FORMAT", "NEVER_CLEAR", "NEVER_FLAG", "apply_calibrator", "choose_thresholds", "fit_calibrator"]
+
 FloatArray = NDArray[np.float64]
 
 FORMAT: Final = "counterfeit-scan/calibrator-v1"
@@ -38,10 +42,6 @@ MIN_PER_CLASS: Final = 5  # stratified 5-fold needs one row of each class per fo
 N_FOLDS: Final = 5
 PLATT_C: Final = 1.0  # mild L2: keeps the fit finite when the calibration set happens to be separable
 PROBABILITY_CLIP: Final = 1e-6
-# Sentinels for a verdict the targets never allow: no probability is above 1 or below 0.
-NEVER_FLAG: Final = float(np.nextafter(1.0, 2.0))
-NEVER_CLEAR: Final = float(np.nextafter(0.0, -1.0))
-_TOLERANCE: Final = 1e-12  # rates are ratios of counts; absorb the last-bit error of the division
 
 
 def fit_calibrator(
@@ -115,31 +115,6 @@ def fit_calibrator(
             "seed": seed,
         },
     }
-
-
-def choose_thresholds(
-    probabilities: ArrayLike, is_counterfeit: ArrayLike, target_fpr: float, target_miss_rate: float
-) -> dict[str, float]:
-    """Verdict thresholds meeting the targets on these rows (see `fit_calibrator`); `likely_authentic` < `likely_counterfeit`."""
-    p = np.asarray(probabilities, dtype=float)
-    y = np.asarray(is_counterfeit).astype(bool)
-    authentic, fake = np.sort(p[~y]), np.sort(p[y])
-    if authentic.size == 0 or fake.size == 0:
-        raise ValueError("thresholds need both authentic and counterfeit rows")
-    # Candidates are the observed probabilities: any threshold between two of them behaves like the next one up.
-    candidates = np.unique(p)
-    fpr = 1.0 - np.searchsorted(authentic, candidates, side="left") / authentic.size  # share of authentic with p >= t
-    miss = np.searchsorted(fake, candidates, side="right") / fake.size  # share of fakes with p <= t
-    flag_ok = candidates[fpr <= target_fpr + _TOLERANCE]
-    clear_ok = candidates[miss <= target_miss_rate + _TOLERANCE]
-    high = float(flag_ok[0]) if flag_ok.size else NEVER_FLAG
-    low = float(clear_ok[-1]) if clear_ok.size else NEVER_CLEAR
-    if low >= high:
-        # Raising `high` only lowers the FPR and lowering `low` only lowers the miss rate, so meeting in the middle
-        # keeps both targets and leaves no review band.
-        middle = (low + high) / 2.0
-        high, low = middle, float(np.nextafter(middle, -np.inf))
-    return {"likely_counterfeit": high, "likely_authentic": low}
 
 
 def apply_calibrator(spec: Mapping[str, Any], features_matrix: ArrayLike, feature_names: Sequence[str]) -> FloatArray:

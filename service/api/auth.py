@@ -73,7 +73,15 @@ def redact_scan(principal: Principal, result: dict[str, Any]) -> dict[str, Any]:
         allowed.update(m["image_id"] for m in matches)
         allowed.update(d["image_id"] for d in duplicates)
         images.append({**image, "matches": matches, "near_duplicates": duplicates})
-    reasons = [r for r in result["reasons"] if "image_id" not in r or r["image_id"] in allowed]
+    # Another brand's authenticity head says what that brand's catalog holds: its opinion goes with its evidence.
+    hidden = {int(r["photo"]) for r in result["reasons"] if r["code"] == "authenticity_head" and r.get("brand") not in mine}
+    for number in hidden:
+        images[number - 1] = {**images[number - 1], "head_probability": None}
+    reasons = [
+        r
+        for r in result["reasons"]
+        if ("image_id" not in r or r["image_id"] in allowed) and not (r["code"] == "authenticity_head" and r["photo"] in hidden)
+    ]
     return {**result, "images": images, "reasons": reasons}
 
 

@@ -13,7 +13,7 @@ from service.api_keys import Principal
 from service.app import create_app
 from service.catalog_imports import ImportJobs
 from service.config import Settings
-from service.engine import ScanEngine
+from service.engine import ImportRow, ScanEngine
 from service.import_job_store import ImportJobStore, Progress
 from service.photo_prep import PhotoInput
 from tests import imaging
@@ -291,7 +291,9 @@ def test_a_job_interrupted_mid_way_resumes_without_importing_anything_twice(
     interrupted = ImportJobs(settings, lambda: engine)
     job_id = interrupted.submit(zip_bytes(members), Principal("key_a", "admin", frozenset()))["job_id"]
     # What a crash leaves: rows 0-2 committed to the catalog, but the last checkpoint says 2 rows done.
-    rows = [(str(i), PhotoInput(data), "Acme", "runner", "authentic", path) for i, (path, data) in enumerate(members[:3])]
+    rows = [
+        ImportRow(str(i), PhotoInput(data), "Acme", "runner", "authentic", path) for i, (path, data) in enumerate(members[:3])
+    ]
     assert engine.import_rows(rows).added == 3
     store = ImportJobStore(engine.db)
     store.start(job_id)
