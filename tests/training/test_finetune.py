@@ -193,9 +193,10 @@ def test_knn_vote_equals_the_service_vote() -> None:
 
 def test_train_command_end_to_end(manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = [str(manifest), "--split", "reference", "--epochs", "1", "--batch-size", "8", "--samples-per-class", "2",
-            "--unfreeze", "1", "--val-fraction", "0.34", "--workers", "0", "--out", str(out), "--data-dir", str(tmp_path / "d"),
-            "--model", "cs-tiny-vit", "--pretrained", "", "--allow-random-weights", "--device", "cpu"]  # fmt: skip
+    args = [str(manifest), "--backbone", "finetune", "--split", "reference", "--epochs", "1", "--batch-size", "8",
+            "--samples-per-class", "2", "--unfreeze", "1", "--val-fraction", "0.34", "--workers", "0", "--out", str(out),
+            "--data-dir", str(tmp_path / "d"), "--model", "cs-tiny-vit", "--pretrained", "", "--allow-random-weights",
+            "--device", "cpu"]  # fmt: skip
     result = CliRunner().invoke(train, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

@@ -20,13 +20,19 @@ class TrainingDataError(ValueError):
 
 @dataclass(frozen=True)
 class TrainImage:
-    """One labelled photo; `group` names its photo session (near-identical copies share a group)."""
+    """One labelled photo; `group` names its photo session (near-identical copies share a group).
+
+    `group` is made unique across manifests; `shoot` is the manifest's own `group` value (None when empty), the name
+    the catalog gives a shoot, and `where` says which manifest line the photo came from.
+    """
 
     path: Path
     brand: str
     product: str
     label: str
     group: str
+    shoot: str | None = None
+    where: str = ""
 
     def class_name(self, key: ClassKey) -> str:
         """The class this photo trains as: brand/product/label, or brand/product for `key="product"`."""
@@ -78,13 +84,14 @@ def read_training_data(manifests: Sequence[Path], split: str | None = None) -> T
             if not row.path.is_file():
                 skipped.append(f"{manifest.name} line {row.line}: no such file {row.path}")
                 continue
-            group = (row.extra.get("group") or "").strip()
-            if not group:
+            shoot = (row.extra.get("group") or "").strip() or None
+            if shoot is None:
                 ungrouped += 1
                 group = f"{manifest.resolve()}::{row.path}"
             else:
-                group = f"{manifest.resolve()}::{group}"  # group ids are only unique within their manifest
-            images.append(TrainImage(row.path, row.brand, row.product, row.label, group))
+                group = f"{manifest.resolve()}::{shoot}"  # group ids are only unique within their manifest
+            where = f"{manifest.name} line {row.line}"
+            images.append(TrainImage(row.path, row.brand, row.product, row.label, group, shoot, where))
     warnings = []
     if ungrouped:
         warnings.append(
