@@ -109,6 +109,7 @@ def evaluate(
     **flags: Any,
 ) -> None:
     """Scan labelled queries (authentic | counterfeit | unrelated) against the catalog and report how good the scores are."""
+    from training.evaluation.comparison import compare_scores
     from training.evaluation.metrics import compute_metrics
     from training.evaluation.records import EvalRecord
     from training.evaluation.report import write_report
@@ -121,13 +122,17 @@ def evaluate(
         if uncalibrated:
             engine.calibrator = None
         results = scan_queries(engine, queries)
-        records = []
+        records, votes = [], []
         for listing, result in zip(queries, results, strict=True):
             if isinstance(result, ImageRejected):
                 errors.append((listing.name, str(result)))
                 continue
             records.append(to_record(EvalRecord, listing, result))
+            votes.append(float(result["features"]["score"]))
         metrics = compute_metrics(records, n_bootstrap=bootstrap, seed=seed)
+        # What the service answered (the authenticity head where a brand has one) against the plain kNN vote.
+        metrics["comparison"] = compare_scores(records, {"knn_vote": votes}, n_bootstrap=bootstrap, seed=seed)
+        metrics["authenticity_head"] = engine.model.heads.summary() if engine.model.heads is not None else None
         metrics["model"] = engine.embedder.info.as_dict()
         metrics["index_version"] = engine.index.version
         metrics["calibrated"] = engine.calibrator is not None
@@ -206,6 +211,17 @@ def summary_table(metrics: dict[str, Any]) -> str:
         if interval and interval[0] is not None:
             shown += f"  [{interval[0]:.3f}, {interval[1]:.3f}]"
         lines.append(f"{label:>34}: {shown}")
+    for name, figures in ((metrics.get("comparison") or {}).get("signals") or {}).items():
+        for key in ("roc_auc", "tpr_at_fpr_5pct"):
+            figure = figures[key]
+            if figure["value"] is None:
+                continue
+            shown = f"{figure['value']:.3f}" + (f"  [{figure['ci'][0]:.3f}, {figure['ci'][1]:.3f}]" if figure["ci"] else "")
+            gap, gap_ci = figure["served_minus_this"], figure["served_minus_this_ci"]
+            if gap is not None and gap_ci:
+                noise = "inside the noise" if figure["inside_noise"] else "outside the noise"
+                shown += f"; served - this {gap:+.3f} [{gap_ci[0]:+.3f}, {gap_ci[1]:+.3f}], {noise}"
+            lines.append(f"{name + ' ' + key:>34}: {shown}")
     return "\n".join(lines)
 
 
