@@ -114,6 +114,7 @@ def catalog_export(out_dir: Path, brand: str | None, **flags: Any) -> None:
     repo.create_schema()
     blobs = BlobStore(settings.blob_dir)
     rows = []
+    groups = repo.shoot_groups()
     for ref in repo.all_images():
         if brand is not None and ref.brand != brand:
             continue
@@ -121,7 +122,7 @@ def catalog_export(out_dir: Path, brand: str | None, **flags: Any) -> None:
         relative = Path("images") / f"{ref.sha256}{suffix}"
         (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         (out_dir / relative).write_bytes(blobs.get(ref.sha256))
-        rows.append((relative.as_posix(), ref.brand, ref.product, ref.label, ref.source))
+        rows.append((relative.as_posix(), ref.brand, ref.product, ref.label, ref.source, groups.get(ref.key)))
     write_manifest(out_dir / "manifest.csv", rows)
     click.echo(json.dumps({"exported": len(rows), "manifest": str(out_dir / "manifest.csv")}))
 

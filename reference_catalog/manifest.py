@@ -97,12 +97,12 @@ def _parse_row(
     return ManifestRow(number, resolved, values.get("brand", ""), values.get("product", ""), values["label"], extra), None
 
 
-def write_manifest(path: Path, rows: Iterable[tuple[str, str, str, str, str | None]]) -> None:
-    """Write `path,brand,product,label,source` rows (paths relative to the manifest)."""
+def write_manifest(path: Path, rows: Iterable[tuple[str, str, str, str, str | None, str | None]]) -> None:
+    """Write `path,brand,product,label,source,group` rows (paths relative to the manifest)."""
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "brand", "product", "label", "source"])
+        writer.writerow(["path", "brand", "product", "label", "source", "group"])
         for row in rows:
-            writer.writerow([*row[:4], row[4] or ""])
+            writer.writerow([*row[:4], row[4] or "", row[5] or ""])
     tmp.replace(path)

@@ -1,6 +1,6 @@
 """A catalog as an archive that POST /v1/catalog/imports (and `catalog import`, once unpacked) reads back.
 
-`manifest.csv` first (path,brand,product,label,source; the CLI's `catalog export` format), then each image once,
+`manifest.csv` first (path,brand,product,label,source,group; the CLI's `catalog export` format), then each image once,
 as `images/<sha256>.<ext>`. Zip (images stored, they are compressed already) or tar.gz, written to any writable
 stream: `stream_catalog_archive` runs the writer on a thread and hands the bytes to an HTTP response as they come.
 """
@@ -14,7 +14,7 @@ import tarfile
 import threading
 import time
 import zipfile
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import BinaryIO, Literal
 
 import anyio
@@ -24,7 +24,7 @@ from service.engine import ScanEngine
 
 ExportFormat = Literal["zip", "tar.gz"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("zip", "tar.gz")
-MANIFEST_COLUMNS = ("path", "brand", "product", "label", "source")
+MANIFEST_COLUMNS = ("path", "brand", "product", "label", "source", "group")
 SUFFIXES = {"image/png": ".png", "image/webp": ".webp"}
 PIPE_CHUNK = 256 * 1024
 PIPE_DEPTH = 8
@@ -40,12 +40,14 @@ def image_path(ref: ImageRef) -> str:
     return f"images/{ref.sha256}{SUFFIXES.get(ref.media_type, '.jpg')}"
 
 
-def manifest_bytes(refs: Sequence[ImageRef]) -> bytes:
+def manifest_bytes(refs: Sequence[ImageRef], groups: Mapping[int, str]) -> bytes:
+    """The manifest of `refs`, with each image's photo shoot (`groups`, by image key) so that heads refitted after a
+    re-import keep shoots whole."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
     for ref in refs:
-        writer.writerow([image_path(ref), ref.brand, ref.product, ref.label, ref.source or ""])
+        writer.writerow([image_path(ref), ref.brand, ref.product, ref.label, ref.source or "", groups.get(ref.key, "")])
     return text.getvalue().encode("utf-8")
 
 
@@ -59,7 +61,7 @@ def write_catalog_archive(
     files: dict[str, str] = {}  # archive path -> sha256: identical bytes in two products are stored once
     for ref in refs:
         files.setdefault(image_path(ref), ref.sha256)
-    manifest = manifest_bytes(refs)
+    manifest = manifest_bytes(refs, engine.catalog.shoot_groups())
     if fmt == "zip":
         with zipfile.ZipFile(out, "w") as zf:
             zf.writestr("manifest.csv", manifest, compress_type=zipfile.ZIP_DEFLATED)

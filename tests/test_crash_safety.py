@@ -170,7 +170,7 @@ def make_manifest(folder: Path, count: int) -> Path:
     for i in range(count):
         relative = f"images/{i:04d}.jpg"
         (folder / relative).write_bytes(imaging.jpeg(50_000 + i, (128, 128)))
-        rows.append((relative, "Acme", f"model-{i % 4}", "authentic" if i % 3 else "counterfeit", None))
+        rows.append((relative, "Acme", f"model-{i % 4}", "authentic" if i % 3 else "counterfeit", None, None))
     manifest = folder / "manifest.csv"
     write_manifest(manifest, rows)
     return manifest

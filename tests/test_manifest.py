@@ -80,11 +80,12 @@ def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
 
 def test_write_manifest_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "out.csv"
-    write_manifest(path, [("images/a.jpg", "Acme", "runner", "authentic", "shop"), ("b.png", "Acme", "x", "counterfeit", None)])
+    rows = [("images/a.jpg", "Acme", "runner", "authentic", "shop", "shoot-1"), ("b.png", "Acme", "x", "counterfeit", None, None)]
+    write_manifest(path, rows)
     read = read_manifest(path)
-    assert [(r.path.name, r.brand, r.product, r.label, r.extra.get("source")) for r in read.rows] == [
-        ("a.jpg", "Acme", "runner", "authentic", "shop"),
-        ("b.png", "Acme", "x", "counterfeit", ""),
+    assert [(r.path.name, r.brand, r.product, r.label, r.extra.get("source"), r.extra.get("group")) for r in read.rows] == [
+        ("a.jpg", "Acme", "runner", "authentic", "shop", "shoot-1"),
+        ("b.png", "Acme", "x", "counterfeit", "", ""),
     ]
 
 

@@ -106,7 +106,7 @@ def test_an_empty_brand_exports_just_a_manifest(client: TestClient, engine: Scan
     added = add_reference(client, imaging.jpeg(5), "Initech", "stapler", "authentic")
     client.delete(f"/v1/catalog/images/{added['image_id']}")
     members = members_of(client.get("/v1/catalog/export?brand=Initech").content, "zip")
-    assert members == {"manifest.csv": b"path,brand,product,label,source\n"}
+    assert members == {"manifest.csv": b"path,brand,product,label,source,group\n"}
 
 
 def test_an_export_the_client_abandons_stops_writing(client: TestClient, engine: ScanEngine) -> None:
