@@ -147,7 +147,9 @@ def best_raw(
     """
     runs: dict[str, Any] = {"onnxruntime as the service runs it": lambda: raw_throughput(embedder, inputs, batch_size, 1.5)}
     cores = len(os.sched_getaffinity(0))
-    onnx = sorted(export_dir.glob(f"*-{embedder.info.fingerprint[:16]}-uint8.onnx"))
+    onnx = sorted(
+        export_dir.glob(f"*-{embedder.info.fingerprint[:16]}-uint8-*.onnx")
+    )  # the graph of this release: pixels in, embedding and detail out
     if onnx and embedder.info.runtime.startswith("onnx"):
         runs[f"onnxruntime, 1 session x {cores} spinning threads"] = lambda: raw_throughput_onnx(
             onnx[0], inputs, batch_size, 1, cores, True, 1.5

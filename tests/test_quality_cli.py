@@ -81,6 +81,12 @@ def test_evaluate_reports_every_figure(tmp_path: Path, sets: dict[str, Path]) ->
     for name in ("metrics.json", "report.html", "roc.png", "score_histograms.png", "reliability.png", "confusion.png"):
         assert (data_dir / "report" / name).is_file(), name
     assert json.loads((data_dir / "report" / "metrics.json").read_text())["n_queries"] == metrics["n_queries"]
+    # 3 photos per product and label: no head, so the service answers the kNN vote and the comparison says it is one.
+    assert metrics["authenticity_head"]["scopes"] == [] and metrics["authenticity_head"]["n_photos"] == 12
+    vote = metrics["comparison"]["signals"]["knn_vote"]["roc_auc"]
+    assert vote["value"] == pytest.approx(metrics["roc_auc"]) and vote["served_minus_this"] == pytest.approx(0.0)
+    assert vote["served_minus_this_ci"] == [0.0, 0.0] and vote["inside_noise"] is True
+    assert vote["ci"][0] <= vote["value"] <= vote["ci"][1]
 
 
 def test_evaluate_without_unrelated_rows_says_null(tmp_path: Path, sets: dict[str, Path]) -> None:
