@@ -100,7 +100,7 @@ class HeadKeeper:
             raise
         heads.save(self.path_for(embedder))
         self.fits += 1
-        scopes = {head.scope: round(head.cv_roc_auc, 3) for head in heads.heads.values()}
+        scopes = {brand: round(head.cv_roc_auc, 3) for brand, head in heads.heads.items()}
         log.info("authenticity heads %s fitted on %d photos in %.1f s (out-of-fold ROC-AUC %s; skipped %s)",
                  heads.version, len(photos), time.perf_counter() - started, scopes, heads.skipped or "none")  # fmt: skip
         return heads

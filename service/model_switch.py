@@ -83,6 +83,9 @@ class ModelSwitcher:
         if active is None or active == self._followed or self.status.state == "preparing":
             return
         self._followed = active  # try each record once; a failure is reported in the status, not retried in a loop
-        if active.fingerprint != engine.embedder.info.fingerprint:
+        served = engine.embedder.info
+        # The weights' name too: a `train --backbone frozen` checkpoint has the base model's fingerprint, and what it
+        # changes is the labelled photos its authenticity heads learn from.
+        if active.fingerprint != served.fingerprint or active.weights != served.weights:
             log.info("registry names %s: switching", active.weights)
             self.switch(engine, active.spec(engine.settings.model_spec()), record=False)

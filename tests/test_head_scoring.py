@@ -15,9 +15,10 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from cli.main import cli
-from embeddings import ImageEmbedder
+from embeddings import ImageEmbedder, load_embedder
 from service.config import Settings
 from service.engine import ImportRow, ScanEngine
+from service.model_switch import ModelSwitcher
 from service.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, pick_sneakers, scan, tiny_settings
@@ -129,6 +130,23 @@ def test_train_output_activated_serves_heads_fitted_on_its_photos_plus_the_catal
     scanned = runner.invoke(cli, ["scan", str(photo), "--brand", "Acme", *flags])
     assert scanned.exit_code == 0, scanned.output
     assert '"n_extra_photos": 24' in scanned.stdout and '"n_photos": 48' in scanned.stdout
+    # A running service that still serves the base model follows the activation: same fingerprint, other photos.
+    settings = tiny_settings(tmp_path / "data")
+    engine = ScanEngine(settings, load_embedder(settings.model_spec(), settings.export_dir))
+    try:
+        engine.sync_index()
+        engine.refresh_heads()
+        assert engine.model.heads is not None and engine.model.heads.n_extra_photos == 0
+        switcher = ModelSwitcher()
+        switcher.follow_registry(engine)
+        for _ in range(300):
+            if switcher.snapshot()["state"] != "preparing":
+                break
+            time.sleep(0.1)
+        assert switcher.snapshot()["state"] == "done", switcher.snapshot()
+        assert engine.model.heads is not None and engine.model.heads.n_extra_photos == 24
+    finally:
+        engine.close()
 
 
 def test_real_photos_scanned_over_http_carry_the_heads_probability_counts_and_validation(
