@@ -20,6 +20,7 @@ from tqdm import tqdm
 from cli.common import make_settings, open_engine
 from cli.options import engine_options, scoring_options
 from embeddings import ImageRejected
+from reference_catalog.text import control_character
 from service.batching import ScanBatcher
 from service.errors import RequestRejected
 from service.photo_prep import PhotoInput
@@ -51,6 +52,10 @@ def read_listings(manifest: Path) -> list[Listing]:
                 if not path:
                     raise click.ClickException(f"{manifest} line {line}: empty path")
                 listing_id = (row.get("listing_id") or "").strip()
+                for name, value in (("path", path), ("listing_id", listing_id)):
+                    bad = control_character(value)
+                    if bad:  # ids are echoed in every answer line and are what a resumed run skips by: printable only
+                        raise click.ClickException(f"{manifest} line {line}: {name} contains control characters ({bad})")
                 key = listing_id or path
                 if not listing_id and key in listings:
                     continue  # the same photo listed twice on its own: one listing

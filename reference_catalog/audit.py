@@ -67,7 +67,11 @@ class AuditLog:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first; page with `before_id` (the smallest id of the previous page)."""
+        """Newest first; page with `before_id` (the smallest id of the previous page).
+
+        `since` (inclusive) and `until` (exclusive) are instants: one with a UTC offset is compared as that instant, a
+        naive one is taken as UTC (the log stores UTC)."""
+        since, until = stored_utc(since), stored_utc(until)
         query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
         for column, value in ((AuditEntry.actor, actor), (AuditEntry.action, action), (AuditEntry.brand, brand)):
             if value is not None:
@@ -80,6 +84,13 @@ class AuditLog:
             query = query.where(AuditEntry.id < before_id)
         with self._sessions() as session:
             return [_as_dict(row) for row in session.scalars(query)]
+
+
+def stored_utc(value: datetime | None) -> datetime | None:
+    """`value` as the database stores times: naive UTC (SQLite keeps no zone). A naive `value` is taken as UTC."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _as_dict(row: AuditEntry) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Manifest CSV files: `path,brand,product,label` (+ optional `split`, extra columns ignored)."""
+"""Manifest CSV files: `path,brand,product,label` (+ optional `split`, extra columns ignored).
+
+Cells are written through `csv_cell` (a leading quote before what a spreadsheet would run as a formula) and read
+through `from_csv_cell`, so an exported manifest is safe to open in a spreadsheet and imports back unchanged.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reference_catalog.text import control_character, csv_cell, from_csv_cell
+
 REQUIRED_COLUMNS = ("path", "brand", "product", "label")
+MANIFEST_COLUMNS = ("path", "brand", "product", "label", "source", "group")  # what an export writes
+CHECKED_COLUMNS = (*MANIFEST_COLUMNS, "split")  # refused with control characters in them
 MAX_FIELD_LENGTH = 200
 
 
@@ -64,7 +72,7 @@ def read_manifest(
                 raise ManifestError(f"--split {split} given but manifest {manifest} has no 'split' column")
             result = ManifestRead([], [])
             for number, record in enumerate(reader, start=2):
-                if split is not None and (record.get("split") or "").strip() != split:
+                if split is not None and from_csv_cell((record.get("split") or "").strip()) != split:
                     continue
                 row, error = _parse_row(number, record, root, allowed, require_brand)
                 if error:
@@ -79,7 +87,11 @@ def read_manifest(
 def _parse_row(
     number: int, record: dict[str, str | None], root: Path, allowed: set[str], require_brand: bool
 ) -> tuple[ManifestRow | None, str | None]:
-    values = {k: (v or "").strip() for k, v in record.items() if k is not None}
+    values = {k: from_csv_cell((v or "").strip()) for k, v in record.items() if k is not None}
+    for name in CHECKED_COLUMNS:
+        bad = control_character(values.get(name, ""))
+        if bad:
+            return None, f"{name} contains a control character ({bad})"
     for name in ("path", "label", *(("brand", "product") if require_brand else ())):
         if not values.get(name):
             return None, f"empty {name}"
@@ -97,12 +109,20 @@ def _parse_row(
     return ManifestRow(number, resolved, values.get("brand", ""), values.get("product", ""), values["label"], extra), None
 
 
-def write_manifest(path: Path, rows: Iterable[tuple[str, str, str, str, str | None, str | None]]) -> None:
+ExportRow = tuple[str, str, str, str, str | None, str | None]
+
+
+def manifest_cells(row: ExportRow) -> list[str]:
+    """One `path,brand,product,label,source,group` row as CSV cells, none of which a spreadsheet runs as a formula."""
+    return [csv_cell(value or "") for value in row]
+
+
+def write_manifest(path: Path, rows: Iterable[ExportRow]) -> None:
     """Write `path,brand,product,label,source,group` rows (paths relative to the manifest)."""
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "brand", "product", "label", "source", "group"])
+        writer.writerow(MANIFEST_COLUMNS)
         for row in rows:
-            writer.writerow([*row[:4], row[4] or "", row[5] or ""])
+            writer.writerow(manifest_cells(row))
     tmp.replace(path)

@@ -235,14 +235,26 @@ class CatalogRepository:
         Raises DuplicateLabelConflict (nothing written) when a row repeats an image under another label.
         Rows whose bytes are already there with the same label return the existing ref.
         """
+        return [ref for ref, _ in self.insert_images(images, vectors, fingerprint, actor, details)]
+
+    def insert_images(
+        self,
+        images: Sequence[NewImage],
+        vectors: np.ndarray,
+        fingerprint: str,
+        actor: str = "system",
+        details: DetailFeatures | None = None,
+    ) -> list[tuple[ImageRef, bool]]:
+        """`add_images`, telling for each row whether this call created it (and audited it under `actor`): False for
+        one already there, e.g. written by another writer after the caller last looked, or earlier in `images`."""
         with self._sessions.begin() as session:
-            refs: list[ImageRef] = []
+            refs: list[tuple[ImageRef, bool]] = []
             for row, (new, vector) in enumerate(zip(images, vectors, strict=True)):
                 existing = self._find_duplicate(session, new.brand, new.product, new.sha256)
                 if existing is not None:
                     if existing.label != new.label:
                         raise DuplicateLabelConflict(existing)
-                    refs.append(existing)
+                    refs.append((existing, False))
                     continue
                 product = self._get_or_create_product(session, new.brand, new.product)
                 image = ReferenceImage(
@@ -268,7 +280,7 @@ class CatalogRepository:
                 AuditEvent(actor, "catalog.add", ref.image_id, ref.brand,
                            {"product": ref.product, "label": ref.label, "sha256": ref.sha256, "source": ref.source}
                            ).add_to(session)  # fmt: skip
-                refs.append(ref)
+                refs.append((ref, True))
             self._bump_revision(session)
             return refs
 

@@ -14,11 +14,13 @@ from typing import Any, Literal
 from sqlalchemy import JSON, Engine, String, select
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
+from reference_catalog.text import control_character
 from service.scan_records import ScanRecordBase
 
 Role = Literal["admin", "brand", "scanner"]
 ROLES: tuple[str, ...] = ("admin", "brand", "scanner")
 TOKEN_PREFIX = "cs_"
+MAX_KEY_NAME = 200
 
 
 class ApiKey(ScanRecordBase):
@@ -72,6 +74,13 @@ class ApiKeyStore:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
         if (role == "brand") != bool(brands):
             raise ValueError("a brand key needs at least one --brand; other roles take none")
+        name = name.strip()
+        if len(name) > MAX_KEY_NAME:
+            raise ValueError(f"the key's name is longer than {MAX_KEY_NAME} characters")
+        for field, value in (("name", name), *(("brand", brand) for brand in brands)):
+            bad = control_character(value)
+            if bad:
+                raise ValueError(f"the key's {field} {value!r} contains a control character ({bad})")
         key_id = "key_" + secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         row = ApiKey(
@@ -123,6 +132,17 @@ class ApiKeyStore:
         if not hmac.compare_digest(row.secret_sha256, _digest(secret)):
             return None
         return Principal(row.key_id, row.role, frozenset(row.brands))  # type: ignore[arg-type]
+
+    def refusal(self, key_id: str) -> str | None:
+        """Why `key_id` may no longer act (revoked, or no such key), read from the database, not the cache; None
+        while it may. Work done for a key later (an import job) asks before each step. Keys have no expiry."""
+        with self._sessions() as session:
+            row = session.get(ApiKey, key_id)
+        if row is None:
+            return f"the key {key_id!r} that submitted it does not exist (any more)"
+        if row.revoked_at is not None:
+            return f"the key {key_id} that submitted it was revoked at {_public(row)['revoked_at']}"
+        return None
 
     def list(self) -> list[dict[str, Any]]:
         with self._sessions() as session:

@@ -5,19 +5,23 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from embeddings import ImageRejected
+from service.api.gate import AccessGate
 from service.api.routes import admin, audit, catalog, catalog_imports, health, scan, scans
-from service.body_limit import BodyLimitMiddleware
+from service.body_limit import BodyLimitMiddleware, service_body_bounds
 from service.config import Settings
-from service.console import CONSOLE_IMPORTS_PATH, mount_console
+from service.console import mount_console
+from service.console.common import require_user
 from service.engine import ScanEngine
-from service.errors import RequestRejected, ServiceNotReady
+from service.errors import RequestRejected, ServiceNotReady, error_response, validation_detail
 from service.metrics import ServiceMetrics
+from service.rate_limit import RateLimiter, role_limits
 from service.runtime import ServiceRuntime
 
 log = logging.getLogger(__name__)
@@ -43,20 +47,20 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
         summary="Counterfeit risk for marketplace listing photos, with the reference images behind each score.",
         lifespan=lifespan,
     )
-    app.add_middleware(
-        BodyLimitMiddleware,
-        max_bytes=settings.request_byte_limit,
-        path_limits={
-            catalog_imports.IMPORTS_PATH: settings.import_request_byte_limit,
-            CONSOLE_IMPORTS_PATH: settings.import_request_byte_limit,
-        },
-    )
+    # The middleware added last runs first: the access gate (service/api/gate.py: key, rate limit, role; console
+    # session) before any body byte is read, then each route's body bound (service/body_limit.py) as the body streams in.
+    count_413 = metrics.rejected.labels("413").inc
+    app.add_middleware(BodyLimitMiddleware, bounds=service_body_bounds(settings), on_refuse=count_413)
+    app.add_middleware(AccessGate, limiter=RateLimiter(role_limits(settings)), metrics=metrics, session_guard=require_user)
     app.state.runtime = runtime
     app.state.metrics = metrics
 
-    def reject(status: int, detail: object, headers: dict[str, str] | None = None) -> JSONResponse:
+    # Every error is service/errors.py's one shape (ErrorOut in the OpenAPI document): {"detail": str[, "errors"]}.
+    def reject(
+        status: int, detail: str, headers: dict[str, str] | None = None, errors: list[dict[str, Any]] | None = None
+    ) -> JSONResponse:
         metrics.rejected.labels(str(status)).inc()
-        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        return error_response(status, detail, headers, errors)
 
     @app.exception_handler(RequestRejected)
     async def _rejected(_: Request, exc: RequestRejected) -> JSONResponse:
@@ -69,11 +73,11 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        return reject(422, errors)
+        return reject(422, validation_detail(errors), errors=errors)
 
     @app.exception_handler(ServiceNotReady)
     async def _not_ready(_: Request, exc: ServiceNotReady) -> JSONResponse:
-        return JSONResponse({"detail": f"service not ready: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+        return error_response(503, f"service not ready: {exc}", {"Retry-After": "5"})
 
     for router in (health.router, scan.router, scans.router, catalog.router, admin.router, audit.router):
         app.include_router(router)

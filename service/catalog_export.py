@@ -20,11 +20,11 @@ from typing import BinaryIO, Literal
 import anyio
 
 from reference_catalog import ImageRef
+from reference_catalog.manifest import MANIFEST_COLUMNS, manifest_cells
 from service.engine import ScanEngine
 
 ExportFormat = Literal["zip", "tar.gz"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("zip", "tar.gz")
-MANIFEST_COLUMNS = ("path", "brand", "product", "label", "source", "group")
 SUFFIXES = {"image/png": ".png", "image/webp": ".webp"}
 PIPE_CHUNK = 256 * 1024
 PIPE_DEPTH = 8
@@ -42,12 +42,13 @@ def image_path(ref: ImageRef) -> str:
 
 def manifest_bytes(refs: Sequence[ImageRef], groups: Mapping[int, str]) -> bytes:
     """The manifest of `refs`, with each image's photo shoot (`groups`, by image key) so that heads refitted after a
-    re-import keep shoots whole."""
+    re-import keep shoots whole. Cells a spreadsheet would run as formulas get a leading quote (`manifest_cells`),
+    which imports drop again."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
     for ref in refs:
-        writer.writerow([image_path(ref), ref.brand, ref.product, ref.label, ref.source or "", groups.get(ref.key, "")])
+        writer.writerow(manifest_cells((image_path(ref), ref.brand, ref.product, ref.label, ref.source, groups.get(ref.key))))
     return text.getvalue().encode("utf-8")
 
 

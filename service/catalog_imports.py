@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reference_catalog import AuditEvent
+from reference_catalog.text import control_character
 from service.api_keys import Principal
 from service.archive_reader import ARCHIVE_FORMATS, detect_format
 from service.config import Settings
@@ -134,6 +135,10 @@ class ImportJobs:
         split = (split or "").strip() or None
         if split is not None and len(split) > 200:
             raise RequestRejected("split is longer than 200 characters", 422)
+        for field, value in (("split", split), ("the archive's filename", filename)):
+            bad = control_character(value or "")
+            if bad:  # both are stored and shown with the job
+                raise RequestRejected(f"{field} contains control characters ({bad})", 422)
         engine = self._engine()
         store = self._require_store(engine)
         assert engine is not None

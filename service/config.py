@@ -87,6 +87,14 @@ class Settings(BaseSettings):
         5.0, ge=0, le=300, description="Seconds a checked API key stays trusted (revoked by another process: stops within this)."
     )
 
+    # Rate limits per API key, by role (service/rate_limit.py): a token bucket per key in each serve process; over it: 429
+    rate_limit_scanner_per_s: float = Field(1000.0, ge=0, description="Requests per second a scanner key may make; 0: unlimited.")
+    rate_limit_scanner_burst: int = Field(2000, ge=0, description="Requests a scanner key may make at once; 0: a second's worth.")
+    rate_limit_brand_per_s: float = Field(50.0, ge=0, description="Requests per second a brand key may make; 0: unlimited.")
+    rate_limit_brand_burst: int = Field(100, ge=0, description="Requests a brand key may make at once; 0: a second's worth.")
+    rate_limit_admin_per_s: float = Field(0.0, ge=0, description="Requests per second an admin key may make; 0: unlimited.")
+    rate_limit_admin_burst: int = Field(0, ge=0, description="Requests an admin key may make at once; 0: a second's worth.")
+
     # Web console (/console, service/console/)
     console_enabled: bool = Field(True, description="Serve the web console under /console.")
     console_cookie_secure: bool = Field(

@@ -22,6 +22,7 @@ from embeddings.index import IndexHit
 from embeddings.perceptual_hash import perceptual_hash
 from reference_catalog import LABELS, AuditLog, BlobStore, CatalogRepository, ImageRef, NewImage, create_catalog_engine
 from reference_catalog.repository import DetailFeatures, DuplicateLabelConflict
+from reference_catalog.text import NOTE_ALLOWED, control_character
 from service.api_keys import ApiKeyStore
 from service.authenticity_heads import HeadKeeper
 from service.calibration import CalibratorError, LoadedCalibrator, calibrator_path, load_calibrator
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MATCH_THRESHOLD = 0.5
 MAX_NAME_LENGTH = 200
+MAX_SOURCE_LENGTH = 500
+MAX_NOTE_LENGTH = 2000
 
 
 @dataclass(frozen=True)
@@ -77,16 +80,38 @@ class ImportSummary:
     errors: list[tuple[str, str]] | None = None
 
 
+def check_text(value: str, field: str, max_length: int, allowed: str = "") -> str:
+    """`value` if it is at most `max_length` characters and holds no control character but those in `allowed`
+    (`reference_catalog.text.control_character`); else RequestRejected (422), which names the character escaped."""
+    if len(value) > max_length:
+        raise RequestRejected(f"{field} is longer than {max_length} characters", 422)
+    bad = control_character(value, allowed)
+    if bad:
+        raise RequestRejected(f"{field} contains control characters ({bad})", 422)
+    return value
+
+
 def clean_name(value: str | None, field: str) -> str:
     """Validate a brand or product name: non-empty, bounded, printable."""
     text = (value or "").strip()
     if not text:
         raise RequestRejected(f"{field} is required", 422)
-    if len(text) > MAX_NAME_LENGTH:
-        raise RequestRejected(f"{field} is longer than {MAX_NAME_LENGTH} characters", 422)
-    if any(ord(c) < 32 for c in text):
-        raise RequestRejected(f"{field} contains control characters", 422)
-    return text
+    return check_text(text, field, MAX_NAME_LENGTH)
+
+
+def clean_id(value: str | None, field: str) -> str | None:
+    """An optional identifier (a listing_id): None when empty; bounded and printable, kept as given."""
+    return check_text(value, field, MAX_NAME_LENGTH) if value else None
+
+
+def clean_source(value: str | None, field: str = "source") -> str | None:
+    """An optional provenance (a reference image's source, its photo shoot): None when empty; bounded, printable."""
+    return check_text(value, field, MAX_SOURCE_LENGTH) if value else None
+
+
+def clean_note(value: str | None) -> str | None:
+    """A reviewer's free-text note: may hold line breaks and tabs, no other control character (NUL, ESC, ...)."""
+    return check_text(value, "note", MAX_NOTE_LENGTH, NOTE_ALLOWED) if value else None
 
 
 class ScanEngine:
@@ -452,8 +477,8 @@ class ScanEngine:
         brand, product = clean_name(brand, "brand"), clean_name(product, "product")
         if label not in LABELS:
             raise RequestRejected(f"label must be one of {', '.join(LABELS)}, not {label!r}", 422)
-        if source is not None and len(source) > 500:
-            raise RequestRejected("source is longer than 500 characters", 422)
+        if source is not None:
+            check_text(source, "source", MAX_SOURCE_LENGTH)
         decoded = self.decode(photo)
         new = _new_image(decoded, brand, product, label, source, group)
         with self._write_lock:
@@ -469,9 +494,14 @@ class ScanEngine:
 
     def _commit(self, images: Sequence[NewImage], embedded: Embeddings, actor: str) -> list[ImageRef]:
         """Write rows, vectors, detail features and audit entries in one transaction, then make them searchable."""
+        return [ref for ref, _ in self._commit_rows(images, embedded, actor)]
+
+    def _commit_rows(self, images: Sequence[NewImage], embedded: Embeddings, actor: str) -> list[tuple[ImageRef, bool]]:
+        """`_commit`, telling for each row whether it was written now (False: another writer had added it meanwhile)."""
         embedder, vectors = self.embedder, embedded.vectors
         details = DetailFeatures(embedder.detail_layout, embedded.details)
-        refs = self.catalog.add_images(images, vectors, embedder.info.fingerprint, actor, details)
+        written = self.catalog.insert_images(images, vectors, embedder.info.fingerprint, actor, details)
+        refs = [ref for ref, _ in written]
         fresh = [(i, ref) for i, ref in enumerate(refs) if ref.key not in self._refs]
         if fresh:
             rows = [i for i, _ in fresh]
@@ -483,7 +513,7 @@ class ScanEngine:
         self.index.revision = self.catalog.revision()
         self._catalog_changed()
         self._dirty = True
-        return refs
+        return written
 
     def import_rows(
         self,
@@ -505,6 +535,7 @@ class ScanEngine:
                         brand, product = clean_name(brand, "brand"), clean_name(product, "product")
                         if label not in LABELS:
                             raise RequestRejected(f"unknown label {label!r}")
+                        source, group = clean_source(source, "source"), clean_source(group, "group")
                         decoded = self.decode(photo)
                         key = (brand, product, decoded.sha256)
                         existing = self.catalog.find_duplicate(*key)
@@ -524,8 +555,12 @@ class ScanEngine:
                     embedded = self.embedder.embed_images_with_detail([decoded.image for _, decoded, _ in batch])
                     for new, _, data in batch:
                         self.blobs.put(new.sha256, data)
-                    self._commit([new for new, _, _ in batch], embedded, actor)
-                    summary.added += len(batch)
+                    # Another writer (an HTTP upload, another process) may have added some rows since the checks
+                    # above: those were not written here, so they count as duplicates, not as added.
+                    written = self._commit_rows([new for new, _, _ in batch], embedded, actor)
+                    created = sum(1 for _, was_created in written if was_created)
+                    summary.added += created
+                    summary.duplicates += len(written) - created
             bar.update(min(step, len(rows) - start))
         bar.close()
         return summary
@@ -610,8 +645,7 @@ class ScanEngine:
             raise RequestRejected(f"{len(photos)} photos sent; a scan takes at most {limit}", 400)
         brand = clean_name(brand, "brand") if brand else None
         product = clean_name(product, "product") if product else None
-        if listing_id is not None and len(listing_id) > MAX_NAME_LENGTH:
-            raise RequestRejected(f"listing_id is longer than {MAX_NAME_LENGTH} characters", 422)
+        clean_id(listing_id, "listing_id")  # echoed in the answer and stored: printable only
         return brand, product
 
     def _decode_listing(self, photos: Sequence[PhotoInput], draft_size: int) -> list[DecodedImage]:
@@ -811,18 +845,52 @@ class ScanEngine:
         actor: str = "system",
         allowed_brands: frozenset[str] | None = None,
     ) -> dict[str, Any]:
-        """Record a reviewer's verdict; a confirmed counterfeit's photos join the catalog as known fakes at once."""
+        """Record a reviewer's verdict; a confirmed counterfeit's photos join the catalog as known fakes at once.
+
+        `allowed_brands` (a brand key's brands; None: an admin) limits the feedback to those brands: it is recorded as
+        given for one of them (`brand`, or the one the scan concerns), and on a scan that also concerns other brands
+        only the photos that match the key's brands' catalog (by the evidence it may see) join the catalog.
+        """
+        from service.scoring import score_photo, stored_evidence  # local: engine.py's imports are shared
+
+        note = clean_note(note)
         record = self.scans.get(scan_id)
-        if record is None:
+        access = self.scans.access(scan_id)
+        if record is None or access is None:
             raise RequestRejected(f"no scan {scan_id!r}", 404)
+        scan_brands = set(access[1])
+        brand = clean_name(brand, "brand") if brand else None
+        images: list[dict[str, Any]] = record["images"]
+        if allowed_brands is None:  # an admin: for the brand given, else for the scan's only brand
+            given_for = brand or (next(iter(scan_brands)) if len(scan_brands) == 1 else None)
+        else:
+            mine = sorted(scan_brands & allowed_brands)
+            if brand is not None and brand not in allowed_brands:
+                raise RequestRejected("this key gives feedback for, and adds known fakes to, its own brands only", 403)
+            if brand is None and len(mine) != 1 and len(allowed_brands) != 1:
+                raise RequestRejected("this key covers several brands this scan concerns: say which one with 'brand'", 422)
+            given_for = brand or (mine[0] if len(mine) == 1 else next(iter(allowed_brands)))
+            # Its own evidence only: another brand's matches neither choose the target nor show up in a message.
+            images = [
+                {**image, "matches": [m for m in image["matches"] if m["brand"] in allowed_brands],
+                 "near_duplicates": [d for d in image["near_duplicates"] if d["brand"] in allowed_brands]}
+                for image in images
+            ]  # fmt: skip
+            if scan_brands - allowed_brands:  # a shared scan: the photos that match this key's brands
+                images = [image for image in images if score_photo(stored_evidence(image), self.model.scoring).in_catalog]
+                if verdict == "confirmed_counterfeit" and not images:
+                    raise RequestRejected(
+                        "no photo of this scan matches your brands' reference images closely enough to add it as a known "
+                        "fake; add it with POST /v1/catalog/images",
+                        422,
+                    )
         added: list[str] = []
         index_version: str | None = None
         if verdict == "confirmed_counterfeit":
             with self._write_lock:  # check every photo first, so that a rejected request adds nothing
-                plan = [self._feedback_target(record, image, brand, product) for image in record["images"]]
-                outside = {b for _, b, _ in plan} - allowed_brands if allowed_brands is not None else set()
-                if outside:
-                    raise RequestRejected(f"this key may not add to the catalog of {', '.join(sorted(outside))}", 403)
+                plan = [self._feedback_target(record, image, brand, product) for image in images]
+                if allowed_brands is not None and {b for _, b, _ in plan} - allowed_brands:
+                    raise RequestRejected("this key adds known fakes to its own brands' catalogs only", 403)
                 for sha, target_brand, target_product in plan:
                     added_image = self.add_reference(
                         PhotoInput(self.scan_photos.get(sha)),
@@ -835,7 +903,7 @@ class ScanEngine:
                     )
                     added.append(added_image.ref.image_id)
                     index_version = added_image.index_version
-        return self.feedback.add(scan_id, verdict, note, added, index_version, actor)
+        return self.feedback.add(scan_id, verdict, note, added, index_version, actor, given_for)
 
     def _feedback_target(
         self, record: dict[str, Any], image: dict[str, Any], brand: str | None, product: str | None

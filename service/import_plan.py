@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from reference_catalog import LABELS, ManifestError, read_manifest
+from reference_catalog.text import control_character
 from service.archive_reader import ArchiveMember, ArchiveRejected, ExtractedArchive
 
 Layout = Literal["manifest", "folders"]
@@ -103,6 +104,10 @@ def _label_of(relative: str) -> str | None:
 def _plan_from_folders(files: dict[str, ArchiveMember], root: str, may_import: Callable[[str], bool]) -> ImportPlan:
     plan = ImportPlan("folders")
     for path, member in files.items():  # all under `root`, which `_wrapping_folder` checked
+        bad = control_character(path)
+        if bad:  # its brand, product or source would carry it: refused, and shown escaped
+            plan.errors.append(RowError(None, ascii(path)[1:-1], f"the name contains control characters ({bad})"))
+            continue
         parts = path[len(root) :].split("/")
         label = _label_of(path[len(root) :])
         if label is None:

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from reference_catalog import AuditEvent
-from service.api_keys import Principal
+from service.api_keys import LOCAL_ADMIN, Principal
 from service.archive_reader import ArchiveLimits, ArchiveRejected, extract_archive, nested_archive_kind
 from service.config import Settings
 from service.engine import ImportRow, ScanEngine
@@ -49,10 +49,28 @@ def archive_limits(settings: Settings) -> ArchiveLimits:
     )
 
 
+def key_refusal(engine: ScanEngine, job: ImportJobRow) -> str | None:
+    """Why the job may not import anything more (None: it may). A job acts for its key: once the key is revoked or
+    gone, it stops. One submitted with auth disabled acts for the local admin, as long as auth stays disabled."""
+    if job.created_by == LOCAL_ADMIN.key_id:
+        if engine.settings.auth_disabled:
+            return None
+        return "stopped: it was submitted while auth was disabled, and auth is now on; submit it again with a key"
+    refusal = engine.keys.refusal(job.created_by)
+    return None if refusal is None else f"stopped: {refusal}; nothing more is imported for it"
+
+
 def run_import_job(engine: ScanEngine, store: ImportJobStore, job_id: str, stop: threading.Event) -> None:
-    """Run (or resume) a job until it finishes or `stop` is set; a stopped job stays `running` for the next start."""
+    """Run (or resume) a job until it finishes or `stop` is set; a stopped job stays `running` for the next start.
+
+    Before the archive is read and before each chunk, the job checks that its key may still act; a job whose key
+    was revoked (or deleted) ends `failed` with the reason, and adds nothing more."""
     settings = engine.settings
     job = store.start(job_id)
+    refused = key_refusal(engine, job)
+    if refused:
+        _finish(engine, store, job_id, "failed", refused)
+        return
     archive, work = archive_path(settings, job_id), work_path(settings, job_id)
     if not archive.is_file():
         _finish(engine, store, job_id, "failed", f"the uploaded archive is no longer on disk ({archive.name})")
@@ -69,6 +87,10 @@ def run_import_job(engine: ScanEngine, store: ImportJobStore, job_id: str, stop:
     step = settings.import_chunk_rows
     for start in range(job.position, len(plan.rows), step):
         if stop.is_set():
+            return
+        refused = key_refusal(engine, job)
+        if refused:
+            _finish(engine, store, job_id, "failed", refused)
             return
         chunk = plan.rows[start : start + step]
         store.advance(job_id, _import_chunk(engine, chunk, start, job.created_by))

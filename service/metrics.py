@@ -19,6 +19,12 @@ class ServiceMetrics:
         self.rejected = Counter(
             "counterfeit_scan_rejected_total", "Requests rejected, by status", ["status"], registry=self.registry
         )
+        self.rate_limited = Counter(
+            "counterfeit_scan_rate_limited_total",
+            "Requests refused (429) for going over their API key's rate limit, by the key's role",
+            ["role"],
+            registry=self.registry,
+        )
         self.catalog_images = Gauge("counterfeit_scan_catalog_images", "Reference images in the index", registry=self.registry)
         self.catalog_changes = Counter(
             "counterfeit_scan_catalog_changes_total", "Catalog writes, by kind", ["kind"], registry=self.registry

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Verdict = Literal["likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog"]
+Label = Literal["authentic", "counterfeit"]
 
 
 class MatchOut(BaseModel):
     image_id: str
     brand: str
     product: str
-    label: Literal["authentic", "counterfeit"]
+    label: Label
     similarity: float
 
 
@@ -21,7 +22,7 @@ class NearDuplicateOut(BaseModel):
     image_id: str
     brand: str
     product: str
-    label: Literal["authentic", "counterfeit"]
+    label: Label
     distance: int
 
 
@@ -94,6 +95,7 @@ class FeedbackOut(BaseModel):
     created_at: str
     added_image_ids: list[str]
     index_version: str | None
+    brand: str | None = Field(None, description="The brand the feedback was given for (none: older feedback, or an admin's).")
 
 
 class ScanOut(BaseModel):
@@ -122,7 +124,7 @@ class ReferenceImageOut(BaseModel):
     sha256: str
     brand: str
     product: str
-    label: Literal["authentic", "counterfeit"]
+    label: Label
     source: str | None
     media_type: str
     width: int
@@ -167,7 +169,7 @@ class ImagesOut(BaseModel):
 
 
 class RelabelIn(BaseModel):
-    label: Literal["authentic", "counterfeit"]
+    label: Label
 
 
 class RelabeledImageOut(ReferenceImageOut):
@@ -203,3 +205,117 @@ class ImportJobOut(BaseModel):
 
 class ImportJobsOut(BaseModel):
     jobs: list[ImportJobOut]
+
+
+# --- errors: one shape for the whole API (built by service/errors.py's error_body / error_response) ---------------
+
+
+class ErrorItemOut(BaseModel):
+    """One invalid part of a request."""
+
+    loc: list[str | int] = Field(description='Where: e.g. ["body", "label"] or ["query", "limit"]')
+    msg: str
+    type: str = Field(description="Machine-readable kind, e.g. missing, literal_error, string_too_long")
+
+
+class ErrorOut(BaseModel):
+    """Every error response (4xx, 5xx): one sentence; request validation errors (422) list the invalid fields too."""
+
+    detail: str = Field(description="What went wrong, in one sentence")
+    errors: list[ErrorItemOut] = Field(default_factory=list, description="Request validation errors only: each invalid field")
+
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Bad request: a body that cannot be parsed, not an image, corrupt or truncated data, too many photos, an empty archive",
+    401: "No API key, or an unknown or revoked one (with WWW-Authenticate)",
+    403: "The key's role or brands do not allow this",
+    404: "No such record, or one this key may not see (the same answer)",
+    409: "Conflict: a label conflict in the catalog, or a model switch already running",
+    413: "Too large: the request body, a file, or an image's pixels",
+    415: "Unsupported format, or a declared type that does not match the bytes",
+    422: "Invalid or missing fields (`errors` lists them)",
+    429: "Too many requests: try again after Retry-After seconds",
+    503: "Not ready: the model and index are still loading (Retry-After)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, each with the ErrorOut body (for a router's or a route's `responses=`)."""
+    return {status: {"model": ErrorOut, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+# --- health -------------------------------------------------------------------------------------------------------
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready"]
+    auth: Literal["api-keys", "disabled"]
+    model: ModelOut
+    index_version: str
+    index_size: int
+
+
+class NotReadyOut(ErrorOut):
+    """/readyz while loading (or after a failed load): the error shape, with the status."""
+
+    status: Literal["not_ready"]
+
+
+# --- admin: model rollout -------------------------------------------------------------------------------------------
+
+
+class ModelRecordOut(BaseModel):
+    name: str
+    pretrained: str | None
+    checkpoint: str | None
+    fingerprint: str
+    weights: str
+    activated_at: str
+
+
+class SwitchTargetOut(BaseModel):
+    model: str
+    pretrained: str | None
+    checkpoint: str | None
+    fingerprint: str | None = Field(None, description="Once the switch is done")
+    index_version: str | None = Field(None, description="Once the switch is done")
+
+
+class SwitchOut(BaseModel):
+    """The last model switch (activation or rollback): it runs in the background."""
+
+    state: Literal["idle", "preparing", "done", "failed"]
+    target: SwitchTargetOut | None
+    error: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class ModelStatusOut(BaseModel):
+    serving: ModelOut
+    index_version: str
+    calibrated: bool
+    active: ModelRecordOut | None = Field(description="The registry's active model (none: never switched)")
+    history: list[ModelRecordOut] = Field(description="Models to roll back to, most recent first")
+    switch: SwitchOut
+
+
+# --- audit ----------------------------------------------------------------------------------------------------------
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: str = Field(description="ISO 8601, UTC")
+    actor: str = Field(description="Key id (or system, cli)")
+    action: str = Field(description="e.g. catalog.add, catalog.delete, catalog.relabel, key.create, model.activate")
+    target: str | None
+    brand: str | None
+    details: dict[str, Any]
+
+
+class AuditLogOut(BaseModel):
+    entries: list[AuditEntryOut]

@@ -73,6 +73,22 @@ def test_repeat_returns_the_existing_row_and_conflict_writes_nothing(repo: Catal
     assert other.image_id != first.image_id
 
 
+def test_insert_images_tells_which_rows_it_wrote(tmp_path: Path) -> None:
+    """Two writers on one database: rows the other wrote meanwhile come back as not created, and are audited once."""
+    from reference_catalog import AuditLog
+
+    path = tmp_path / "catalog.sqlite3"
+    mine, other = repo_at(path), repo_at(path)
+    (theirs,) = other.add_images([new(2)], vecs(1), FP, actor="http")
+    written = mine.insert_images([new(1), new(2), new(1)], vecs(3), FP, actor="cli")
+    assert [created for _, created in written] == [True, False, False]  # the repeat of row 1 within the call as well
+    assert written[1][0].image_id == theirs.image_id and written[2][0].image_id == written[0][0].image_id
+    audit = AuditLog(mine.engine)
+    assert [e["target"] for e in audit.query(actor="cli", action="catalog.add")] == [written[0][0].image_id]
+    assert [e["target"] for e in audit.query(actor="http", action="catalog.add")] == [theirs.image_id]
+    assert [ref.image_id for ref in mine.add_images([new(3), new(2)], vecs(2), FP)][1] == theirs.image_id
+
+
 def test_brand_and_product_summaries(repo: CatalogRepository) -> None:
     repo.add_images(
         [

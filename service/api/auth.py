@@ -10,12 +10,25 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api_keys import LOCAL_ADMIN, Principal
 from service.errors import RequestRejected
+from service.scoring import ViewScoring, rescore_stored, stored_evidence
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="counterfeit-scan"'}
+PRINCIPAL_STATE = "api_principal"  # request.state attribute: the key already checked for this request
 
 
 async def get_principal(request: Request) -> Principal:
+    """The caller's key. The access gate (service/api/gate.py) calls this before the body is read and keeps the answer
+    on the request's state, so that the route's own dependency does not check the key a second time."""
     # async like the other scan-path dependencies (see service/api/deps.py)
+    known: Principal | None = getattr(request.state, PRINCIPAL_STATE, None)
+    if known is not None:
+        return known
+    principal = await _authenticate(request)
+    setattr(request.state, PRINCIPAL_STATE, principal)
+    return principal
+
+
+async def _authenticate(request: Request) -> Principal:
     runtime = request.app.state.runtime
     if runtime.settings.auth_disabled:
         return LOCAL_ADMIN
@@ -37,7 +50,11 @@ def require(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]
             raise RequestRejected(f"a {principal.role} key may not do this (needs {' or '.join(roles)})", 403)
         return principal
 
+    ROLE_CHECKS[check] = roles  # the access gate finds a route's role check among its dependencies
     return check
+
+
+ROLE_CHECKS: dict[Callable[..., Any], tuple[str, ...]] = {}
 
 
 AnyKey = Annotated[Principal, Depends(get_principal)]
@@ -60,29 +77,50 @@ def scan_scope(principal: Principal, brand: str | None) -> str | None:
     return brand
 
 
-def redact_scan(principal: Principal, result: dict[str, Any]) -> dict[str, Any]:
-    """What a caller may see of a scan: brand keys see evidence from their own brands only."""
+def redact_scan(principal: Principal, result: dict[str, Any], view: ViewScoring | None = None) -> dict[str, Any]:
+    """What a caller may see of a scan: brand keys see evidence from their own brands only, and figures computed from it.
+
+    Where another brand's evidence (a match, a near copy, its authenticity head's opinion) is removed, every figure that
+    rested on it goes too: the photos' and the listing's risk, scores, features, verdict and reasons are scored again
+    from the evidence left, with `view` (the serving model's scoring), or withheld without it. The record is unchanged.
+    """
     if not principal.is_brand:
         return result
     mine = principal.brands
     images: list[dict[str, Any]] = []
-    allowed: set[str] = set()
+    hidden = False
     for image in result["images"]:
         matches = [m for m in image["matches"] if m["brand"] in mine]
         duplicates = [d for d in image["near_duplicates"] if d["brand"] in mine]
-        allowed.update(m["image_id"] for m in matches)
-        allowed.update(d["image_id"] for d in duplicates)
+        hidden = hidden or len(matches) < len(image["matches"]) or len(duplicates) < len(image["near_duplicates"])
         images.append({**image, "matches": matches, "near_duplicates": duplicates})
     # Another brand's authenticity head says what that brand's catalog holds: its opinion goes with its evidence.
-    hidden = {int(r["photo"]) for r in result["reasons"] if r["code"] == "authenticity_head" and r.get("brand") not in mine}
-    for number in hidden:
-        images[number - 1] = {**images[number - 1], "head_probability": None}
-    reasons = [
-        r
-        for r in result["reasons"]
-        if ("image_id" not in r or r["image_id"] in allowed) and not (r["code"] == "authenticity_head" and r["photo"] in hidden)
+    heads = {int(r["photo"]): r for r in result["reasons"] if r["code"] == "authenticity_head"}
+    hidden = hidden or any(r.get("brand") not in mine for r in heads.values())
+    summary = result.get("authenticity_head")
+    if summary:  # which brands and products have heads: its own only
+        summary = {**summary, "scopes": [s for s in summary["scopes"] if s.split("/", 1)[0] in mine]}
+    redacted = {**result, "images": images, "authenticity_head": summary}
+    if not hidden:
+        return redacted
+    note = {
+        "code": "other_brands_evidence_removed",
+        "message": "figures computed from your brands' evidence only: what other brands' catalogs hold is neither shown "
+        "nor counted" + ("" if view is not None else "; the listing's figures are withheld"),
+    }
+    if view is None:
+        numbers = ("risk", "score", "head_probability", "nearest_authentic", "nearest_counterfeit", "margin")
+        kept = [r for r in result["reasons"] if r["code"] in ("random_model_weights", "empty_scope")]
+        return {**redacted, "risk": None, "score": None, "verdict": "needs_review", "calibrated": False, "calibration": None,
+                "features": {}, "images": [{**image, **dict.fromkeys(numbers), "in_catalog": False} for image in images],
+                "reasons": [*kept, note]}  # fmt: skip
+    evidence = [
+        stored_evidence(image, view.head(heads[n]) if n in heads and heads[n].get("brand") in mine else None)
+        for n, image in enumerate(images, start=1)
     ]
-    return {**result, "images": images, "reasons": reasons}
+    rescored = rescore_stored(redacted, evidence, view)
+    rescored["reasons"].insert(0, note)
+    return rescored
 
 
 def may_read_scan(principal: Principal, created_by: str, brands: list[str]) -> bool:

@@ -24,6 +24,7 @@ from service.console.common import (
     UserDep,
     import_jobs,
     is_htmx,
+    page_number,
     redirect,
     render,
     visible_brands,
@@ -65,7 +66,7 @@ async def catalog_page(
     brand: str | None = None,
     product: str | None = None,
     label: str | None = None,
-    page: int = 1,
+    page: str | None = None,
 ) -> Response:
     principal = user.principal
     scope = visible_brands(principal)
@@ -78,14 +79,16 @@ async def catalog_page(
     if not brand and len(brand_names) == 1 and principal.is_brand:
         return redirect(catalog_url(brand_names[0]))
     products = [p for p in await run_in_threadpool(engine.catalog.list_products, brand) if p.brand == brand] if brand else []
-    page = max(page, 1)
+    number = page_number(page)
     shown: list[ImageRef] = []
     total = 0
+    query = partial(catalog_images, engine, scope, brand, product or None, label, PAGE_SIZE)
     if brand:
-        shown, total = await run_in_threadpool(
-            catalog_images, engine, scope, brand, product or None, label, PAGE_SIZE, (page - 1) * PAGE_SIZE
-        )
+        shown, total = await run_in_threadpool(query, (number - 1) * PAGE_SIZE)
     pages = max(1, -(-total // PAGE_SIZE))
+    if brand and number > pages:  # past the end: the last page
+        number = pages
+        shown, total = await run_in_threadpool(query, (number - 1) * PAGE_SIZE)
     recent = await run_in_threadpool(import_jobs(request).list, principal, 5)
     context = {
         "nav": "catalog",
@@ -96,7 +99,7 @@ async def catalog_page(
         "products": products,
         "images": shown,
         "total": total,
-        "page": page,
+        "page": number,
         "pages": pages,
         "page_url": lambda n: catalog_url(brand, product, label=label, page=n),
         "catalog_url": catalog_url,

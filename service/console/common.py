@@ -149,6 +149,19 @@ CsrfUserDep = Annotated[SignedIn, Depends(require_csrf)]
 StateDep = Annotated[ConsoleState, Depends(console_state)]
 
 
+MAX_PAGE = 1_000_000  # keeps page offsets far inside SQL's 64-bit integers; past the last page shows the last page
+
+
+def page_number(value: str | None) -> int:
+    """A `page` query parameter: 1 when missing or not a whole number, else clamped to 1..MAX_PAGE (pages then clamp
+    it to their last page). Never an error: a page number is a link, not a field to correct."""
+    try:
+        number = int(value) if value else 1
+    except ValueError:
+        return 1
+    return min(max(number, 1), MAX_PAGE)
+
+
 def visible_brands(principal: Principal) -> frozenset[str] | None:
     """The brands whose catalog and scans a user sees; None: all of them (admin)."""
     return None if principal.role == "admin" else principal.brands

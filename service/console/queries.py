@@ -15,7 +15,7 @@ from reference_catalog import ImageRef
 from reference_catalog.audit import AuditEntry
 from reference_catalog.models import Brand, Product, ReferenceImage
 from service.engine import ScanEngine
-from service.feedback import ScanFeedback
+from service.feedback import ScanFeedback, given_for
 from service.scan_records import ScanRecord, concerning
 
 FLAGGED = ("likely_counterfeit", "needs_review")
@@ -95,19 +95,52 @@ def existing_images(engine: ScanEngine, image_ids: Iterable[str]) -> set[str]:
         return set(session.scalars(select(ReferenceImage.public_id).where(ReferenceImage.public_id.in_(ids))))
 
 
-def latest_feedback(engine: ScanEngine, scan_ids: Collection[str]) -> dict[str, str]:
-    """The latest reviewer verdict of each of these scans that has one."""
+def latest_feedback(engine: ScanEngine, scan_ids: Collection[str], brands: frozenset[str] | None = None) -> dict[str, str]:
+    """The latest reviewer verdict of each of these scans that has one (given for `brands`; None: by anyone)."""
     if not scan_ids:
         return {}
     query = select(ScanFeedback.scan_id, ScanFeedback.verdict, ScanFeedback.created_at).where(
         ScanFeedback.scan_id.in_(sorted(scan_ids))
     )
+    visible = given_for(brands)
+    if visible is not None:
+        query = query.where(visible)
     latest: dict[str, tuple[datetime, str]] = {}
     with sessionmaker(engine.db)() as session:
         for scan_id, verdict, at in session.execute(query):
             if scan_id not in latest or at >= latest[scan_id][0]:
                 latest[scan_id] = (at, verdict)
     return {scan_id: verdict for scan_id, (_, verdict) in latest.items()}
+
+
+def queue_scans(
+    engine: ScanEngine,
+    verdicts: Collection[str],
+    brands: frozenset[str] | None,
+    product: str | None,
+    min_risk: float | None,
+    reviewed: bool | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of stored scans, newest first, that concern `brands` (None: any), filtered by verdict, product, minimum
+    risk and whether `brands`' reviewers (None: anyone) answered; and how many match in all."""
+    conditions: list[ColumnElement[bool]] = [ScanRecord.verdict.in_(sorted(verdicts))]
+    if min_risk is not None:
+        conditions.append(ScanRecord.risk >= min_risk)
+    scope = concerning(brands, product)
+    if scope is not None:
+        conditions.append(scope)
+    if reviewed is not None:
+        answered = select(ScanFeedback.scan_id).where(ScanFeedback.scan_id == ScanRecord.scan_id)
+        visible = given_for(brands)
+        exists = (answered.where(visible) if visible is not None else answered).exists()
+        conditions.append(exists if reviewed else ~exists)
+    page = select(ScanRecord).where(*conditions).order_by(ScanRecord.created_at.desc(), ScanRecord.scan_id)
+    with sessionmaker(engine.db)() as session:
+        total = session.scalar(select(func.count()).select_from(ScanRecord).where(*conditions)) or 0
+        rows = [dict(row.result) for row in session.scalars(page.limit(limit).offset(offset))]
+    return rows, total
 
 
 @dataclass
@@ -175,6 +208,9 @@ def dashboard(engine: ScanEngine, brands: frozenset[str] | None, days: int, toda
     scope = concerning(brands)
     if scope is not None:
         query = query.where(scope)
+    visible = given_for(brands)  # a brand counts its own reviewers' answers
+    if visible is not None:
+        query = query.where(visible)
     latest: dict[str, tuple[datetime, str, str]] = {}
     with sessionmaker(engine.db)() as session:
         for scan_id, service_verdict, reviewer_verdict, at in session.execute(query):

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from embeddings import ImageRejected
 from service.api.auth import may_read_scan, redact_scan
+from service.api.routes.scans import readable_feedback, view_scoring
 from service.api_keys import Principal
 from service.console.common import (
     IMAGE_HEADERS,
@@ -24,11 +25,20 @@ from service.console.common import (
     StateDep,
     UserDep,
     is_htmx,
+    page_number,
     redirect,
     render,
     visible_brands,
 )
-from service.console.queries import FLAGGED, REVIEWER_VERDICTS, dashboard, existing_images, latest_feedback, scan_summary
+from service.console.queries import (
+    FLAGGED,
+    REVIEWER_VERDICTS,
+    dashboard,
+    existing_images,
+    latest_feedback,
+    queue_scans,
+    scan_summary,
+)
 from service.console.thumbnails import THUMBNAIL_SIZES
 from service.engine import ScanEngine
 from service.errors import RequestRejected
@@ -75,14 +85,17 @@ async def review_queue(
     if brand:
         brands = frozenset({brand}) & scope if scope is not None else frozenset({brand})
     risk_floor = _float(min_risk)
-    number = max(1, _int(page, 1))
+    number = page_number(page)
     review_state = {"yes": True, "no": False}.get(reviewed or "")
-    rows, total = await run_in_threadpool(
-        partial(engine.scans.query, verdicts, brands, product or None, risk_floor, PAGE_SIZE, (number - 1) * PAGE_SIZE,
-                reviewed=review_state)
-    )  # fmt: skip
-    summaries = [scan_summary(redact_scan(principal, row)) for row in rows]
-    reviews = await run_in_threadpool(latest_feedback, engine, [s["scan_id"] for s in summaries])
+    # "reviewed": by the reviewers of the brands shown (a brand's queue counts its own reviews of a shared scan)
+    query = partial(queue_scans, engine, verdicts, brands, product or None, risk_floor, review_state, PAGE_SIZE)
+    rows, total = await run_in_threadpool(query, (number - 1) * PAGE_SIZE)
+    pages = max(1, -(-total // PAGE_SIZE))
+    if number > pages:  # past the end: the last page
+        number = pages
+        rows, total = await run_in_threadpool(query, (number - 1) * PAGE_SIZE)
+    summaries = [scan_summary(redact_scan(principal, row, view_scoring(engine, row))) for row in rows]
+    reviews = await run_in_threadpool(latest_feedback, engine, [s["scan_id"] for s in summaries], brands)
     catalog_products = [p for p in await run_in_threadpool(engine.catalog.list_products) if principal.owns(p.brand)]
     filters = {"verdict": verdict if verdict in FLAGGED else "", "brand": brand or "", "product": product or "",
                "min_risk": "" if risk_floor is None else f"{risk_floor:g}",
@@ -97,7 +110,7 @@ async def review_queue(
         "reviews": reviews,
         "total": total,
         "page": number,
-        "pages": max(1, -(-total // PAGE_SIZE)),
+        "pages": pages,
         "page_url": page_url,
         "filters": filters,
         "bad_risk": bool(min_risk) and risk_floor is None,
@@ -114,12 +127,12 @@ async def readable_scan(engine: ScanEngine, principal: Principal, scan_id: str) 
     record = await run_in_threadpool(engine.scans.get, scan_id) if access is not None else None
     if access is None or record is None or not may_read_scan(principal, *access):
         raise ConsoleError(404, "There is no such scan among your brands' scans.")
-    return redact_scan(principal, record)
+    return redact_scan(principal, record, view_scoring(engine, record))
 
 
 async def _scan_context(engine: ScanEngine, principal: Principal, scan_id: str) -> dict[str, Any]:
     record = await readable_scan(engine, principal, scan_id)
-    feedback = await run_in_threadpool(engine.feedback.for_scan, scan_id)
+    feedback = await run_in_threadpool(readable_feedback, engine, principal, scan_id)
     ids = [m["image_id"] for image in record["images"] for m in image["matches"]]
     ids += [d["image_id"] for image in record["images"] for d in image["near_duplicates"]]
     ids += [i for f in feedback for i in f["added_image_ids"]]

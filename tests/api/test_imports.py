@@ -272,7 +272,8 @@ def test_a_job_queued_before_a_stop_runs_at_the_next_start(
     images = photos(5)
     not_started = ImportJobs(settings, lambda: engine)  # a service that accepted the upload and stopped at once
     archive = zip_bytes(folder_members("Acme", "runner", "authentic", images))
-    queued = not_started.submit(archive, Principal("key_a", "admin", frozenset()))
+    key, _ = engine.keys.create("admin", [], "importer")  # a job acts for a key that exists and is not revoked
+    queued = not_started.submit(archive, Principal(key["key_id"], "admin", frozenset()))
     assert queued["state"] == "queued"
     assert leftovers(settings.data_dir, settle_s=0) == [f"{queued['job_id']}.archive"]
 
@@ -289,7 +290,8 @@ def test_a_job_interrupted_mid_way_resumes_without_importing_anything_twice(
     images = photos(6)
     members = folder_members("Acme", "runner", "authentic", images)
     interrupted = ImportJobs(settings, lambda: engine)
-    job_id = interrupted.submit(zip_bytes(members), Principal("key_a", "admin", frozenset()))["job_id"]
+    key, _ = engine.keys.create("admin", [], "importer")
+    job_id = interrupted.submit(zip_bytes(members), Principal(key["key_id"], "admin", frozenset()))["job_id"]
     # What a crash leaves: rows 0-2 committed to the catalog, but the last checkpoint says 2 rows done.
     rows = [
         ImportRow(str(i), PhotoInput(data), "Acme", "runner", "authentic", path) for i, (path, data) in enumerate(members[:3])

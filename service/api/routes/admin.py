@@ -17,6 +17,7 @@ from service.api.deps import EngineDep, RuntimeDep
 from service.errors import RequestRejected
 from service.model_registry import NothingToRollBack
 from service.model_switch import SwitchBusy
+from service.schemas import ModelStatusOut, SwitchOut, error_responses
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -27,7 +28,7 @@ class ActivateIn(BaseModel):
     pretrained: str | None = Field(None, max_length=200)
 
 
-@router.get("/model")
+@router.get("/model", response_model=ModelStatusOut, responses=error_responses(401, 403, 429, 503))
 async def model_status(runtime: RuntimeDep, engine: EngineDep, _: AdminKey) -> dict[str, Any]:
     """The model and index being served, the registry (active and history) and the state of the last switch."""
     registry = engine.registry
@@ -41,7 +42,12 @@ async def model_status(runtime: RuntimeDep, engine: EngineDep, _: AdminKey) -> d
     }
 
 
-@router.post("/model/activate", status_code=202)
+@router.post(
+    "/model/activate",
+    status_code=202,
+    response_model=SwitchOut,
+    responses=error_responses(400, 401, 403, 409, 413, 422, 429, 503),
+)
 async def activate(body: ActivateIn, runtime: RuntimeDep, engine: EngineDep, principal: AdminKey) -> dict[str, Any]:
     """Re-embed the catalog with another model in the background, then switch to it atomically."""
     base = engine.settings.model_spec()
@@ -64,7 +70,9 @@ async def activate(body: ActivateIn, runtime: RuntimeDep, engine: EngineDep, pri
         raise RequestRejected(str(exc), 409) from exc
 
 
-@router.post("/model/rollback", status_code=202)
+@router.post(
+    "/model/rollback", status_code=202, response_model=SwitchOut, responses=error_responses(401, 403, 409, 413, 429, 503)
+)
 async def rollback(runtime: RuntimeDep, engine: EngineDep, principal: AdminKey) -> dict[str, Any]:
     """Switch back to the previously active model."""
     try:

@@ -19,13 +19,21 @@ from service.schemas import (
     BrandsOut,
     DeletedImageOut,
     ImagesOut,
+    Label,
     ProductsOut,
     ReferenceImageOut,
     RelabeledImageOut,
     RelabelIn,
+    error_responses,
 )
 
 router = APIRouter(prefix="/v1/catalog", tags=["catalog"])
+
+DUPLICATE_UPLOAD = {"model": AddedImageOut, "description": "The same bytes were already there with this label: the original"}
+IMAGE_BYTES = {
+    "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in ("image/jpeg", "image/png", "image/webp")},
+    "description": "The image's bytes, as uploaded",
+}
 
 
 async def _owned_image(engine: ScanEngine, principal: Principal, image_id: str) -> ImageRef:
@@ -35,7 +43,12 @@ async def _owned_image(engine: ScanEngine, principal: Principal, image_id: str) 
     return ref
 
 
-@router.post("/images", status_code=201, response_model=AddedImageOut)
+@router.post(
+    "/images",
+    status_code=201,
+    response_model=AddedImageOut,
+    responses={200: DUPLICATE_UPLOAD, **error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503)},
+)
 async def add_image(
     engine: EngineDep,
     metrics: MetricsDep,
@@ -44,7 +57,7 @@ async def add_image(
     file: Annotated[UploadFile, File(description="Reference photo (JPEG, PNG or WebP)")],
     brand: Annotated[str, Form(min_length=1, max_length=200)],
     product: Annotated[str, Form(min_length=1, max_length=200)],
-    label: Annotated[str, Form(description="authentic or counterfeit")],
+    label: Annotated[Label, Form(description="authentic or counterfeit")],
     source: Annotated[str | None, Form(max_length=500)] = None,
 ) -> dict[str, Any]:
     """Add a reference image; it is searchable when this returns. A repeat upload answers 200 with the original."""
@@ -58,13 +71,13 @@ async def add_image(
     return {**added.ref.as_dict(), "duplicate": not added.created, "index_version": added.index_version}
 
 
-@router.get("/images", response_model=ImagesOut)
+@router.get("/images", response_model=ImagesOut, responses=error_responses(401, 403, 422, 429, 503))
 async def list_images(
     engine: EngineDep,
     principal: CatalogKey,
     brand: str | None = None,
     product: str | None = None,
-    label: str | None = None,
+    label: Label | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
@@ -79,19 +92,25 @@ async def list_images(
     return {"images": [ref.as_dict() for ref in refs[offset : offset + limit]], "total": len(refs)}
 
 
-@router.get("/images/{image_id}", response_model=ReferenceImageOut)
+@router.get("/images/{image_id}", response_model=ReferenceImageOut, responses=error_responses(401, 403, 404, 422, 429, 503))
 async def get_image(image_id: str, engine: EngineDep, principal: CatalogKey) -> dict[str, Any]:
     return (await _owned_image(engine, principal, image_id)).as_dict()
 
 
-@router.get("/images/{image_id}/content", response_class=Response)
+@router.get(
+    "/images/{image_id}/content",
+    response_class=Response,
+    responses={200: IMAGE_BYTES, **error_responses(401, 403, 404, 422, 429, 503)},
+)
 async def get_image_content(image_id: str, engine: EngineDep, principal: CatalogKey) -> Response:
     ref = await _owned_image(engine, principal, image_id)
     data = await run_in_threadpool(engine.blobs.get, ref.sha256)
     return Response(data, media_type=ref.media_type)
 
 
-@router.patch("/images/{image_id}", response_model=RelabeledImageOut)
+@router.patch(
+    "/images/{image_id}", response_model=RelabeledImageOut, responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503)
+)
 async def relabel_image(
     image_id: str, body: RelabelIn, engine: EngineDep, metrics: MetricsDep, principal: CatalogKey
 ) -> dict[str, Any]:
@@ -104,7 +123,7 @@ async def relabel_image(
     return {**ref.as_dict(), "index_version": engine.index.version}
 
 
-@router.delete("/images/{image_id}", response_model=DeletedImageOut)
+@router.delete("/images/{image_id}", response_model=DeletedImageOut, responses=error_responses(401, 403, 404, 422, 429, 503))
 async def delete_image(image_id: str, engine: EngineDep, metrics: MetricsDep, principal: CatalogKey) -> dict[str, Any]:
     """Remove a reference image from the catalog and the index."""
     await _owned_image(engine, principal, image_id)
@@ -115,13 +134,13 @@ async def delete_image(image_id: str, engine: EngineDep, metrics: MetricsDep, pr
     return {"deleted": ref.image_id, "index_version": engine.index.version}
 
 
-@router.get("/brands", response_model=BrandsOut)
+@router.get("/brands", response_model=BrandsOut, responses=error_responses(401, 403, 429, 503))
 async def list_brands(engine: EngineDep, principal: CatalogKey) -> dict[str, Any]:
     brands = await run_in_threadpool(engine.catalog.list_brands)
     return {"brands": [{"name": b.name, "products": b.products, "images": b.images} for b in brands if principal.owns(b.name)]}
 
 
-@router.get("/products", response_model=ProductsOut)
+@router.get("/products", response_model=ProductsOut, responses=error_responses(401, 403, 422, 429, 503))
 async def list_products(engine: EngineDep, principal: CatalogKey, brand: str | None = None) -> dict[str, Any]:
     products = await run_in_threadpool(engine.catalog.list_products, brand)
     return {

@@ -15,14 +15,22 @@ from service.api.auth import CatalogKey
 from service.api.deps import EngineDep, RuntimeDep
 from service.catalog_export import ExportFormat, catalog_refs, stream_catalog_archive
 from service.errors import RequestRejected
-from service.schemas import ImportJobOut, ImportJobsOut
+from service.schemas import ImportJobOut, ImportJobsOut, error_responses
 
 IMPORTS_PATH = "/v1/catalog/imports"
 ARCHIVE_HELP = "zip or tar.gz holding a manifest.csv (path,brand,product,label) or brand/product/authentic|counterfeit/ folders"
 router = APIRouter(prefix="/v1/catalog", tags=["catalog"])
 
 
-@router.post("/imports", status_code=202, response_model=ImportJobOut)
+@router.post(
+    "/imports",
+    status_code=202,
+    response_model=ImportJobOut,
+    responses={
+        202: {"description": "Queued", "headers": {"Location": {"description": "The job's URL", "schema": {"type": "string"}}}},
+        **error_responses(400, 401, 403, 413, 415, 422, 429, 503),
+    },
+)
 async def submit_import(
     runtime: RuntimeDep,
     principal: CatalogKey,
@@ -40,7 +48,7 @@ async def submit_import(
     return job
 
 
-@router.get("/imports", response_model=ImportJobsOut)
+@router.get("/imports", response_model=ImportJobsOut, responses=error_responses(401, 403, 422, 429, 503))
 async def list_imports(
     runtime: RuntimeDep, principal: CatalogKey, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> dict[str, Any]:
@@ -48,7 +56,7 @@ async def list_imports(
     return {"jobs": await run_in_threadpool(runtime.imports.list, principal, limit)}
 
 
-@router.get("/imports/{job_id}", response_model=ImportJobOut)
+@router.get("/imports/{job_id}", response_model=ImportJobOut, responses=error_responses(401, 403, 404, 422, 429, 503))
 async def get_import(job_id: str, runtime: RuntimeDep, principal: CatalogKey) -> dict[str, Any]:
     job = await run_in_threadpool(runtime.imports.get, job_id, principal)
     if job is None:
@@ -59,7 +67,10 @@ async def get_import(job_id: str, runtime: RuntimeDep, principal: CatalogKey) ->
 @router.get(
     "/export",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/zip": {}, "application/gzip": {}}, "description": "the catalog archive"}},
+    responses={
+        200: {"content": {"application/zip": {}, "application/gzip": {}}, "description": "the catalog archive"},
+        **error_responses(401, 403, 404, 422, 429, 503),
+    },
 )
 async def export_catalog(
     engine: EngineDep,

@@ -8,17 +8,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.auth import AnyKey
 from service.api.deps import MetricsDep, RuntimeDep
+from service.schemas import HealthOut, NotReadyOut, ReadyOut, error_responses
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=HealthOut)
 def healthz() -> dict[str, str]:
     """The process is up and answering."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    responses={503: {"model": NotReadyOut, "description": "The model and index are still loading, or failed to load"}},
+)
 def readyz(runtime: RuntimeDep) -> JSONResponse | dict[str, object]:
     """Ready only when the model and the index are loaded."""
     engine = runtime.engine
@@ -34,7 +39,14 @@ def readyz(runtime: RuntimeDep) -> JSONResponse | dict[str, object]:
     }
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text exposition format"},
+        **error_responses(401, 429, 503),
+    },
+)
 def metrics(runtime: RuntimeDep, service_metrics: MetricsDep, _: AnyKey) -> Response:
     if runtime.engine is not None:
         service_metrics.catalog_images.set(len(runtime.engine.index))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from service.api.auth import ScanKey, redact_scan, scan_scope
 from service.api.deps import EngineDep, MetricsDep, RuntimeDep, read_upload
 from service.batching import ScanBatcher
-from service.schemas import ScanOut
+from service.schemas import ScanOut, error_responses
 
 router = APIRouter(prefix="/v1", tags=["scan"])
 
@@ -23,7 +23,7 @@ async def get_batcher(runtime: RuntimeDep) -> ScanBatcher:
 BatcherDep = Annotated[ScanBatcher, Depends(get_batcher)]
 
 
-@router.post("/scan", response_model=ScanOut)
+@router.post("/scan", response_model=ScanOut, responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503))
 async def scan(
     engine: EngineDep,
     metrics: MetricsDep,

@@ -13,20 +13,41 @@ from service.api.deps import EngineDep, MetricsDep
 from service.api_keys import Principal
 from service.engine import ScanEngine
 from service.errors import RequestRejected
-from service.schemas import FeedbackIn, FeedbackOut, ScanOut
+from service.schemas import FeedbackIn, FeedbackOut, ScanOut, error_responses
+from service.scoring import ViewScoring
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
 
 
-@router.get("/{scan_id}", response_model=ScanOut)
+def view_scoring(engine: ScanEngine, record: dict[str, Any]) -> ViewScoring:
+    """How to score a stored scan again for a brand key's view (`redact_scan`): the serving model's parameters and
+    heads, and its calibrator only when that calibrator scored the scan."""
+    model = engine.model
+    calibrator = model.calibrator
+    if calibrator is not None and record.get("calibration") != calibrator.summary():
+        calibrator = None
+    heads = model.heads
+    if heads is None:
+        return ViewScoring(model.scoring, calibrator)
+    bands = {brand: (head.likely_counterfeit, head.likely_authentic) for brand, head in heads.heads.items()}
+    return ViewScoring(model.scoring, calibrator, heads.version, bands)
+
+
+def readable_feedback(engine: ScanEngine, principal: Principal, scan_id: str) -> list[dict[str, Any]]:
+    """The feedback on a scan this key may read: a brand key, its brands' only (another brand's review stays its own)."""
+    return engine.feedback.for_scan(scan_id, principal.brands if principal.is_brand else None)
+
+
+@router.get("/{scan_id}", response_model=ScanOut, responses=error_responses(401, 404, 422, 429, 503))
 async def get_scan(scan_id: str, engine: EngineDep, principal: AnyKey) -> dict[str, Any]:
-    """The stored record of a scan, with any reviewer feedback on it (brand keys: scans that concern their brands)."""
+    """The stored record of a scan, with any reviewer feedback on it (brand keys: scans that concern their brands, with
+    their brands' evidence and feedback only, and the figures computed from that evidence)."""
     await _require_access(engine, principal, scan_id)
     record = await run_in_threadpool(engine.scans.get, scan_id)
     if record is None:
         raise RequestRejected(f"no scan {scan_id!r}", 404)
-    record["feedback"] = await run_in_threadpool(engine.feedback.for_scan, scan_id)
-    return redact_scan(principal, record)
+    record["feedback"] = await run_in_threadpool(readable_feedback, engine, principal, scan_id)
+    return redact_scan(principal, record, view_scoring(engine, record) if principal.is_brand else None)
 
 
 async def _require_access(engine: ScanEngine, principal: Principal, scan_id: str) -> None:
@@ -35,11 +56,18 @@ async def _require_access(engine: ScanEngine, principal: Principal, scan_id: str
         raise RequestRejected(f"no scan {scan_id!r}", 404)  # 404, not 403: no hint that it exists
 
 
-@router.post("/{scan_id}/feedback", status_code=201, response_model=FeedbackOut)
+@router.post(
+    "/{scan_id}/feedback",
+    status_code=201,
+    response_model=FeedbackOut,
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
+)
 async def give_feedback(
     scan_id: str, body: FeedbackIn, engine: EngineDep, metrics: MetricsDep, principal: ReviewKey
 ) -> dict[str, Any]:
-    """Record a reviewer's verdict. `confirmed_counterfeit` adds the scan's photos to the catalog as known fakes."""
+    """Record a reviewer's verdict, for the reviewer's brand (`brand`, or the one of the key's brands the scan
+    concerns). `confirmed_counterfeit` adds the scan's photos to the catalog as known fakes; on a scan that concerns
+    other brands too, a brand key adds the photos that match its own brands' catalog."""
     await _require_access(engine, principal, scan_id)
     allowed = principal.brands if principal.is_brand else None
     result = await run_in_threadpool(

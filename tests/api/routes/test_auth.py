@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -200,6 +201,26 @@ def test_auth_can_be_disabled_for_demos(make_client: Any, data_dir: Any, caplog:
     assert client.get("/v1/catalog/brands", headers=bare).status_code == 200
     assert client.get("/readyz", headers=bare).json()["auth"] == "disabled"
     assert "AUTHENTICATION IS DISABLED" in caplog.text
+    big = b" " * (65 * 1024)  # with no key to check, the body bounds still hold
+    response = client.post("/v1/scans/scan_x/feedback", content=big, headers={**bare, "content-type": "application/json"})
+    assert response.status_code == 413 and "larger than 65536 bytes" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+def test_every_endpoint_checks_the_key_before_reading_the_body(client: TestClient, method: str, path: str) -> None:
+    read = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal read
+        for _ in range(100):
+            read += 1
+            yield b"\0" * (1024 * 1024)
+
+    headers = {"Authorization": "", "content-type": "application/json", "content-length": str(100 * 1024 * 1024)}
+    response = client.request(method, path, content=body(), headers=headers)
+    assert response.status_code == 401, response.text
+    assert response.json()["detail"] == "an API key is required: send 'Authorization: Bearer <key>'"
+    assert read == 0
 
 
 def test_keys_cli(settings: Settings) -> None:

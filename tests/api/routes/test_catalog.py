@@ -156,7 +156,7 @@ BAD_UPLOADS: list[Any] = [
     pytest.param(("x.jpg", b"", "image/jpeg"), GOOD, 400, "empty", id="empty-file"),
     pytest.param(("x.jpg", imaging.truncated_jpeg(), "image/jpeg"), GOOD, 400, "truncated", id="truncated-jpeg"),
     pytest.param(
-        ("x.png", imaging.png(1, (256, 256)), "image/png"), GOOD, 413, f"larger than {STRICT_MAX_BYTES}", id="too-many-bytes"
+        ("x.png", imaging.png(1, (160, 160)), "image/png"), GOOD, 413, f"larger than {STRICT_MAX_BYTES}", id="too-many-bytes"
     ),
     pytest.param(
         ("x.png", imaging.solid_png((2000, 2000)), "image/png"), GOOD, 413, f"limit is {STRICT_MAX_PIXELS}", id="too-many-pixels"

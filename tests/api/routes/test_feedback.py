@@ -66,8 +66,8 @@ def test_other_verdicts_are_recorded_only(client: TestClient, catalog: dict[str,
 def test_bad_feedback_writes_nothing(client: TestClient, catalog: dict[str, dict[str, Any]]) -> None:
     feedback(client, "scan_does_not_exist", expect=404, verdict="confirmed_counterfeit")
     result = scan(client, [imaging.jpeg(9)], brand="Acme", product="court")
-    detail = feedback(client, result["scan_id"], expect=422, verdict="fake")["detail"]
-    assert detail[0]["loc"][-1] == "verdict"
+    invalid = feedback(client, result["scan_id"], expect=422, verdict="fake")
+    assert invalid["errors"][0]["loc"] == ["body", "verdict"] and "body.verdict" in invalid["detail"]
     feedback(client, result["scan_id"], expect=422, verdict="confirmed_authentic", note="x" * 2001)
     assert client.get(f"/v1/scans/{result['scan_id']}").json()["feedback"] == []
 

@@ -77,7 +77,8 @@ def test_a_model_that_cannot_load_keeps_the_service_unready(tmp_path: Path) -> N
             time.sleep(0.05)
         assert "no weights configured for 'cs-tiny-vit'" in detail
         assert "COUNTERFEIT_SCAN_CHECKPOINT" in detail
-        response = client.get("/v1/catalog/brands")
+        assert client.get("/v1/catalog/brands").status_code == 401  # no key: refused before anything else
+        response = client.get("/v1/catalog/brands", headers={"Authorization": f"Bearer {admin_token(settings)}"})
         assert response.status_code == 503
         assert "ModelLoadError" in response.json()["detail"]
         assert client.get("/healthz").status_code == 200

@@ -1,0 +1,52 @@
+"""`import_rows` counts what it wrote: a photo another writer (an HTTP upload, another process) adds between the
+import's duplicate check and its write is a duplicate, not an addition, and the counts agree with the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import event
+
+from service.config import Settings
+from service.engine import ImportRow, ScanEngine
+from service.photo_prep import PhotoInput
+from tests import imaging
+from tests.helpers import sha256
+
+
+def test_rows_another_writer_adds_during_the_import_count_as_duplicates(
+    make_engine: Callable[[Settings], ScanEngine], settings: Settings
+) -> None:
+    cli, service = make_engine(settings), make_engine(settings)  # two writers on one data directory
+    photos = [imaging.jpeg(seed) for seed in (11, 12, 13)]
+    rows = [
+        ImportRow(f"line {i + 2}", PhotoInput(data), "Acme", "runner", "authentic", f"p{i}.jpg") for i, data in enumerate(photos)
+    ]
+    uploaded: list[bool] = []
+    begins = 0
+
+    def upload_during_the_import(*_: Any) -> None:
+        """The import checks each row for a duplicate (one transaction each), then writes them all in one more: just
+        as that write begins, the service stores the second photo from an HTTP upload."""
+        nonlocal begins
+        begins += 1
+        if begins == len(rows) + 1:
+            uploaded.append(service.add_reference(PhotoInput(photos[1]), "Acme", "runner", "authentic", actor="http").created)
+
+    event.listen(cli.db, "begin", upload_during_the_import)
+    try:
+        summary = cli.import_rows(rows, actor="cli")
+    finally:
+        event.remove(cli.db, "begin", upload_during_the_import)
+
+    assert uploaded == [True]  # the upload wrote it, after the import had checked the row
+    assert (summary.added, summary.duplicates, summary.errors) == (2, 1, [])
+    added_by_cli = cli.audit.query(actor="cli", action="catalog.add")
+    assert len(added_by_cli) == summary.added
+    assert len(cli.audit.query(actor="http", action="catalog.add")) == 1
+    assert sorted(ref.sha256 for ref in cli.catalog.all_images()) == sorted(sha256(d) for d in photos)
+    assert len(cli.index) == 3  # the importer's index holds the uploaded photo too
+
+    again = cli.import_rows(rows, actor="cli")
+    assert (again.added, again.duplicates) == (0, 3)
