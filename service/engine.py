@@ -489,15 +489,12 @@ class ScanEngine:
                 return AddedImage(existing, False, self.index.version)
             embedded = self.embedder.embed_images_with_detail([decoded.image])
             self.blobs.put(decoded.sha256, photo.data)
-            (ref,) = self._commit([new], embedded, actor)
-            return AddedImage(ref, True, self.index.version)
-
-    def _commit(self, images: Sequence[NewImage], embedded: Embeddings, actor: str) -> list[ImageRef]:
-        """Write rows, vectors, detail features and audit entries in one transaction, then make them searchable."""
-        return [ref for ref, _ in self._commit_rows(images, embedded, actor)]
+            ((ref, created),) = self._commit_rows([new], embedded, actor)  # False: another process added it meanwhile
+            return AddedImage(ref, created, self.index.version)
 
     def _commit_rows(self, images: Sequence[NewImage], embedded: Embeddings, actor: str) -> list[tuple[ImageRef, bool]]:
-        """`_commit`, telling for each row whether it was written now (False: another writer had added it meanwhile)."""
+        """Write rows, vectors, detail features and audit entries in one transaction, then make them searchable; for
+        each row its ref and whether it was written now (False: another writer had added it meanwhile)."""
         embedder, vectors = self.embedder, embedded.vectors
         details = DetailFeatures(embedder.detail_layout, embedded.details)
         written = self.catalog.insert_images(images, vectors, embedder.info.fingerprint, actor, details)
@@ -515,6 +512,27 @@ class ScanEngine:
         self._dirty = True
         return written
 
+    def _commit_counted(
+        self, images: Sequence[NewImage], embedded: Embeddings, actor: str, names: Sequence[str], summary: ImportSummary
+    ) -> None:
+        """Commit a batch and count what was written; when another writer added one of its photos under the other
+        label meanwhile, commit row by row so that only that row fails (reported with its name)."""
+        try:
+            written = self._commit_rows(images, embedded, actor)
+        except DuplicateLabelConflict:
+            if len(images) == 1:
+                raise
+            for i, name in enumerate(names):
+                try:
+                    self._commit_counted([images[i]], embedded.rows(i, i + 1), actor, [name], summary)
+                except DuplicateLabelConflict as exc:
+                    assert summary.errors is not None
+                    summary.errors.append((name, str(exc)))
+            return
+        created = sum(1 for _, was_created in written if was_created)
+        summary.added += created
+        summary.duplicates += len(written) - created
+
     def import_rows(
         self,
         rows: Sequence[ImportRow],
@@ -528,6 +546,7 @@ class ScanEngine:
         step = 32
         for start in range(0, len(rows), step):
             batch: list[tuple[NewImage, DecodedImage, bytes]] = []
+            names: list[str] = []
             seen: dict[tuple[str, str, str], str] = {}
             with self._write_lock:
                 for name, photo, brand, product, label, source, group in rows[start : start + step]:
@@ -549,6 +568,7 @@ class ScanEngine:
                         seen[key] = label
                         new = _new_image(decoded, brand, product, label, source, group)
                         batch.append((new, decoded, photo.data))
+                        names.append(name)
                     except (ImageRejected, RequestRejected) as exc:
                         summary.errors.append((name, str(exc)))
                 if batch:
@@ -557,10 +577,7 @@ class ScanEngine:
                         self.blobs.put(new.sha256, data)
                     # Another writer (an HTTP upload, another process) may have added some rows since the checks
                     # above: those were not written here, so they count as duplicates, not as added.
-                    written = self._commit_rows([new for new, _, _ in batch], embedded, actor)
-                    created = sum(1 for _, was_created in written if was_created)
-                    summary.added += created
-                    summary.duplicates += len(written) - created
+                    self._commit_counted([new for new, _, _ in batch], embedded, actor, names, summary)
             bar.update(min(step, len(rows) - start))
         bar.close()
         return summary

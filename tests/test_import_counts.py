@@ -50,3 +50,33 @@ def test_rows_another_writer_adds_during_the_import_count_as_duplicates(
 
     again = cli.import_rows(rows, actor="cli")
     assert (again.added, again.duplicates) == (0, 3)
+
+
+def test_a_row_another_writer_adds_under_the_other_label_fails_alone(
+    make_engine: Callable[[Settings], ScanEngine], settings: Settings
+) -> None:
+    cli, service = make_engine(settings), make_engine(settings)
+    photos = [imaging.jpeg(seed) for seed in (21, 22, 23)]
+    rows = [
+        ImportRow(f"line {i + 2}", PhotoInput(data), "Acme", "runner", "authentic", f"p{i}.jpg") for i, data in enumerate(photos)
+    ]
+    begins = 0
+
+    def upload_as_counterfeit(*_: Any) -> None:
+        nonlocal begins
+        begins += 1
+        if begins == len(rows) + 1:  # just as the import's write begins, the photo arrives labelled the other way
+            service.add_reference(PhotoInput(photos[1]), "Acme", "runner", "counterfeit", actor="http")
+
+    event.listen(cli.db, "begin", upload_as_counterfeit)
+    try:
+        summary = cli.import_rows(rows, actor="cli")
+    finally:
+        event.remove(cli.db, "begin", upload_as_counterfeit)
+
+    assert (summary.added, summary.duplicates) == (2, 0)
+    assert summary.errors is not None and [name for name, _ in summary.errors] == ["line 3"]
+    assert "already in the catalog as counterfeit" in summary.errors[0][1]
+    labels = {ref.sha256: ref.label for ref in cli.catalog.all_images()}
+    assert labels == {sha256(photos[0]): "authentic", sha256(photos[1]): "counterfeit", sha256(photos[2]): "authentic"}
+    assert len(cli.audit.query(actor="cli", action="catalog.add")) == 2
