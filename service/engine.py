@@ -33,7 +33,17 @@ from service.model_registry import ModelRegistry
 from service.near_duplicates import NearDuplicateTable
 from service.photo_prep import PhotoInput, decode_listing, decode_photo
 from service.scan_records import ScanRecordStore, new_scan_id
-from service.scoring import FEATURES, HeadOpinion, Match, NearDuplicate, PhotoEvidence, ScoringParams, photo_risk, score_listing
+from service.scoring import (
+    FEATURES,
+    HeadOpinion,
+    Match,
+    NearDuplicate,
+    PhotoEvidence,
+    ScoringParams,
+    photo_result,
+    rounded,
+    score_listing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -794,11 +804,11 @@ class ScanEngine:
             "scan_id": new_scan_id(),
             "listing_id": listing_id,
             "created_at": datetime.now(UTC).isoformat(),
-            "risk": _round(score.risk),
+            "risk": rounded(score.risk),
             "verdict": score.verdict,
             "calibrated": score.calibrated,
             "calibration": calibrator.summary() if calibrator is not None else None,
-            "score": _round(score.score),
+            "score": rounded(score.score),
             "features": {name: round(value, 6) for name, value in score.features.items()},
             "brand": brand,
             "product": product,
@@ -806,18 +816,7 @@ class ScanEngine:
             "index_version": index_version,
             "authenticity_head": model.heads.summary() if model.heads is not None else None,
             "images": [
-                {
-                    "sha256": sha256,
-                    "risk": _round(photo_risk(photo, calibrator)),
-                    "score": _round(photo.score),
-                    "head_probability": _round(photo.head.probability if photo.head is not None else None),
-                    "in_catalog": photo.in_catalog,
-                    "nearest_authentic": _round(photo.nearest_authentic),
-                    "nearest_counterfeit": _round(photo.nearest_counterfeit),
-                    "margin": _round(photo.margin),
-                    "near_duplicates": [d.as_dict() for d in photo.near_duplicates],
-                    "matches": [m.as_dict() for m in photo_evidence.matches],
-                }
+                {"sha256": sha256, **photo_result(photo, photo_evidence, calibrator)}
                 for sha256, photo, photo_evidence in zip(sha256s, score.photos, evidence, strict=True)
             ],
             "reasons": reasons,
@@ -950,10 +949,6 @@ class ScanEngine:
     def close(self) -> None:
         self.save_index_if_dirty()
         self.db.dispose()
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
 
 
 def serving_spec(settings: Settings) -> ModelSpec:

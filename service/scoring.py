@@ -374,28 +374,33 @@ class ViewScoring:
         )  # fmt: skip
 
 
+def rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def photo_result(photo: PhotoScore, evidence: PhotoEvidence, calibrator: Calibrator | None) -> dict[str, Any]:
+    """One photo's figures and evidence as a scan result shows them (its `sha256` is the caller's)."""
+    return {
+        "risk": rounded(photo_risk(photo, calibrator)),
+        "score": rounded(photo.score),
+        "head_probability": rounded(photo.head.probability if photo.head is not None else None),
+        "in_catalog": photo.in_catalog,
+        "nearest_authentic": rounded(photo.nearest_authentic),
+        "nearest_counterfeit": rounded(photo.nearest_counterfeit),
+        "margin": rounded(photo.margin),
+        "near_duplicates": [d.as_dict() for d in photo.near_duplicates],
+        "matches": [m.as_dict() for m in evidence.matches],
+    }
+
+
 def rescore_stored(result: Mapping[str, Any], evidence: Sequence[PhotoEvidence], view: ViewScoring) -> dict[str, Any]:
     """A stored scan result with its figures, verdict and reasons computed again from `evidence` alone (one per photo,
     part of what the scan found): with `score_listing`, as the scan itself was scored."""
     score = score_listing(evidence, view.params, view.calibrator)
     kept = [r for r in result["reasons"] if r["code"] in ("random_model_weights", "empty_scope")]
 
-    def rounded(value: float | None) -> float | None:
-        return None if value is None else round(value, 6)
-
     images = [
-        {
-            **image,
-            "risk": rounded(photo_risk(photo, view.calibrator)),
-            "score": rounded(photo.score),
-            "head_probability": rounded(photo.head.probability if photo.head is not None else None),
-            "in_catalog": photo.in_catalog,
-            "nearest_authentic": rounded(photo.nearest_authentic),
-            "nearest_counterfeit": rounded(photo.nearest_counterfeit),
-            "margin": rounded(photo.margin),
-            "near_duplicates": [d.as_dict() for d in photo.near_duplicates],
-            "matches": [m.as_dict() for m in photo_evidence.matches],
-        }
+        {**image, **photo_result(photo, photo_evidence, view.calibrator)}
         for image, photo, photo_evidence in zip(result["images"], score.photos, evidence, strict=True)
     ]
     return {
