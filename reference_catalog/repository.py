@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, select
@@ -196,11 +197,7 @@ class CatalogRepository:
             rows = session.execute(
                 select(ImageEmbedding.image_id, ImageEmbedding.vector).where(ImageEmbedding.fingerprint == fingerprint)
             ).all()
-        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vectors = np.empty((len(rows), dim), dtype=np.float32)
-        for i, (_, blob) in enumerate(rows):
-            vectors[i] = np.frombuffer(blob, dtype=np.float32)
-        return keys, vectors
+        return _matrix(rows, dim, np.float32)
 
     def stored_details(self, fingerprint: str, layout: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, float32 features) of every image whose detail features under `fingerprint` have `layout`."""
@@ -210,11 +207,7 @@ class CatalogRepository:
                     ImageDetail.fingerprint == fingerprint, ImageDetail.layout == layout
                 )
             ).all()
-        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        features = np.empty((len(rows), dim), dtype=np.float32)
-        for i, (_, blob) in enumerate(rows):
-            features[i] = np.frombuffer(blob, dtype=np.float16)
-        return keys, features
+        return _matrix(rows, dim, np.float16)
 
     def shoot_groups(self) -> dict[int, str]:
         """Image key -> photo shoot, for the images that have one."""
@@ -369,6 +362,15 @@ class CatalogRepository:
             session.add(CatalogState(key="revision", value=1))
         else:
             state.value += 1
+
+
+def _matrix(rows: Sequence[Any], dim: int, stored: type[np.floating[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, float32 rows) from (key, bytes of `dim` values of dtype `stored`) rows."""
+    keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    matrix = np.empty((len(rows), dim), dtype=np.float32)
+    for i, (_, blob) in enumerate(rows):
+        matrix[i] = np.frombuffer(blob, dtype=stored)
+    return keys, matrix
 
 
 def _detail_row(key: int, fingerprint: str, layout: str, features: np.ndarray) -> ImageDetail:
