@@ -25,6 +25,7 @@ from reference_catalog.repository import DetailFeatures, DuplicateLabelConflict
 from reference_catalog.text import NOTE_ALLOWED, control_character
 from service.api_keys import ApiKeyStore
 from service.authenticity_heads import HeadKeeper
+from service.brand_views import brand_view, view_scoring
 from service.calibration import CalibratorError, LoadedCalibrator, calibrator_path, load_calibrator
 from service.config import Settings
 from service.errors import RequestRejected
@@ -32,7 +33,7 @@ from service.feedback import FeedbackStore
 from service.model_registry import ModelRegistry
 from service.near_duplicates import NearDuplicateTable
 from service.photo_prep import PhotoInput, decode_listing, decode_photo
-from service.scan_records import ScanRecordStore, new_scan_id
+from service.scan_records import BrandViews, ScanRecordStore, concerned_brands, new_scan_id
 from service.scoring import (
     FEATURES,
     HeadOpinion,
@@ -848,7 +849,16 @@ class ScanEngine:
                     self.scan_photos.put(image["sha256"], photo.data)
                 result["photos_kept"] = True
         records = [(r, datetime.fromisoformat(r["created_at"]), r["model"]["fingerprint"], actor) for r, _, actor in scans]
-        self.scans.save_many(records)
+        self.scans.save_many(records, {r["scan_id"]: views for r, _, _ in scans if (views := self._brand_views(r))})
+
+    def _brand_views(self, result: dict[str, Any]) -> BrandViews:
+        """Each brand's verdict and risk of a scan that concerns several brands, as its review queue will see it."""
+        brands = concerned_brands(result)
+        if len(brands) < 2:
+            return {}
+        view = view_scoring(self.model, result)
+        seen = {brand: brand_view(result, {brand}, view) for brand in brands}
+        return {brand: (str(v["verdict"]), v["risk"]) for brand, v in seen.items()}
 
     # --- feedback --------------------------------------------------------------------------------------------
     def give_feedback(

@@ -16,10 +16,12 @@ from sqlalchemy import (
     Index,
     String,
     Table,
+    and_,
     column,
     func,
     insert,
     inspect,
+    or_,
     select,
     table,
 )
@@ -72,6 +74,52 @@ class ScanSubject(ScanSubjectBase):
     scan_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     brand: Mapped[str] = mapped_column(String(200), primary_key=True)
     product: Mapped[str] = mapped_column(String(200), primary_key=True)  # "" when a scan named its brand only
+
+
+class ScanBrandView(ScanSubjectBase):
+    """The verdict and risk one brand sees of a scan that concerns several (`service.brand_views`: computed from its own
+    catalogs' evidence only), so that its review queue and dashboard select and count by what it sees. Scans that
+    concern one brand, and those recorded before this table, have none: the record's own verdict is the brand's."""
+
+    __tablename__ = "scan_brand_views"
+    scan_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    brand: Mapped[str] = mapped_column(String(200), primary_key=True)
+    verdict: Mapped[str] = mapped_column(String(40))
+    risk: Mapped[float | None] = mapped_column(Float)
+
+
+BrandViews = dict[str, tuple[str, float | None]]  # brand -> (verdict, risk) of one scan
+
+
+def _own_view(brands: Collection[str]) -> Any:
+    return select(ScanBrandView.scan_id).where(
+        ScanBrandView.scan_id == ScanRecord.scan_id, ScanBrandView.brand.in_(sorted(brands))
+    )
+
+
+def seen_as(brands: Collection[str] | None, verdicts: Collection[str], min_risk: float | None = None) -> ColumnElement[bool]:
+    """A condition on ScanRecord: what `brands` (None: an admin, the whole record) see of the scan has one of
+    `verdicts` and at least `min_risk`: their own stored view where the scan concerns several brands, else the record."""
+    record = [ScanRecord.verdict.in_(sorted(verdicts))] + ([ScanRecord.risk >= min_risk] if min_risk is not None else [])
+    if brands is None:
+        return and_(*record)
+    own = _own_view(brands).where(ScanBrandView.verdict.in_(sorted(verdicts)))
+    if min_risk is not None:
+        own = own.where(ScanBrandView.risk >= min_risk)
+    return or_(own.exists(), and_(~_own_view(brands).exists(), *record))
+
+
+def verdict_seen(brands: Collection[str] | None) -> ColumnElement[Any]:
+    """The verdict `brands` see of a scan (see `seen_as`); a key of several brands that each have a view of the same
+    scan gets one of their verdicts."""
+    if brands is None:
+        return ScanRecord.verdict.expression
+    own = (
+        select(func.min(ScanBrandView.verdict))
+        .where(ScanBrandView.scan_id == ScanRecord.scan_id, ScanBrandView.brand.in_(sorted(brands)))
+        .scalar_subquery()
+    )
+    return func.coalesce(own, ScanRecord.verdict)
 
 
 FEEDBACK_TABLE = table("scan_feedback", column("scan_id"))  # service/feedback.py's table, named here to avoid an import cycle
@@ -145,16 +193,25 @@ class ScanRecordStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         ScanRecordBase.metadata.create_all(engine)
         _create_subjects_table(engine)
+        ScanSubjectBase.metadata.create_all(engine, tables=[_table(ScanBrandView)])  # new in this release: empty at first
 
     def save(self, result: dict[str, Any], created_at: datetime, model_fingerprint: str, created_by: str = "system") -> None:
         self.save_many([(result, created_at, model_fingerprint, created_by)])
 
-    def save_many(self, records: Sequence[tuple[dict[str, Any], datetime, str, str]]) -> None:
-        """Store (result, created_at, model fingerprint, created by) records in one transaction: all or none."""
+    def save_many(
+        self, records: Sequence[tuple[dict[str, Any], datetime, str, str]], views: dict[str, BrandViews] | None = None
+    ) -> None:
+        """Store (result, created_at, model fingerprint, created by) records in one transaction: all or none; `views`
+        (by scan id) holds each brand's verdict and risk of the scans that concern several brands."""
         if not records:
             return
         rows, access = [], []
         subjects: list[dict[str, str]] = []
+        brand_views = [
+            {"scan_id": scan_id, "brand": brand, "verdict": verdict, "risk": risk}
+            for scan_id, by_brand in (views or {}).items()
+            for brand, (verdict, risk) in by_brand.items()
+        ]
         for result, created_at, model_fingerprint, created_by in records:
             rows.append(
                 {
@@ -178,6 +235,8 @@ class ScanRecordStore:
             connection.execute(insert(_table(ScanAccess)), access)
             if subjects:
                 connection.execute(insert(_table(ScanSubject)), subjects)
+            if brand_views:
+                connection.execute(insert(_table(ScanBrandView)), brand_views)
 
     def access(self, scan_id: str) -> tuple[str, list[str]] | None:
         """(created_by, brands) of a scan, or None when there is no such scan."""
@@ -209,8 +268,8 @@ class ScanRecordStore:
             feedback = select(FEEDBACK_TABLE.c.scan_id).where(FEEDBACK_TABLE.c.scan_id == ScanRecord.scan_id).exists()
             conditions.append(feedback if reviewed else ~feedback)
         if verdicts is not None:
-            conditions.append(ScanRecord.verdict.in_(sorted(verdicts)))
-        if min_risk is not None:
+            conditions.append(seen_as(brands, verdicts, min_risk))
+        elif min_risk is not None:
             conditions.append(ScanRecord.risk >= min_risk)
         scope = concerning(brands, product)
         if scope is not None:
@@ -229,9 +288,8 @@ class ScanRecordStore:
     def daily_counts(self, since: datetime, brands: Collection[str] | None = None) -> list[tuple[str, str, int]]:
         """(UTC day as YYYY-MM-DD, verdict, scans) since `since`, for scans that concern `brands` (None: all)."""
         day = func.date(ScanRecord.created_at)
-        query = (
-            select(day, ScanRecord.verdict, func.count()).where(ScanRecord.created_at >= since).group_by(day, ScanRecord.verdict)
-        )
+        verdict = verdict_seen(brands)
+        query = select(day, verdict, func.count()).where(ScanRecord.created_at >= since).group_by(day, verdict)
         scope = concerning(brands)
         if scope is not None:
             query = query.where(scope)

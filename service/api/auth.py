@@ -9,8 +9,9 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.api_keys import LOCAL_ADMIN, Principal
+from service.brand_views import brand_view
 from service.errors import RequestRejected
-from service.scoring import ViewScoring, rescore_stored, stored_evidence
+from service.scoring import ViewScoring
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="counterfeit-scan"'}
 PRINCIPAL_STATE = "api_principal"  # request.state attribute: the key already checked for this request
@@ -78,49 +79,8 @@ def scan_scope(principal: Principal, brand: str | None) -> str | None:
 
 
 def redact_scan(principal: Principal, result: dict[str, Any], view: ViewScoring | None = None) -> dict[str, Any]:
-    """What a caller may see of a scan: brand keys see evidence from their own brands only, and figures computed from it.
-
-    Where another brand's evidence (a match, a near copy, its authenticity head's opinion) is removed, every figure that
-    rested on it goes too: the photos' and the listing's risk, scores, features, verdict and reasons are scored again
-    from the evidence left, with `view` (the serving model's scoring), or withheld without it. The record is unchanged.
-    """
-    if not principal.is_brand:
-        return result
-    mine = principal.brands
-    images: list[dict[str, Any]] = []
-    hidden = False
-    for image in result["images"]:
-        matches = [m for m in image["matches"] if m["brand"] in mine]
-        duplicates = [d for d in image["near_duplicates"] if d["brand"] in mine]
-        hidden = hidden or len(matches) < len(image["matches"]) or len(duplicates) < len(image["near_duplicates"])
-        images.append({**image, "matches": matches, "near_duplicates": duplicates})
-    # Another brand's authenticity head says what that brand's catalog holds: its opinion goes with its evidence.
-    heads = {int(r["photo"]): r for r in result["reasons"] if r["code"] == "authenticity_head"}
-    hidden = hidden or any(r.get("brand") not in mine for r in heads.values())
-    summary = result.get("authenticity_head")
-    if summary:  # which brands and products have heads: its own only
-        summary = {**summary, "scopes": [s for s in summary["scopes"] if s.split("/", 1)[0] in mine]}
-    redacted = {**result, "images": images, "authenticity_head": summary}
-    if not hidden:
-        return redacted
-    note = {
-        "code": "other_brands_evidence_removed",
-        "message": "figures computed from your brands' evidence only: what other brands' catalogs hold is neither shown "
-        "nor counted" + ("" if view is not None else "; the listing's figures are withheld"),
-    }
-    if view is None:
-        numbers = ("risk", "score", "head_probability", "nearest_authentic", "nearest_counterfeit", "margin")
-        kept = [r for r in result["reasons"] if r["code"] in ("random_model_weights", "empty_scope")]
-        return {**redacted, "risk": None, "score": None, "verdict": "needs_review", "calibrated": False, "calibration": None,
-                "features": {}, "images": [{**image, **dict.fromkeys(numbers), "in_catalog": False} for image in images],
-                "reasons": [*kept, note]}  # fmt: skip
-    evidence = [
-        stored_evidence(image, view.head(heads[n]) if n in heads and heads[n].get("brand") in mine else None)
-        for n, image in enumerate(images, start=1)
-    ]
-    rescored = rescore_stored(redacted, evidence, view)
-    rescored["reasons"].insert(0, note)
-    return rescored
+    """What a caller may see of a scan: brand keys see their brands' view of it (`service.brand_views`)."""
+    return brand_view(result, principal.brands, view) if principal.is_brand else result
 
 
 def may_read_scan(principal: Principal, created_by: str, brands: list[str]) -> bool:

@@ -16,7 +16,7 @@ from reference_catalog.audit import AuditEntry
 from reference_catalog.models import Brand, Product, ReferenceImage
 from service.engine import ScanEngine
 from service.feedback import ScanFeedback, given_for
-from service.scan_records import ScanRecord, concerning
+from service.scan_records import ScanRecord, concerning, seen_as, verdict_seen
 
 FLAGGED = ("likely_counterfeit", "needs_review")
 VERDICTS = ("likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog")
@@ -125,9 +125,7 @@ def queue_scans(
 ) -> tuple[list[dict[str, Any]], int]:
     """One page of stored scans, newest first, that concern `brands` (None: any), filtered by verdict, product, minimum
     risk and whether `brands`' reviewers (None: anyone) answered; and how many match in all."""
-    conditions: list[ColumnElement[bool]] = [ScanRecord.verdict.in_(sorted(verdicts))]
-    if min_risk is not None:
-        conditions.append(ScanRecord.risk >= min_risk)
+    conditions: list[ColumnElement[bool]] = [seen_as(brands, verdicts, min_risk)]  # as these brands see the scan
     scope = concerning(brands, product)
     if scope is not None:
         conditions.append(scope)
@@ -201,7 +199,7 @@ def dashboard(engine: ScanEngine, brands: frozenset[str] | None, days: int, toda
             row.by_verdict[verdict] += count
             totals[verdict] += count
     query = (
-        select(ScanFeedback.scan_id, ScanRecord.verdict, ScanFeedback.verdict, ScanFeedback.created_at)
+        select(ScanFeedback.scan_id, verdict_seen(brands), ScanFeedback.verdict, ScanFeedback.created_at)
         .join(ScanRecord, ScanRecord.scan_id == ScanFeedback.scan_id)
         .where(ScanRecord.created_at >= since)
     )

@@ -14,8 +14,9 @@ from starlette.concurrency import run_in_threadpool
 
 from embeddings import ImageRejected
 from service.api.auth import may_read_scan, redact_scan
-from service.api.routes.scans import readable_feedback, view_scoring
+from service.api.routes.scans import readable_feedback
 from service.api_keys import Principal
+from service.brand_views import view_scoring
 from service.console.common import (
     IMAGE_HEADERS,
     PREFIX,
@@ -94,7 +95,7 @@ async def review_queue(
     if number > pages:  # past the end: the last page
         number = pages
         rows, total = await run_in_threadpool(query, (number - 1) * PAGE_SIZE)
-    summaries = [scan_summary(redact_scan(principal, row, view_scoring(engine, row))) for row in rows]
+    summaries = [scan_summary(redact_scan(principal, row, view_scoring(engine.model, row))) for row in rows]
     reviews = await run_in_threadpool(latest_feedback, engine, [s["scan_id"] for s in summaries], brands)
     catalog_products = [p for p in await run_in_threadpool(engine.catalog.list_products) if principal.owns(p.brand)]
     filters = {"verdict": verdict if verdict in FLAGGED else "", "brand": brand or "", "product": product or "",
@@ -127,7 +128,7 @@ async def readable_scan(engine: ScanEngine, principal: Principal, scan_id: str) 
     record = await run_in_threadpool(engine.scans.get, scan_id) if access is not None else None
     if access is None or record is None or not may_read_scan(principal, *access):
         raise ConsoleError(404, "There is no such scan among your brands' scans.")
-    return redact_scan(principal, record, view_scoring(engine, record))
+    return redact_scan(principal, record, view_scoring(engine.model, record))
 
 
 async def _scan_context(engine: ScanEngine, principal: Principal, scan_id: str) -> dict[str, Any]:

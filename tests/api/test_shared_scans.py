@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -166,3 +167,30 @@ def test_feedback_from_before_brands_were_recorded(
     fb = again.post(f"/v1/scans/{shared.scan['scan_id']}/feedback", headers=shared.acme, json={"verdict": "not_applicable"})
     assert fb.status_code == 201
     assert [f["brand"] for f in reopened.feedback.for_scan(shared.scan["scan_id"], {"Acme"})] == ["Acme"]
+
+
+def test_each_brands_queue_and_dashboard_select_a_shared_scan_by_the_verdict_it_sees(
+    shared_client: tuple[TestClient, ScanEngine],
+) -> None:
+    client, engine = shared_client
+    shared = seed_shared_scan(client, engine)
+    scan_id, stored = shared.scan["scan_id"], engine.scans.get(shared.scan["scan_id"])
+    assert stored is not None
+    nike = client.get(f"/v1/scans/{scan_id}", headers=shared.nike).json()
+    acme = client.get(f"/v1/scans/{scan_id}", headers=shared.acme).json()
+    # Nike's photo re-uses Nike's official photo (review, risk 0); Acme's copies Acme's known fake (flagged, risk 1);
+    # the whole record, as an admin sees it, sits between.
+    assert (nike["verdict"], nike["risk"]) == ("needs_review", 0.0)
+    assert (acme["verdict"], acme["risk"]) == ("likely_counterfeit", 1.0)
+    assert (stored["verdict"], stored["risk"]) == ("needs_review", 0.5)
+
+    def found(verdicts: tuple[str, ...], brands: set[str] | None, min_risk: float | None = None) -> int:
+        return engine.scans.query(verdicts=verdicts, brands=brands, min_risk=min_risk)[1]
+
+    assert found(("likely_counterfeit",), {"Acme"}) == 1 and found(("likely_counterfeit",), {"Nike"}) == 0
+    assert found(("needs_review",), {"Nike"}, min_risk=0.3) == 0  # Nike's queue is not raised by Acme's evidence
+    assert found(("needs_review",), None, min_risk=0.3) == 1  # the admin's, by the whole record
+    since = datetime.now(UTC) - timedelta(days=1)
+    assert [v for _, v, _ in engine.scans.daily_counts(since, {"Nike"})] == ["needs_review"]
+    assert [v for _, v, _ in engine.scans.daily_counts(since, {"Acme"})] == ["likely_counterfeit"]
+    assert [v for _, v, _ in engine.scans.daily_counts(since)] == [stored["verdict"]]

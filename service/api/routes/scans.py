@@ -11,26 +11,12 @@ from starlette.concurrency import run_in_threadpool
 from service.api.auth import AnyKey, ReviewKey, may_read_scan, redact_scan
 from service.api.deps import EngineDep, MetricsDep
 from service.api_keys import Principal
+from service.brand_views import view_scoring
 from service.engine import ScanEngine
 from service.errors import RequestRejected
 from service.schemas import FeedbackIn, FeedbackOut, ScanOut, error_responses
-from service.scoring import ViewScoring
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
-
-
-def view_scoring(engine: ScanEngine, record: dict[str, Any]) -> ViewScoring:
-    """How to score a stored scan again for a brand key's view (`redact_scan`): the serving model's parameters and
-    heads, and its calibrator only when that calibrator scored the scan."""
-    model = engine.model
-    calibrator = model.calibrator
-    if calibrator is not None and record.get("calibration") != calibrator.summary():
-        calibrator = None
-    heads = model.heads
-    if heads is None:
-        return ViewScoring(model.scoring, calibrator)
-    bands = {brand: (head.likely_counterfeit, head.likely_authentic) for brand, head in heads.heads.items()}
-    return ViewScoring(model.scoring, calibrator, heads.version, bands)
 
 
 def readable_feedback(engine: ScanEngine, principal: Principal, scan_id: str) -> list[dict[str, Any]]:
@@ -47,7 +33,7 @@ async def get_scan(scan_id: str, engine: EngineDep, principal: AnyKey) -> dict[s
     if record is None:
         raise RequestRejected(f"no scan {scan_id!r}", 404)
     record["feedback"] = await run_in_threadpool(readable_feedback, engine, principal, scan_id)
-    return redact_scan(principal, record, view_scoring(engine, record) if principal.is_brand else None)
+    return redact_scan(principal, record, view_scoring(engine.model, record) if principal.is_brand else None)
 
 
 async def _require_access(engine: ScanEngine, principal: Principal, scan_id: str) -> None:
