@@ -194,3 +194,16 @@ def test_each_brands_queue_and_dashboard_select_a_shared_scan_by_the_verdict_it_
     assert [v for _, v, _ in engine.scans.daily_counts(since, {"Nike"})] == ["needs_review"]
     assert [v for _, v, _ in engine.scans.daily_counts(since, {"Acme"})] == ["likely_counterfeit"]
     assert [v for _, v, _ in engine.scans.daily_counts(since)] == [stored["verdict"]]
+
+
+def test_the_scanner_reads_each_brands_verdict_but_not_its_note(shared_client: tuple[TestClient, ScanEngine]) -> None:
+    client, engine = shared_client
+    shared = seed_shared_scan(client, engine)
+    url = f"/v1/scans/{shared.scan['scan_id']}"
+    given = client.post(f"{url}/feedback", headers=shared.nike, json={
+        "verdict": "confirmed_counterfeit", "note": NIKE_NOTE, "brand": "Nike", "product": "air-force-1"})  # fmt: skip
+    assert given.status_code == 201 and given.json()["added_image_ids"]
+    (seen,) = client.get(url, headers=shared.scanner).json()["feedback"]
+    assert (seen["verdict"], seen["brand"], seen["note"], seen["added_image_ids"]) == ("confirmed_counterfeit", "Nike", None, [])
+    (admin_view,) = client.get(url).json()["feedback"]
+    assert admin_view["note"] == NIKE_NOTE and admin_view["added_image_ids"] == given.json()["added_image_ids"]

@@ -20,8 +20,13 @@ router = APIRouter(prefix="/v1/scans", tags=["scans"])
 
 
 def readable_feedback(engine: ScanEngine, principal: Principal, scan_id: str) -> list[dict[str, Any]]:
-    """The feedback on a scan this key may read: a brand key, its brands' only (another brand's review stays its own)."""
-    return engine.feedback.for_scan(scan_id, principal.brands if principal.is_brand else None)
+    """The feedback on a scan this key may read: a brand key, its brands' only (another brand's review stays its own);
+    the scanner that made the scan, each review's verdict and brand without the reviewer's note or the catalog images
+    it added (brands' internal matters, not the marketplace pipeline's)."""
+    feedback = engine.feedback.for_scan(scan_id, principal.brands if principal.is_brand else None)
+    if principal.role == "scanner":
+        return [{**item, "note": None, "added_image_ids": []} for item in feedback]
+    return feedback
 
 
 @router.get("/{scan_id}", response_model=ScanOut, responses=error_responses(401, 404, 422, 429, 503))
