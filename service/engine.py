@@ -877,7 +877,8 @@ class ScanEngine:
         given for one of them (`brand`, or the one the scan concerns), and on a scan that also concerns other brands
         only the photos that match the key's brands' catalog (by the evidence it may see) join the catalog.
         """
-        from service.scoring import score_photo, stored_evidence  # local: engine.py's imports are shared
+        from service.brand_views import stored_evidence  # local: engine.py's imports are shared
+        from service.scoring import score_photo
 
         note = clean_note(note)
         record = self.scans.get(scan_id)

@@ -14,7 +14,7 @@ A near copy of a known fake's photo lifts the risk to at least NEAR_DUP_FAKE_SCO
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -148,15 +148,6 @@ class ListingScore:
     photos: Sequence[PhotoScore]
     features: dict[str, float]
     reasons: list[Reason]
-
-
-def stored_evidence(image: Mapping[str, Any], head: HeadOpinion | None = None) -> PhotoEvidence:
-    """A stored scan photo's evidence back as PhotoEvidence: its `matches` and `near_duplicates` as the result lists them."""
-    matches = [Match(m["image_id"], m["brand"], m["product"], m["label"], float(m["similarity"])) for m in image["matches"]]
-    duplicates = [
-        NearDuplicate(d["image_id"], d["brand"], d["product"], d["label"], int(d["distance"])) for d in image["near_duplicates"]
-    ]
-    return PhotoEvidence(matches, duplicates, head)
 
 
 def score_photo(evidence: PhotoEvidence, params: ScoringParams) -> PhotoScore:
@@ -353,27 +344,6 @@ def photo_risk(photo: PhotoScore, calibrator: Calibrator | None = None) -> float
     return head if head is not None else photo.score
 
 
-@dataclass(frozen=True)
-class ViewScoring:
-    """What re-scoring a stored scan from part of its evidence needs, from the model serving now: its scoring
-    parameters, its calibrator (only when it is the one that scored the scan) and its authenticity heads' bands."""
-
-    params: ScoringParams
-    calibrator: Calibrator | None = None
-    head_version: str | None = None
-    head_bands: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # brand -> (likely_counterfeit, likely_authentic)
-
-    def head(self, reason: Mapping[str, Any]) -> HeadOpinion | None:
-        """A stored `authenticity_head` reason back as the head's opinion, while that head still serves."""
-        bands = self.head_bands.get(str(reason["brand"]))
-        if bands is None or reason.get("head_version") != self.head_version:
-            return None
-        return HeadOpinion(
-            float(reason["probability"]), str(reason["brand"]), str(reason["scope"]), str(reason["head_version"]),
-            int(reason["n_authentic"]), int(reason["n_counterfeit"]), float(reason["cv_roc_auc"]), *bands,
-        )  # fmt: skip
-
-
 def rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
@@ -390,27 +360,4 @@ def photo_result(photo: PhotoScore, evidence: PhotoEvidence, calibrator: Calibra
         "margin": rounded(photo.margin),
         "near_duplicates": [d.as_dict() for d in photo.near_duplicates],
         "matches": [m.as_dict() for m in evidence.matches],
-    }
-
-
-def rescore_stored(result: Mapping[str, Any], evidence: Sequence[PhotoEvidence], view: ViewScoring) -> dict[str, Any]:
-    """A stored scan result with its figures, verdict and reasons computed again from `evidence` alone (one per photo,
-    part of what the scan found): with `score_listing`, as the scan itself was scored."""
-    score = score_listing(evidence, view.params, view.calibrator)
-    kept = [r for r in result["reasons"] if r["code"] in ("random_model_weights", "empty_scope")]
-
-    images = [
-        {**image, **photo_result(photo, photo_evidence, view.calibrator)}
-        for image, photo, photo_evidence in zip(result["images"], score.photos, evidence, strict=True)
-    ]
-    return {
-        **result,
-        "risk": rounded(score.risk),
-        "score": rounded(score.score),
-        "verdict": score.verdict,
-        "calibrated": score.calibrated,
-        "calibration": result.get("calibration") if view.calibrator is not None else None,
-        "features": {name: round(value, 6) for name, value in score.features.items()},
-        "images": images,
-        "reasons": kept + [reason.as_dict() for reason in score.reasons],
     }

@@ -9,9 +9,8 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.api_keys import LOCAL_ADMIN, Principal
-from service.brand_views import brand_view
+from service.brand_views import ViewScoring, brand_view
 from service.errors import RequestRejected
-from service.scoring import ViewScoring
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="counterfeit-scan"'}
 PRINCIPAL_STATE = "api_principal"  # request.state attribute: the key already checked for this request
