@@ -95,10 +95,6 @@ class LabelledPhotos:
             str(payload["layout"]),
         )
 
-    @classmethod
-    def empty(cls, layout: str, dim: int) -> LabelledPhotos:
-        return cls(np.empty((0, dim), dtype=np.float32), np.empty(0, dtype=bool), (), (), (), layout)
-
     def subset(self, rows: np.ndarray) -> LabelledPhotos:
         return LabelledPhotos(
             self.features[rows],
@@ -194,9 +190,6 @@ class HeadSet:
 
     def head_for(self, brand: str) -> FittedHead | None:
         return self.heads.get(brand)
-
-    def skip_reason(self, brand: str) -> str | None:
-        return self.skipped.get(brand)
 
     def summary(self) -> dict[str, object]:
         return {
