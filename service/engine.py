@@ -834,7 +834,12 @@ class ScanEngine:
             return "not fitted yet for this model"
         brands = [brand] if brand else [e.matches[0].brand for e in evidence if e.matches]
         reasons = [f"{b}: {model.heads.skipped[b]}" for b in dict.fromkeys(brands) if b in model.heads.skipped]
-        return "; ".join(reasons) or "no head covers these photos"
+        if reasons:
+            return "; ".join(reasons)
+        fitted, current = model.heads.catalog_revision, model.index.revision
+        if fitted != current:  # a brand new to the heads: they are refitted once the catalog's changes settle
+            return f"the heads are being refitted for the catalog's latest changes (fitted at revision {fitted}, now {current})"
+        return "no head covers these photos"
 
     def _record(self, result: dict[str, Any], photos: Sequence[PhotoInput], actor: str = "system") -> None:
         self._record_many([(result, photos, actor)])

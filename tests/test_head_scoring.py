@@ -65,6 +65,9 @@ def test_heads_are_refitted_once_when_catalog_changes_settle_and_scans_name_the_
         engine.import_rows(rows[start : start + 4])
         assert not engine.refresh_heads_if_due()
     assert engine.heads.fits == 1
+    waiting = engine.scan([PhotoInput(imaging.jpeg(1, size=(72, 72)))], brand="Acme", record=False)
+    reason = next(r["message"] for r in waiting["reasons"] if r["code"] == "no_authenticity_head")
+    assert f"being refitted for the catalog's latest changes (fitted at revision 0, now {engine.index.revision})" in reason
     time.sleep(0.5)
     assert engine.refresh_heads_if_due()  # quiet for the delay: one fit for the whole import
     assert not engine.refresh_heads_if_due()
