@@ -45,8 +45,8 @@ class HeadKeeper:
         tag = "catalog" if extra is None else "extra-" + hashlib.sha256(extra.digest().encode()).hexdigest()[:12]
         return self.directory / f"{embedder.info.fingerprint[:16]}-{tag}.npz"
 
-    def load(self, embedder: ImageEmbedder, revision: int) -> HeadSet | None:
-        """The saved heads of this model when they were fitted at `revision` with today's options, else None."""
+    def load(self, embedder: ImageEmbedder) -> HeadSet | None:
+        """The saved heads of this model and detail layout (fitted at whatever catalog revision they name), or None."""
         path = self.path_for(embedder)
         if not self.enabled or not path.is_file():
             return None
@@ -55,8 +55,8 @@ class HeadKeeper:
         except ValueError as exc:
             log.warning("refitting the authenticity heads: %s", exc)
             return None
-        fresh = heads.catalog_revision == revision and heads.layout == embedder.detail_layout
-        return heads if fresh and heads.fingerprint == embedder.info.fingerprint else None
+        usable = heads.layout == embedder.detail_layout and heads.fingerprint == embedder.info.fingerprint
+        return heads if usable else None
 
     def training_set(self, embedder: ImageEmbedder, refs: Mapping[int, ImageRef]) -> tuple[LabelledPhotos, int]:
         """The catalog's labelled photos with stored detail features and the model's extra photos; how many are extra."""

@@ -152,7 +152,7 @@ class ScanEngine:
         self.blob_deleted: list[Callable[[str], None]] = []
 
     @classmethod
-    def open(cls, settings: Settings, show_progress: bool = False) -> ScanEngine:
+    def open(cls, settings: Settings, show_progress: bool = False, fit_heads: bool = True) -> ScanEngine:
         """Load the model (the activated one, if any), the catalog and the index, repairing a stale index."""
         active = ModelRegistry(settings.data_dir).active()
         spec = serving_spec(settings)
@@ -163,7 +163,7 @@ class ScanEngine:
         embedder = load_embedder(spec, settings.export_dir)
         engine = cls(settings, embedder)
         engine.sync_index(show_progress)
-        engine.refresh_heads()
+        engine.refresh_heads(fit_heads)  # a service passes False: readiness need not wait for a fit
         engine.refresh_calibrator()
         engine.collect_orphan_blobs()
         return engine
@@ -273,22 +273,26 @@ class ScanEngine:
         log.info("now serving %s with index %s", model.embedder.info.short_id, model.index.version)
 
     # --- authenticity heads: fitted off the write lock, swapped in with one assignment -------------------------
-    def _heads_at(self, embedder: ImageEmbedder, refs: dict[int, ImageRef], revision: int) -> HeadSet | None:
-        """Saved heads for this catalog revision, else fitted now (detail features embedded where missing)."""
+    def _heads_at(self, embedder: ImageEmbedder, refs: dict[int, ImageRef], revision: int, fit: bool = True) -> HeadSet | None:
+        """Saved heads for this catalog revision, else fitted now (detail features embedded where missing); with
+        `fit` False, the saved heads whatever revision they were fitted at (or None), leaving the fit to later."""
         if not self.heads.enabled:
             return None
-        saved = self.heads.load(embedder, revision)
-        if saved is not None:
+        saved = self.heads.load(embedder)
+        if saved is not None and (saved.catalog_revision == revision or not fit):
             return saved
+        if not fit:
+            return None
         self._fill_details(embedder, refs)
         return self.heads.fit(embedder, refs, revision)
 
-    def refresh_heads(self) -> HeadSet | None:
-        """Bring the serving model's heads up to the catalog it serves (at start, and in the background)."""
+    def refresh_heads(self, fit: bool = True) -> HeadSet | None:
+        """Bring the serving model's heads up to the catalog it serves (at start, and in the background); with `fit`
+        False, take the saved ones as they are (a service starting up: its background fitter catches up)."""
         model = self.model
         with self._write_lock:
             refs, revision = dict(self._refs), model.index.revision
-        heads = self._heads_at(model.embedder, refs, revision)
+        heads = self._heads_at(model.embedder, refs, revision, fit)
         with self._write_lock:
             if self.model.embedder is model.embedder:
                 self.model = replace(self.model, heads=heads)

@@ -56,7 +56,9 @@ class ServiceRuntime:
 
     def _load(self) -> None:
         try:
-            engine = ScanEngine.open(self.settings)
+            # The heads saved for this model are served at once, stale or not; the head fitter refits them in the
+            # background (a 10,000-photo catalog takes minutes), so readiness never waits for a fit.
+            engine = ScanEngine.open(self.settings, fit_heads=False)
             self._engine_ready(engine)
             self.engine = engine
             log.info(

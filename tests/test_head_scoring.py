@@ -86,6 +86,17 @@ def test_heads_are_refitted_once_when_catalog_changes_settle_and_scans_name_the_
     reopened = make_engine(tiny_settings(data_dir))
     assert reopened.refresh_heads() is not None and reopened.heads.fits == 0
     assert reopened.model.heads is not None and reopened.model.heads.version == heads.version
+    # A service starting on a catalog changed since the last fit serves the saved heads at once, fitting nothing
+    # before it is ready; its background fitter then catches up.
+    engine.import_rows(labelled_rows(n_groups=1, shots=2, first_seed=500))
+    starting = make_engine(tiny_settings(data_dir, head_refit_delay_s=0.2))
+    stale = starting.refresh_heads(fit=False)
+    assert stale is not None and stale.version == heads.version and starting.heads.fits == 0
+    assert stale.catalog_revision < starting.index.revision
+    assert not starting.refresh_heads_if_due()
+    time.sleep(0.3)
+    assert starting.refresh_heads_if_due() and starting.heads.fits == 1
+    assert starting.model.heads is not None and starting.model.heads.n_photos == 28
 
 
 def test_an_unreadable_heads_file_is_refitted_not_fatal(make_engine: Callable[[Settings], ScanEngine], data_dir: Path) -> None:
