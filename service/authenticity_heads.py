@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from embeddings import ImageEmbedder
 from embeddings.authenticity import HeadSet, LabelledPhotos, fit_heads
 from reference_catalog import CatalogRepository, ImageRef
 from service.config import Settings
+from service.scoring import HeadOpinion, PhotoEvidence
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +118,32 @@ class HeadKeeper:
         pending = self._pending_since or now
         quiet = now - self._last_change >= self.settings.head_refit_delay_s
         return quiet or now - pending >= self.settings.head_refit_max_delay_s
+
+    def missing_reason(
+        self, heads: HeadSet | None, revision: int, evidence: Sequence[PhotoEvidence], brand: str | None
+    ) -> str | None:
+        """Why a listing's photos have no head's opinion (None when one has it); `revision`: the catalog's now."""
+        if any(e.head is not None for e in evidence):
+            return None
+        if not self.enabled:
+            return "turned off (COUNTERFEIT_SCAN_HEAD_ENABLED)"
+        if heads is None:
+            return "not fitted yet for this model"
+        brands = [brand] if brand else [e.matches[0].brand for e in evidence if e.matches]
+        reasons = [f"{b}: {heads.skipped[b]}" for b in dict.fromkeys(brands) if b in heads.skipped]
+        if reasons:
+            return "; ".join(reasons)
+        fitted = heads.catalog_revision
+        if fitted != revision:  # a brand new to the heads: they are refitted once the catalog's changes settle
+            return f"the heads are being refitted for the catalog's latest changes (fitted at revision {fitted}, now {revision})"
+        return "no head covers these photos"
+
+
+def head_opinion(heads: HeadSet | None, details: np.ndarray, brand: str | None, product: str | None) -> HeadOpinion | None:
+    """The probability the brand's head gives the photo (with its product's own weights where it has them)."""
+    head = heads.head_for(brand) if heads is not None and brand else None
+    if heads is None or head is None:
+        return None
+    probability = float(head.probability(details[None, :], product)[0])
+    return HeadOpinion(probability, head.brand, head.scope(product), heads.version, head.n_authentic, head.n_counterfeit,
+                       head.cv_roc_auc, head.likely_counterfeit, head.likely_authentic)  # fmt: skip

@@ -24,7 +24,7 @@ from reference_catalog import LABELS, AuditLog, BlobStore, CatalogRepository, Im
 from reference_catalog.repository import DetailFeatures, DuplicateLabelConflict
 from reference_catalog.text import NOTE_ALLOWED, control_character
 from service.api_keys import ApiKeyStore
-from service.authenticity_heads import HeadKeeper
+from service.authenticity_heads import HeadKeeper, head_opinion
 from service.brand_views import brand_view, view_scoring
 from service.calibration import CalibratorError, LoadedCalibrator, calibrator_path, load_calibrator
 from service.config import Settings
@@ -36,7 +36,6 @@ from service.photo_prep import PhotoInput, decode_listing, decode_photo
 from service.scan_records import BrandViews, ScanRecordStore, concerned_brands, new_scan_id
 from service.scoring import (
     FEATURES,
-    HeadOpinion,
     Match,
     NearDuplicate,
     PhotoEvidence,
@@ -754,7 +753,7 @@ class ScanEngine:
                 if (ref := refs.get(key)) is not None and (allowed is None or key in allowed)
             ]
             top = matches[0] if matches else None
-            head = _head_opinion(
+            head = head_opinion(
                 model.heads, details, brand or (top.brand if top else None), product or (top.product if top else None)
             )
             evidence.append(PhotoEvidence(matches, duplicates, head))
@@ -791,7 +790,9 @@ class ScanEngine:
         model = model or self.model
         evidence, index_version = self._evidence(model, embedded, phashes, brand, product, searched)
         calibrator = model.calibrator
-        score = score_listing(evidence, model.scoring, calibrator, self._head_missing(model, evidence, brand))
+        score = score_listing(
+            evidence, model.scoring, calibrator, self.heads.missing_reason(model.heads, model.index.revision, evidence, brand)
+        )
         reasons = [reason.as_dict() for reason in score.reasons]
         scope_keys = self._scope(brand, product)
         if scope_keys is not None and len(scope_keys) == 0:
@@ -827,23 +828,6 @@ class ScanEngine:
             "reasons": reasons,
             "photos_kept": False,
         }
-
-    def _head_missing(self, model: ServingModel, evidence: Sequence[PhotoEvidence], brand: str | None) -> str | None:
-        """Why the listing's photos have no head's opinion (None when one has it)."""
-        if any(e.head is not None for e in evidence):
-            return None
-        if not self.heads.enabled:
-            return "turned off (COUNTERFEIT_SCAN_HEAD_ENABLED)"
-        if model.heads is None:
-            return "not fitted yet for this model"
-        brands = [brand] if brand else [e.matches[0].brand for e in evidence if e.matches]
-        reasons = [f"{b}: {model.heads.skipped[b]}" for b in dict.fromkeys(brands) if b in model.heads.skipped]
-        if reasons:
-            return "; ".join(reasons)
-        fitted, current = model.heads.catalog_revision, model.index.revision
-        if fitted != current:  # a brand new to the heads: they are refitted once the catalog's changes settle
-            return f"the heads are being refitted for the catalog's latest changes (fitted at revision {fitted}, now {current})"
-        return "no head covers these photos"
 
     def _record(self, result: dict[str, Any], photos: Sequence[PhotoInput], actor: str = "system") -> None:
         self._record_many([(result, photos, actor)])
@@ -984,13 +968,3 @@ def _new_image(
         brand, product, label, decoded.sha256, decoded.media_type, decoded.width, decoded.height, source,
         perceptual_hash(decoded.image), group or None,
     )  # fmt: skip
-
-
-def _head_opinion(heads: HeadSet | None, details: np.ndarray, brand: str | None, product: str | None) -> HeadOpinion | None:
-    """The probability the brand's head gives the photo (with its product's own weights where it has them)."""
-    head = heads.head_for(brand) if heads is not None and brand else None
-    if heads is None or head is None:
-        return None
-    probability = float(head.probability(details[None, :], product)[0])
-    return HeadOpinion(probability, head.brand, head.scope(product), heads.version, head.n_authentic, head.n_counterfeit,
-                       head.cv_roc_auc, head.likely_counterfeit, head.likely_authentic)  # fmt: skip
