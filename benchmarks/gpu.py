@@ -32,7 +32,7 @@ from embeddings.batch_sizing import timed_passes
 from embeddings.preprocess import PreprocessSpec
 from embeddings.runtimes import available_cores
 from service.config import Settings
-from service.photo_prep import prepare_decoded
+from service.scanning.photo_prep import prepare_decoded
 
 
 def model_alone(embedder: ImageEmbedder, inputs: np.ndarray, batches: Sequence[int]) -> dict[int, float]:
@@ -46,7 +46,7 @@ def model_alone(embedder: ImageEmbedder, inputs: np.ndarray, batches: Sequence[i
 
 
 def prepare_one(data: bytes, size: int, spec: PreprocessSpec) -> int:
-    """What the scan path does on the CPU for one photo before the model (service.batching.prepare_photos)."""
+    """What the scan path does on the CPU for one photo before the model (service.scanning.batching.prepare_photos)."""
     return prepare_decoded(decode_image(data, ImageLimits(), size), spec).phash
 
 

@@ -21,9 +21,9 @@ from cli.common import make_settings, open_engine
 from cli.options import engine_options, scoring_options
 from embeddings import ImageRejected
 from reference_catalog.text import control_character
-from service.batching import ScanBatcher
-from service.errors import RequestRejected
-from service.photo_prep import PhotoInput
+from service.api.errors import RequestRejected
+from service.scanning.batching import ScanBatcher
+from service.scanning.photo_prep import PhotoInput
 
 
 @dataclass

@@ -15,7 +15,7 @@ from service.engine import ScanEngine
 
 if TYPE_CHECKING:
     from reference_catalog import AuditLog
-    from service.api_keys import ApiKeyStore
+    from service.access.api_keys import ApiKeyStore
 
 
 def make_settings(**flags: Any) -> Settings:
@@ -28,7 +28,7 @@ def make_settings(**flags: Any) -> Settings:
 def open_catalog(settings: Settings) -> Iterator[tuple[ApiKeyStore, AuditLog]]:
     """The key store and audit log of a data directory, without loading a model."""
     from reference_catalog import AuditLog, CatalogRepository, create_catalog_engine
-    from service.api_keys import ApiKeyStore
+    from service.access.api_keys import ApiKeyStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = create_catalog_engine(settings.resolved_database_url)

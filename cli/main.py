@@ -17,9 +17,9 @@ from cli.quality import calibrate, evaluate
 from cli.train import train
 from embeddings import ModelLoadError
 from reference_catalog import ManifestError, read_manifest, write_manifest
+from service.api.errors import RequestRejected
 from service.engine import ImportRow, serving_spec
-from service.errors import RequestRejected
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
@@ -203,7 +203,7 @@ def model_activate(checkpoint_file: Path | None, to_model: str | None, to_pretra
     """
     from dataclasses import replace
 
-    from service.model_registry import ModelRecord
+    from service.models.registry import ModelRecord
 
     if (checkpoint_file is None) == (to_model is None):
         raise click.UsageError("give a CHECKPOINT or --to-model (with --to-pretrained)")
@@ -232,7 +232,7 @@ def model_list(**flags: Any) -> None:
     """The active model and the ones `rollback` can return to, most recent first."""
     from dataclasses import asdict
 
-    from service.model_registry import ModelRegistry
+    from service.models.registry import ModelRegistry
 
     registry = ModelRegistry(make_settings(**flags).data_dir)
     active = registry.active()
@@ -246,7 +246,7 @@ def model_rollback(**flags: Any) -> None:
     """Make the previously active model active again (a running service follows)."""
     from dataclasses import asdict
 
-    from service.model_registry import ModelRegistry, NothingToRollBack
+    from service.models.registry import ModelRegistry, NothingToRollBack
 
     try:
         record = ModelRegistry(make_settings(**flags).data_dir).rollback()

@@ -19,10 +19,10 @@ from cli.common import make_settings, open_engine
 from cli.options import engine_options, scoring_options
 from embeddings import ImageRejected
 from reference_catalog import ManifestError, read_manifest
-from service.calibration import save_calibrator
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
-from service.scoring import FEATURES
+from service.models.calibration import save_calibrator
+from service.scanning.photo_prep import PhotoInput
+from service.scanning.scoring import FEATURES
 
 QUERY_LABELS = ("authentic", "counterfeit", "unrelated")
 

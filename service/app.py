@@ -12,16 +12,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from embeddings import ImageRejected
+from service.access.rate_limit import RateLimiter, role_limits
+from service.api.body_limit import BodyLimitMiddleware, service_body_bounds
+from service.api.errors import RequestRejected, ServiceNotReady, error_response, validation_detail
 from service.api.gate import AccessGate
 from service.api.routes import admin, audit, catalog, catalog_imports, health, scan, scans
-from service.body_limit import BodyLimitMiddleware, service_body_bounds
 from service.config import Settings
 from service.console import mount_console
 from service.console.common import require_user
 from service.engine import ScanEngine
-from service.errors import RequestRejected, ServiceNotReady, error_response, validation_detail
 from service.metrics import ServiceMetrics
-from service.rate_limit import RateLimiter, role_limits
 from service.runtime import ServiceRuntime
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,14 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
         lifespan=lifespan,
     )
     # The middleware added last runs first: the access gate (service/api/gate.py: key, rate limit, role; console
-    # session) before any body byte is read, then each route's body bound (service/body_limit.py) as the body streams in.
+    # session) before any body byte is read, then each route's body bound (service/api/body_limit.py) as the body streams in.
     count_413 = metrics.rejected.labels("413").inc
     app.add_middleware(BodyLimitMiddleware, bounds=service_body_bounds(settings), on_refuse=count_413)
     app.add_middleware(AccessGate, limiter=RateLimiter(role_limits(settings)), metrics=metrics, session_guard=require_user)
     app.state.runtime = runtime
     app.state.metrics = metrics
 
-    # Every error is service/errors.py's one shape (ErrorOut in the OpenAPI document): {"detail": str[, "errors"]}.
+    # Every error is service/api/errors.py's one shape (ErrorOut in the OpenAPI document): {"detail": str[, "errors"]}.
     def reject(
         status: int, detail: str, headers: dict[str, str] | None = None, errors: list[dict[str, Any]] | None = None
     ) -> JSONResponse:

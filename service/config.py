@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         None, ge=1024, description="Whole request body bound; default: max_photos_per_scan x max_image_bytes + 1 MiB."
     )
 
-    # Bulk catalog import over HTTP (POST /v1/catalog/imports, service/catalog_imports.py)
+    # Bulk catalog import over HTTP (POST /v1/catalog/imports, service/imports/jobs.py)
     import_max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="Largest import archive accepted (413).")
     import_max_expanded_bytes: int = Field(
         2 * 1024 * 1024 * 1024, ge=1024, description="Most bytes an import archive may expand to (zip bombs fail the job)."
@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     target_fpr: float = Field(0.01, gt=0, lt=1, description="Max false-positive rate of likely_counterfeit.")
     target_miss_rate: float = Field(0.05, gt=0, lt=1, description="Max share of fakes answered likely_authentic.")
 
-    # Authenticity head (embeddings/authenticity.py, service/authenticity_heads.py)
+    # Authenticity head (embeddings/authenticity.py, service/models/authenticity_heads.py)
     head_enabled: bool = Field(
         True, description="Score with the authenticity head learned from the catalog's labelled photos where a brand has enough."
     )
@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         5.0, ge=0, le=300, description="Seconds a checked API key stays trusted (revoked by another process: stops within this)."
     )
 
-    # Rate limits per API key, by role (service/rate_limit.py): a token bucket per key in each serve process; over it: 429
+    # Rate limits per API key, by role (service/access/rate_limit.py): a token bucket per key in each serve process; over it: 429
     rate_limit_scanner_per_s: float = Field(1000.0, ge=0, description="Requests per second a scanner key may make; 0: unlimited.")
     rate_limit_scanner_burst: int = Field(2000, ge=0, description="Requests a scanner key may make at once; 0: a second's worth.")
     rate_limit_brand_per_s: float = Field(50.0, ge=0, description="Requests per second a brand key may make; 0: unlimited.")
@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         2_000, ge=0, description="Brand/product scopes of at most this many images are searched exactly (IVF index)."
     )
 
-    # Throughput: micro-batching of /v1/scan, decoding threads, backpressure (see service/batching.py)
+    # Throughput: micro-batching of /v1/scan, decoding threads, backpressure (see service/scanning/batching.py)
     batch_max_size: int = Field(
         0,
         ge=0,

@@ -23,18 +23,18 @@ from embeddings.perceptual_hash import perceptual_hash
 from reference_catalog import LABELS, AuditLog, BlobStore, CatalogRepository, ImageRef, NewImage, create_catalog_engine
 from reference_catalog.repository import DetailFeatures, DuplicateLabelConflict
 from reference_catalog.text import NOTE_ALLOWED, control_character
-from service.api_keys import ApiKeyStore
-from service.authenticity_heads import HeadKeeper, head_opinion
-from service.brand_views import brand_view, view_scoring
-from service.calibration import CalibratorError, LoadedCalibrator, calibrator_path, load_calibrator
+from service.access.api_keys import ApiKeyStore
+from service.api.errors import RequestRejected
+from service.catalog.near_duplicates import NearDuplicateTable
 from service.config import Settings
-from service.errors import RequestRejected
-from service.feedback import FeedbackStore
-from service.model_registry import ModelRegistry
-from service.near_duplicates import NearDuplicateTable
-from service.photo_prep import PhotoInput, decode_listing, decode_photo
-from service.scan_records import BrandViews, ScanRecordStore, concerned_brands, new_scan_id
-from service.scoring import (
+from service.models.authenticity_heads import HeadKeeper, head_opinion
+from service.models.calibration import CalibratorError, LoadedCalibrator, calibrator_path, load_calibrator
+from service.models.registry import ModelRegistry
+from service.scanning.brand_views import brand_view, view_scoring
+from service.scanning.feedback import FeedbackStore
+from service.scanning.photo_prep import PhotoInput, decode_listing, decode_photo
+from service.scanning.records import BrandViews, ScanRecordStore, concerned_brands, new_scan_id
+from service.scanning.scoring import (
     FEATURES,
     Match,
     NearDuplicate,
@@ -870,8 +870,8 @@ class ScanEngine:
         given for one of them (`brand`, or the one the scan concerns), and on a scan that also concerns other brands
         only the photos that match the key's brands' catalog (by the evidence it may see) join the catalog.
         """
-        from service.brand_views import stored_evidence  # local: engine.py's imports are shared
-        from service.scoring import score_photo
+        from service.scanning.brand_views import stored_evidence  # local: engine.py's imports are shared
+        from service.scanning.scoring import score_photo
 
         note = clean_note(note)
         record = self.scans.get(scan_id)

@@ -32,7 +32,7 @@ class ServiceMetrics:
         self.feedback = Counter(
             "counterfeit_scan_feedback_total", "Reviewer feedback, by verdict", ["verdict"], registry=self.registry
         )
-        # Micro-batching (service/batching.py)
+        # Micro-batching (service/scanning/batching.py)
         self.queue_depth = Gauge(
             "counterfeit_scan_queue_photos", "Photos admitted to the scan queue and not yet answered", registry=self.registry
         )

@@ -7,13 +7,13 @@ import threading
 from collections.abc import Callable
 
 from embeddings.batch_sizing import batch_ceiling, batch_rates, largest_fast_batch
-from service.batching import ScanBatcher
-from service.catalog_imports import ImportJobs
+from service.api.errors import ServiceNotReady
 from service.config import Settings
 from service.engine import ScanEngine
-from service.errors import ServiceNotReady
+from service.imports.jobs import ImportJobs
 from service.metrics import ServiceMetrics
-from service.model_switch import ModelSwitcher
+from service.models.switch import ModelSwitcher
+from service.scanning.batching import ScanBatcher
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class ServiceRuntime:
         return self.engine
 
     def batcher(self) -> ScanBatcher:
-        """The serving engine's micro-batcher (service/batching.py), started on first use (at start with
+        """The serving engine's micro-batcher (service/scanning/batching.py), started on first use (at start with
         `decode_processes`)."""
         return self._start_batcher(self.require_engine())
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from reference_catalog import create_catalog_engine
-from service.api_keys import ApiKeyStore
+from service.access.api_keys import ApiKeyStore
 from service.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""service/archive_reader.py on its own: names, formats, nested archives, and bounds that hold while reading."""
+"""service/imports/archive_reader.py on its own: names, formats, nested archives, and bounds that hold while reading."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.archive_reader import (
+from service.imports.archive_reader import (
     ArchiveLimits,
     ArchiveRejected,
     detect_format,

@@ -16,12 +16,12 @@ from fastapi.testclient import TestClient
 
 from embeddings import ImageEmbedder
 from embeddings.batch_sizing import CPU_BATCH_CEILING, batch_ceiling, largest_fast_batch
-from service.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
 from service.config import Settings
 from service.engine import ScanEngine
 from service.metrics import ServiceMetrics
-from service.photo_prep import PhotoInput
 from service.runtime import ServiceRuntime
+from service.scanning.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import add_reference, scan, stored_state, tiny_settings
 

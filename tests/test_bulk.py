@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from cli.main import cli
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, tiny_settings
 

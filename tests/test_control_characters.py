@@ -13,8 +13,8 @@ from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 
 from cli.main import cli
+from service.api.errors import RequestRejected
 from service.engine import ScanEngine, check_text, clean_note
-from service.errors import RequestRejected
 from tests import imaging
 from tests.api.imports_helpers import catalog_rows, folder_members, import_archive, submit
 from tests.archives import manifest, zip_bytes

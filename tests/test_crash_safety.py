@@ -33,7 +33,7 @@ from embeddings import VectorIndex
 from reference_catalog import write_manifest
 from service.config import Settings
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, admin_token, tiny_settings
 from tests.served import SCRIPT, START_TIMEOUT_S, Server, child_env, needs_console_script

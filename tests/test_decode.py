@@ -10,7 +10,7 @@ from PIL import Image
 
 from embeddings import ImageLimits, ImageRejected, decode_image
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import sha256
 

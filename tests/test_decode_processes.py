@@ -15,10 +15,10 @@ import pytest
 
 from benchmarks.serve import descendant_pids
 from embeddings import ImageRejected
-from service.batching import ScanBatcher
+from service.api.errors import ServiceNotReady
 from service.engine import ScanEngine
-from service.errors import ServiceNotReady
-from service.photo_prep import PhotoInput, ProcessPreparer, prepare_listing
+from service.scanning.batching import ScanBatcher
+from service.scanning.photo_prep import PhotoInput, ProcessPreparer, prepare_listing
 from tests import imaging
 from tests.helpers import admin_token, tiny_settings
 from tests.served import Server, needs_console_script, post_reference

@@ -32,7 +32,7 @@ from embeddings import ImageEmbedder
 from service.app import create_app
 from service.config import Settings
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import tiny_settings
 

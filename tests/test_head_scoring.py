@@ -18,8 +18,8 @@ from cli.main import cli
 from embeddings import ImageEmbedder, load_embedder
 from service.config import Settings
 from service.engine import ImportRow, ScanEngine
-from service.model_switch import ModelSwitcher
-from service.photo_prep import PhotoInput
+from service.models.switch import ModelSwitcher
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, pick_sneakers, scan, tiny_settings
 

@@ -15,7 +15,7 @@ from PIL import Image
 from embeddings import ImageLimits, ImageRejected, decode_image
 from service.config import Settings
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import stored_state, tiny_settings
 

@@ -10,7 +10,7 @@ from sqlalchemy import event
 
 from service.config import Settings
 from service.engine import ImportRow, ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import sha256
 

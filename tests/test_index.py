@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from embeddings import VectorIndex
 from service.config import Settings
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import add_reference, tiny_settings
 

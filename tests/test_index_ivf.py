@@ -16,7 +16,7 @@ from embeddings import VectorIndex
 from embeddings.index import IndexOptions
 from service.config import Settings
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import tiny_settings
 

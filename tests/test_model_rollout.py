@@ -16,12 +16,12 @@ from fastapi.testclient import TestClient
 from cli.main import cli
 from embeddings import ModelSpec
 from embeddings.loading import load_visual, save_checkpoint
-from service.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
 from service.config import Settings
 from service.engine import ScanEngine
-from service.model_registry import ModelRecord, ModelRegistry, NothingToRollBack
-from service.photo_prep import PhotoInput
+from service.models.registry import ModelRecord, ModelRegistry, NothingToRollBack
 from service.runtime import ServiceRuntime
+from service.scanning.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, add_reference, scan, tiny_settings
 

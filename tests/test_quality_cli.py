@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from cli.main import cli
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests.helpers import TINY_MODEL_FLAGS, pick_sneakers, shared_set, tiny_settings
 
 REQUIRED_KEYS = {

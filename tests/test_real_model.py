@@ -18,7 +18,7 @@ from embeddings.preprocess import resize_and_crop, to_model_input, to_pixels
 from embeddings.pretrained import PACKAGED_WEIGHTS
 from service.config import Settings
 from service.engine import ImportRow, ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import pick_sneakers
 

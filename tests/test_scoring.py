@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from service.scoring import (
+from service.scanning.scoring import (
     FEATURES,
     Match,
     NearDuplicate,

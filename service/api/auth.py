@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.api_keys import LOCAL_ADMIN, Principal
-from service.brand_views import ViewScoring, brand_view
-from service.errors import RequestRejected
+from service.access.api_keys import LOCAL_ADMIN, Principal
+from service.api.errors import RequestRejected
+from service.scanning.brand_views import ViewScoring, brand_view
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="counterfeit-scan"'}
 PRINCIPAL_STATE = "api_principal"  # request.state attribute: the key already checked for this request
@@ -78,7 +78,7 @@ def scan_scope(principal: Principal, brand: str | None) -> str | None:
 
 
 def redact_scan(principal: Principal, result: dict[str, Any], view: ViewScoring | None = None) -> dict[str, Any]:
-    """What a caller may see of a scan: brand keys see their brands' view of it (`service.brand_views`)."""
+    """What a caller may see of a scan: brand keys see their brands' view of it (`service.scanning.brand_views`)."""
     return brand_view(result, principal.brands, view) if principal.is_brand else result
 
 

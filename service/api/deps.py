@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request, UploadFile
 
+from service.api.errors import RequestRejected
 from service.engine import ScanEngine
-from service.errors import RequestRejected
 from service.metrics import ServiceMetrics
-from service.photo_prep import PhotoInput
 from service.runtime import ServiceRuntime
+from service.scanning.photo_prep import PhotoInput
 
 
 # async: FastAPI runs a plain `def` dependency on a worker thread, a thread hop per request for a dictionary lookup

@@ -27,10 +27,10 @@ from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.access.rate_limit import RateLimiter, retry_after_header
 from service.api.auth import ROLE_CHECKS, get_principal
-from service.errors import RequestRejected
+from service.api.errors import RequestRejected
 from service.metrics import ServiceMetrics
-from service.rate_limit import RateLimiter, retry_after_header
 
 SessionGuard = Callable[[Request], Awaitable[Any]]
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api_keys import LOCAL_ADMIN
+from service.access.api_keys import LOCAL_ADMIN
 from service.console.common import (
     CONSOLE_ROLES,
     PREFIX,

@@ -12,8 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from embeddings import ImageRejected
 from reference_catalog import LABELS, ImageRef
+from service.access.api_keys import Principal
 from service.api.deps import read_upload
-from service.api_keys import Principal
+from service.api.errors import RequestRejected
 from service.console.common import (
     IMAGE_HEADERS,
     PREFIX,
@@ -32,7 +33,6 @@ from service.console.common import (
 from service.console.queries import catalog_images, provenance
 from service.console.thumbnails import THUMBNAIL_SIZES
 from service.engine import ScanEngine
-from service.errors import RequestRejected
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
@@ -223,7 +223,7 @@ async def relabel_image(
 async def import_archive(
     request: Request, engine: EngineDep, user: CsrfUserDep, archive: Annotated[UploadFile | None, File()] = None
 ) -> Response:
-    """Start a bulk import job (service/catalog_imports.py) and show its progress."""
+    """Start a bulk import job (service/imports/jobs.py) and show its progress."""
     jobs = import_jobs(request)
     if archive is None or not archive.filename:
         raise ConsoleError(422, "Choose or drop a .zip or .tar.gz archive.")

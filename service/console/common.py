@@ -14,13 +14,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from service.api_keys import Principal
-from service.catalog_imports import ImportJobs
+from service.access.api_keys import Principal
+from service.api.errors import ServiceNotReady
 from service.config import Settings
 from service.console.sessions import SessionStore, SignedIn
 from service.console.thumbnails import Thumbnails
 from service.engine import ScanEngine
-from service.errors import ServiceNotReady
+from service.imports.jobs import ImportJobs
 from service.runtime import ServiceRuntime
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -102,7 +102,7 @@ def get_engine(request: Request) -> ScanEngine:
 
 
 def import_jobs(request: Request) -> ImportJobs:
-    """The runtime's bulk import jobs (service/catalog_imports.py)."""
+    """The runtime's bulk import jobs (service/imports/jobs.py)."""
     runtime: ServiceRuntime = request.app.state.runtime
     return runtime.imports
 

@@ -15,8 +15,8 @@ from reference_catalog import ImageRef
 from reference_catalog.audit import AuditEntry
 from reference_catalog.models import Brand, Product, ReferenceImage
 from service.engine import ScanEngine
-from service.feedback import ScanFeedback, given_for
-from service.scan_records import ScanRecord, concerning, seen_as, verdict_seen
+from service.scanning.feedback import ScanFeedback, given_for
+from service.scanning.records import ScanRecord, concerning, seen_as, verdict_seen
 
 FLAGGED = ("likely_counterfeit", "needs_review")
 VERDICTS = ("likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog")

@@ -13,10 +13,10 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from embeddings import ImageRejected
+from service.access.api_keys import Principal
 from service.api.auth import may_read_scan, redact_scan
+from service.api.errors import RequestRejected
 from service.api.routes.scans import readable_feedback
-from service.api_keys import Principal
-from service.brand_views import view_scoring
 from service.console.common import (
     IMAGE_HEADERS,
     PREFIX,
@@ -42,7 +42,7 @@ from service.console.queries import (
 )
 from service.console.thumbnails import THUMBNAIL_SIZES
 from service.engine import ScanEngine
-from service.errors import RequestRejected
+from service.scanning.brand_views import view_scoring
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 

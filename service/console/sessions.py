@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, String, delete, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from service.api_keys import LOCAL_ADMIN, ApiKey, Principal
+from service.access.api_keys import LOCAL_ADMIN, ApiKey, Principal
 
 TOKEN_BYTES = 32
 

@@ -17,8 +17,8 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
+from service.api.body_limit import service_body_bounds
 from service.app import create_app
-from service.body_limit import service_body_bounds
 from service.config import Settings
 from service.engine import ScanEngine
 from tests.console.helpers import sign_in

@@ -15,8 +15,8 @@ import anyio
 import pytest
 from fastapi.testclient import TestClient
 
-from service.catalog_export import catalog_refs, stream_catalog_archive, write_catalog_archive
 from service.engine import ScanEngine
+from service.imports.export import catalog_refs, stream_catalog_archive, write_catalog_archive
 from tests import imaging
 from tests.api.imports_helpers import catalog_rows, import_archive
 from tests.helpers import add_reference, sha256, tiny_settings

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api_keys import Principal
+from service.access.api_keys import Principal
 from service.app import create_app
-from service.catalog_imports import ImportJobs
 from service.config import Settings
 from service.engine import ImportRow, ScanEngine
-from service.import_job_store import ImportJobStore, Progress
-from service.photo_prep import PhotoInput
+from service.imports.job_store import ImportJobStore, Progress
+from service.imports.jobs import ImportJobs
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.api.imports_helpers import (
     catalog_revision,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.access.rate_limit import RateLimit, RateLimiter, retry_after_header, role_limits
 from service.config import Settings
 from service.engine import ScanEngine
-from service.rate_limit import RateLimit, RateLimiter, retry_after_header, role_limits
 from tests.helpers import tiny_settings
 
 

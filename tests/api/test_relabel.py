@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import add_reference, scan
 

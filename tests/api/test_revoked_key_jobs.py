@@ -10,12 +10,12 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from service.api_keys import LOCAL_ADMIN, ApiKeyStore, Principal
-from service.catalog_imports import ImportJobs
+from service.access.api_keys import LOCAL_ADMIN, ApiKeyStore, Principal
 from service.config import Settings
 from service.engine import ScanEngine
-from service.import_job_store import ImportJobStore, job_view
-from service.import_runner import run_import_job
+from service.imports.job_store import ImportJobStore, job_view
+from service.imports.jobs import ImportJobs
+from service.imports.runner import run_import_job
 from tests.api.imports_helpers import catalog_rows, folder_members, leftovers, photos, wait_for
 from tests.archives import zip_bytes
 from tests.helpers import sha256, tiny_settings

@@ -9,7 +9,7 @@ import httpx2
 from fastapi.testclient import TestClient
 
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 
 HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')

@@ -20,7 +20,7 @@ from service.console.queries import catalog_images
 from service.console.sessions import ConsoleSession, SessionStore, digest
 from service.console.thumbnails import THUMBNAIL_SIZES, Thumbnails
 from service.engine import ScanEngine
-from service.photo_prep import PhotoInput
+from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.archives import zip_bytes
 from tests.console.helpers import TwoBrands, hidden_csrf, page_csrf, sign_in

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import text
 
 from reference_catalog import CatalogRepository, create_catalog_engine
-from service.feedback import FeedbackStore
-from service.scan_records import ScanRecordStore, concerned_brands, scan_subjects
+from service.scanning.feedback import FeedbackStore
+from service.scanning.records import ScanRecordStore, concerned_brands, scan_subjects
 
 
 def result(number: int, brand: str, verdict: str, risk: float | None, product: str = "runner", **extra: Any) -> dict[str, Any]:

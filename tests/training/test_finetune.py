@@ -16,7 +16,7 @@ from cli.train import train
 from embeddings import ModelSpec, load_embedder
 from embeddings.embedder import model_fingerprint
 from embeddings.loading import load_visual
-from service.scoring import Match, PhotoEvidence, ScoringParams, score_photo
+from service.scanning.scoring import Match, PhotoEvidence, ScoringParams, score_photo
 from training.finetune import (
     FinetuneConfig,
     FinetuneResult,

@@ -14,10 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from reference_catalog import AuditEvent
 from service.api.auth import AdminKey
 from service.api.deps import EngineDep, RuntimeDep
-from service.errors import RequestRejected
-from service.model_registry import NothingToRollBack
-from service.model_switch import SwitchBusy
-from service.schemas import ModelStatusOut, SwitchOut, error_responses
+from service.api.errors import RequestRejected
+from service.api.schemas import ModelStatusOut, SwitchOut, error_responses
+from service.models.registry import NothingToRollBack
+from service.models.switch import SwitchBusy
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import AdminKey
 from service.api.deps import EngineDep
-from service.schemas import AuditLogOut, error_responses
+from service.api.schemas import AuditLogOut, error_responses
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 

@@ -9,12 +9,11 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from reference_catalog import ImageRef
+from service.access.api_keys import Principal
 from service.api.auth import CatalogKey
 from service.api.deps import EngineDep, MetricsDep, read_upload
-from service.api_keys import Principal
-from service.engine import ScanEngine
-from service.errors import RequestRejected
-from service.schemas import (
+from service.api.errors import RequestRejected
+from service.api.schemas import (
     AddedImageOut,
     BrandsOut,
     DeletedImageOut,
@@ -26,6 +25,7 @@ from service.schemas import (
     RelabelIn,
     error_responses,
 )
+from service.engine import ScanEngine
 
 router = APIRouter(prefix="/v1/catalog", tags=["catalog"])
 

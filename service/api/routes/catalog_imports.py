@@ -13,9 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from reference_catalog import AuditEvent
 from service.api.auth import CatalogKey
 from service.api.deps import EngineDep, RuntimeDep
-from service.catalog_export import ExportFormat, catalog_refs, stream_catalog_archive
-from service.errors import RequestRejected
-from service.schemas import ImportJobOut, ImportJobsOut, error_responses
+from service.api.errors import RequestRejected
+from service.api.schemas import ImportJobOut, ImportJobsOut, error_responses
+from service.imports.export import ExportFormat, catalog_refs, stream_catalog_archive
 
 IMPORTS_PATH = "/v1/catalog/imports"
 ARCHIVE_HELP = "zip or tar.gz holding a manifest.csv (path,brand,product,label) or brand/product/authentic|counterfeit/ folders"

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.auth import AnyKey
 from service.api.deps import MetricsDep, RuntimeDep
-from service.schemas import HealthOut, NotReadyOut, ReadyOut, error_responses
+from service.api.schemas import HealthOut, NotReadyOut, ReadyOut, error_responses
 
 router = APIRouter(tags=["health"])
 

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from service.api.auth import ScanKey, redact_scan, scan_scope
 from service.api.deps import EngineDep, MetricsDep, RuntimeDep, read_upload
-from service.batching import ScanBatcher
-from service.schemas import ScanOut, error_responses
+from service.api.schemas import ScanOut, error_responses
+from service.scanning.batching import ScanBatcher
 
 router = APIRouter(prefix="/v1", tags=["scan"])
 

@@ -8,13 +8,13 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from service.access.api_keys import Principal
 from service.api.auth import AnyKey, ReviewKey, may_read_scan, redact_scan
 from service.api.deps import EngineDep, MetricsDep
-from service.api_keys import Principal
-from service.brand_views import view_scoring
+from service.api.errors import RequestRejected
+from service.api.schemas import FeedbackIn, FeedbackOut, ScanOut, error_responses
 from service.engine import ScanEngine
-from service.errors import RequestRejected
-from service.schemas import FeedbackIn, FeedbackOut, ScanOut, error_responses
+from service.scanning.brand_views import view_scoring
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
 

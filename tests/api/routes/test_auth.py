@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from cli.main import cli
-from service.api_keys import ApiKeyStore
+from service.access.api_keys import ApiKeyStore
 from service.config import Settings
 from service.engine import ScanEngine
 from tests import imaging

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.schemas import ErrorOut
 from service.app import create_app
-from service.schemas import ErrorOut
 from tests import imaging
 from tests.helpers import tiny_settings
 

@@ -1,0 +1,52 @@
+"""Request errors with the HTTP status that fits, and the one error body every response of the API uses.
+
+Every error, whoever answers it (a route, an exception handler, an ASGI middleware before the app), is
+`{"detail": "<one sentence>"}`, plus `"errors": [{"loc", "msg", "type"}]` for request validation errors: the
+`ErrorOut` model of service/api/schemas.py, which the OpenAPI document lists for each error status. Build it with
+`error_body` (a dict) or `error_response` (a JSONResponse, which is also an ASGI app: a middleware answers with
+`await error_response(429, "…", {"Retry-After": "1"})(scope, receive, send)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+MAX_LISTED_ERRORS = 5  # validation errors named in `detail`; `errors` lists them all
+
+
+class RequestRejected(ValueError):
+    def __init__(self, detail: str, status: int = 400, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+        self.headers = headers
+
+
+class ServiceNotReady(RuntimeError):
+    """The model or index is still loading (or failed to load)."""
+
+
+def error_body(detail: str, errors: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The API's error body: `{"detail": str}`, with `errors` (loc, msg, type) for request validation errors."""
+    body: dict[str, Any] = {"detail": str(detail)}
+    if errors is not None:
+        body["errors"] = [{"loc": list(e["loc"]), "msg": str(e["msg"]), "type": str(e["type"])} for e in errors]
+    return body
+
+
+def error_response(
+    status: int, detail: str, headers: Mapping[str, str] | None = None, errors: Sequence[Mapping[str, Any]] | None = None
+) -> JSONResponse:
+    """An error answered as JSON in the API's one error shape (see `error_body`)."""
+    return JSONResponse(error_body(detail, errors), status_code=status, headers=dict(headers) if headers else None)
+
+
+def validation_detail(errors: Iterable[Mapping[str, Any]]) -> str:
+    """One sentence naming the invalid fields, e.g. `invalid request: body.label: Input should be 'authentic' or …`."""
+    parts = [f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in errors]
+    listed = "; ".join(parts[:MAX_LISTED_ERRORS])
+    more = f" (and {len(parts) - MAX_LISTED_ERRORS} more)" if len(parts) > MAX_LISTED_ERRORS else ""
+    return f"invalid request: {listed}{more}" if parts else "invalid request"

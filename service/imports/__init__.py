@@ -1,0 +1,1 @@
+"""Catalog imports and exports: archives read without trusting them, jobs that survive restarts."""

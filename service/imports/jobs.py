@@ -1,0 +1,195 @@
+"""Bulk catalog imports: accept an archive at once, run it on one background thread, report progress.
+
+`ImportJobs` lives on the service runtime (`request.app.state.runtime.imports`). `submit` keeps the archive under
+`<data_dir>/imports/<job_id>.archive` and a `queued` row in the catalog database, so a restart picks the job up;
+the worker thread runs jobs oldest first, resuming `running` ones where their last checkpoint left them.
+Synchronous refusals (raised as RequestRejected): an empty upload (400), bytes that are not zip or gzip (415), an
+archive over `import_max_upload_bytes` (413). Everything else about the archive is checked by the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from reference_catalog import AuditEvent
+from reference_catalog.text import control_character
+from service.access.api_keys import Principal
+from service.api.errors import RequestRejected, ServiceNotReady
+from service.config import Settings
+from service.engine import ScanEngine
+from service.imports.archive_reader import ARCHIVE_FORMATS, detect_format
+from service.imports.job_store import ImportJobRow, ImportJobStore, job_view, new_job_id
+from service.imports.runner import archive_path, imports_dir, run_import_job
+
+log = logging.getLogger(__name__)
+
+LEFTOVER_MIN_AGE_S = 3600.0  # archives and work folders of no unfinished job are removed once this old
+IDLE_POLL_S = 1.0
+MAX_FILENAME = 500
+
+
+class ImportJobs:
+    def __init__(self, settings: Settings, engine: Callable[[], ScanEngine | None]) -> None:
+        """`engine()` returns the loaded engine, or None while it loads. Nothing touches the disk before `start`."""
+        self.settings = settings
+        self._engine = engine
+        self._store: ImportJobStore | None = None
+        self._store_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the worker ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._work, name="catalog-imports", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop after the chunk in progress; an unfinished job resumes at the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("the import worker did not stop within %.0f s", timeout_s)
+            self._thread = None
+
+    def _work(self) -> None:
+        cleaned = False
+        while not self._stop.is_set():
+            engine = self._engine()
+            if engine is None:
+                self._stop.wait(0.2)
+                continue
+            try:
+                store = self._require_store(engine)
+                if not cleaned:
+                    self._remove_leftovers(store)
+                    cleaned = True
+                pending = store.unfinished()
+                if not pending:
+                    self._wake.wait(IDLE_POLL_S)
+                    self._wake.clear()
+                    continue
+                self._run(engine, store, pending[0])
+            except Exception:  # e.g. a locked database: this thread must outlive any one failure
+                log.exception("the import worker failed; retrying")
+                self._stop.wait(IDLE_POLL_S)
+
+    def _run(self, engine: ScanEngine, store: ImportJobStore, job_id: str) -> None:
+        try:
+            run_import_job(engine, store, job_id, self._stop)
+        except Exception as exc:
+            log.exception("import job %s failed", job_id)
+            if self._stop.is_set():
+                return  # most likely the service closing underneath it: resume at the next start
+            store.finish(job_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+            archive_path(self.settings, job_id).unlink(missing_ok=True)
+
+    def _remove_leftovers(self, store: ImportJobStore) -> None:
+        """Archives and work folders whose job finished or never got its row (a crash inside `submit`)."""
+        folder = imports_dir(self.settings)
+        if not folder.is_dir():
+            return
+        keep = set(store.unfinished())
+        cutoff = time.time() - LEFTOVER_MIN_AGE_S
+        for path in folder.iterdir():
+            job_id = path.name.split(".", 1)[0]
+            if job_id in keep or (path.stat().st_mtime >= cutoff and path.suffix == ".archive"):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    def _require_store(self, engine: ScanEngine | None = None) -> ImportJobStore:
+        engine = engine or self._engine()
+        if engine is None:
+            raise ServiceNotReady("the model and index are still loading")
+        with self._store_lock:
+            if self._store is None:
+                self._store = ImportJobStore(engine.db)
+            return self._store
+
+    # --- the interface the HTTP routes and the console use ----------------------------------------------------------
+    def submit(self, data: bytes, principal: Principal, filename: str | None = None, split: str | None = None) -> dict[str, Any]:
+        """Queue an import of archive bytes; returns the job. RequestRejected for what is wrong at a glance."""
+        if not data:
+            raise RequestRejected("the archive is empty", 400)
+        limit = self.settings.import_max_upload_bytes
+        if len(data) > limit:
+            raise RequestRejected(f"the archive is larger than {limit} bytes (import_max_upload_bytes)", 413)
+        fmt = detect_format(data[:8])
+        if fmt is None:
+            raise RequestRejected(
+                f"not a {' or '.join(ARCHIVE_FORMATS)} archive (recognised by its first bytes, not its name)", 415
+            )
+        split = (split or "").strip() or None
+        if split is not None and len(split) > 200:
+            raise RequestRejected("split is longer than 200 characters", 422)
+        for field, value in (("split", split), ("the archive's filename", filename)):
+            bad = control_character(value or "")
+            if bad:  # both are stored and shown with the job
+                raise RequestRejected(f"{field} contains control characters ({bad})", 422)
+        engine = self._engine()
+        store = self._require_store(engine)
+        assert engine is not None
+        job_id = new_job_id()
+        path = archive_path(self.settings, job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:  # the bytes are safe on disk before the job exists
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        row = ImportJobRow(
+            job_id=job_id,
+            state="queued",
+            created_by=principal.key_id,
+            role=principal.role,
+            brands=sorted(principal.brands),
+            filename=filename[:MAX_FILENAME] if filename else None,
+            archive_format=fmt,
+            archive_bytes=len(data),
+            split=split,
+            created_at=datetime.now(UTC),
+            rows_done=0,
+            position=0,
+            images_added=0,
+            duplicates_skipped=0,
+            error_count=0,
+            errors=[],
+        )
+        try:
+            store.create(row)
+        except Exception:
+            path.unlink(missing_ok=True)
+            raise
+        brand = next(iter(principal.brands)) if len(principal.brands) == 1 else None
+        details = {"filename": row.filename, "format": fmt, "bytes": len(data), "split": split}
+        engine.audit.record(AuditEvent(principal.key_id, "catalog.import.submit", job_id, brand, details))
+        self._wake.set()
+        return job_view(row)
+
+    def get(self, job_id: str, principal: Principal) -> dict[str, Any] | None:
+        """The job, or None when there is none or this caller may not see it (admins see all, others their own)."""
+        row = self._require_store().get(job_id)
+        if row is None or not _may_see(principal, row):
+            return None
+        return job_view(row)
+
+    def list(self, principal: Principal, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first: every job for admins, the caller's own for other keys."""
+        created_by = None if principal.role == "admin" else principal.key_id
+        return [job_view(row) for row in self._require_store().recent(created_by, limit)]
+
+
+def _may_see(principal: Principal, row: ImportJobRow) -> bool:
+    return principal.role == "admin" or row.created_by == principal.key_id

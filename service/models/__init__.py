@@ -1,0 +1,1 @@
+"""Models and calibration: which model serves, switching it, its calibrator and authenticity heads."""

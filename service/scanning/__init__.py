@@ -1,0 +1,1 @@
+"""Scanning: photos prepared, embedded, searched, scored and recorded; feedback on scans."""
