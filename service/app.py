@@ -14,13 +14,14 @@ from fastapi.responses import JSONResponse
 from embeddings import ImageRejected
 from service.access.rate_limit import RateLimiter, role_limits
 from service.api.body_limit import BodyLimitMiddleware, service_body_bounds
-from service.api.errors import RequestRejected, ServiceNotReady, error_response, validation_detail
+from service.api.errors import RequestRejected, ServiceNotReady, domain_error_status, error_response, validation_detail
 from service.api.gate import AccessGate
 from service.api.routes import admin, audit, catalog, catalog_imports, health, scan, scans
 from service.config import Settings
 from service.console import mount_console
 from service.console.common import require_user
 from service.engine import ScanEngine
+from service.errors import DomainError
 from service.metrics import ServiceMetrics
 from service.runtime import ServiceRuntime
 
@@ -65,6 +66,11 @@ def create_app(settings: Settings | None = None, engine: ScanEngine | None = Non
     @app.exception_handler(RequestRejected)
     async def _rejected(_: Request, exc: RequestRejected) -> JSONResponse:
         return reject(exc.status, exc.detail, exc.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        status, headers = domain_error_status(exc)
+        return reject(status, str(exc), headers)
 
     @app.exception_handler(ImageRejected)
     async def _image_rejected(_: Request, exc: ImageRejected) -> JSONResponse:

@@ -14,6 +14,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from service.errors import Conflict, DomainError, Forbidden, InvalidRequest, InvalidValue, NotFound, Overloaded, Unavailable
+
 MAX_LISTED_ERRORS = 5  # validation errors named in `detail`; `errors` lists them all
 
 
@@ -23,6 +25,33 @@ class RequestRejected(ValueError):
         self.detail = detail
         self.status = status
         self.headers = headers
+
+
+# The one place where the service's errors (service/errors.py) become HTTP statuses.
+STATUS_BY_ERROR: dict[type[DomainError], int] = {
+    InvalidRequest: 400,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    InvalidValue: 422,
+    Overloaded: 429,
+    Unavailable: 503,
+}
+
+
+def domain_error_status(exc: DomainError) -> tuple[int, dict[str, str] | None]:
+    """The HTTP status (and headers) of a service error: the nearest class in `STATUS_BY_ERROR`, else 400."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            status = STATUS_BY_ERROR[cls]
+            break
+    else:
+        status = 400
+    if isinstance(exc, Overloaded):
+        return status, {"Retry-After": str(exc.retry_after_s)}
+    if isinstance(exc, Unavailable):
+        return status, {"Retry-After": "5"}
+    return status, None
 
 
 class ServiceNotReady(RuntimeError):
