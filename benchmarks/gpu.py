@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.serve import DEFAULT_DATA, machine, model_inputs, query_photos
+from benchmarks.baseline import DEFAULT_DATA, machine, model_inputs, query_photos
 from embeddings import ImageEmbedder, ImageLimits, decode_image, load_embedder
 from embeddings.batch_sizing import timed_passes
 from embeddings.preprocess import PreprocessSpec

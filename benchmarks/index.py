@@ -14,7 +14,7 @@ Importing embeddings.index lowers faiss's BLAS threshold as the service does, so
 one matrix product here too.
 
 `service` rows are the service's own index (embeddings/index.py `VectorIndex` with the default `index_*` settings):
-the kind it picks for the size, filled and refitted as the engine does it, searched through `VectorIndex.search`
+the kind it picks for the size, filled and refitted as the index keeper does it, searched through `VectorIndex.search`
 (exact re-ranking included); then the same index at other nprobe values, and brand-scoped searches (a 2,000-image
 brand and one holding 10% of the catalog, queried with photos of its own products, recall against exact search
 within the scope). HNSW graphs take long to build at a million vectors on a small machine: without `--kinds`, the
@@ -40,7 +40,7 @@ import numpy as np
 import scipy.fft
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.serve import DEFAULT_DATA, best_raw, machine, model_inputs, query_photos
+from benchmarks.baseline import DEFAULT_DATA, best_raw, machine, model_inputs, query_photos
 from embeddings.index import VectorIndex
 from service.config import Settings
 
@@ -292,7 +292,7 @@ def run_size(
 
 
 def run_service(data: Synthetic, queries: np.ndarray, truth: np.ndarray, batch: int, report: Callable[[Row], None]) -> list[Row]:
-    """The service's own index with its default settings: the kind it picks for this size, built as the engine does
+    """The service's own index with its default settings: the kind it picks for this size, built as the index keeper does
     (vectors added, then `refit`), searched through `VectorIndex.search`; then other nprobe values and scopes."""
     options = Settings().index_options()
     index = VectorIndex(data.dim, "synthetic", options=options)

@@ -26,7 +26,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,9 +40,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.service_process import CLI, REPO, cli_json, free_port, wait_ready
+
 SHARED = REPO.parent / "shared" / "data"
-CLI = [sys.executable, "-c", "from cli.main import main; main()"]
 TINY_FLAGS = ["--model", "cs-tiny-vit", "--pretrained", "", "--allow-random-weights"]
 OPERATIONS = ("scan", "upload", "delete")
 
@@ -116,24 +116,10 @@ def photo_pools(generated: bool) -> tuple[list[bytes], list[Photo]]:
 
 
 # --- the service ------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def child_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTERFEIT_SCAN_")}
     env.update(extra)
     return env
-
-
-def cli_json(args: Sequence[str], env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, check=False, cwd=REPO)
-    if done.returncode != 0:
-        raise SystemExit(f"counterfeit-scan {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-4000:]}")
-    out: dict[str, Any] = json.loads(done.stdout)
-    return out
 
 
 class Service:
@@ -152,19 +138,7 @@ class Service:
             )
 
     def wait_ready(self, timeout: float = 300) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the service exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                response = httpx.get(f"{self.url}/readyz", timeout=2)
-                if response.status_code == 200:
-                    ready: dict[str, Any] = response.json()
-                    return ready
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise SystemExit(f"the service did not become ready in {timeout} s:\n{self.log_tail()}")
+        return wait_ready(self.process, self.url, self.log_tail, timeout)
 
     def stop(self) -> int:
         self.process.terminate()

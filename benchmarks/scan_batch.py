@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.serve import CLI, DEFAULT_DATA, best_raw, machine, model_inputs, prepare_data_dir, query_photos
+from benchmarks.baseline import DEFAULT_DATA, best_raw, machine, model_inputs, query_photos
+from benchmarks.serve import prepare_data_dir
+from benchmarks.service_process import CLI
 from embeddings import load_embedder
 from service.config import Settings
 

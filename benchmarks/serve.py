@@ -18,20 +18,14 @@ import asyncio
 import heapq
 import json
 import os
-import platform
 import random
 import re
-import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,37 +33,12 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from embeddings import ImageEmbedder, ImageLimits, decode_image, load_embedder
-from embeddings.batch_sizing import timed_passes
-from embeddings.preprocess import to_pixels
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.baseline import DEFAULT_DATA, best_raw, machine, model_inputs, query_photos
+from benchmarks.http_load import LevelResult, bodies_for, closed_loop, open_loop
+from benchmarks.service_process import CLI, cli_json, free_port, wait_ready
+from embeddings import load_embedder
 from service.config import Settings
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-CLI = [sys.executable, "-c", "from cli.main import main; main()"]
-
-
-# --- machine and photos -------------------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "load": os.getloadavg(), "python": platform.python_version()}
-
-
-def query_photos(data: Path, limit: int | None = None) -> list[Path]:
-    """The sneakers query split: real listing-like JPEGs (none of them is in the reference catalog)."""
-    manifest = data / "sneakers" / "manifest.csv"
-    import csv
-
-    with open(manifest, newline="") as fh:
-        paths = [manifest.parent / row["path"] for row in csv.DictReader(fh) if row["split"] == "query"]
-    return paths[:limit] if limit else paths
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -92,95 +61,7 @@ def queue_floor_p99(rate: float, service_s: float, servers: int, arrivals: int =
     return float(np.percentile(times, 99))
 
 
-# --- raw model throughput -----------------------------------------------------------------------------------------
-def model_inputs(embedder: ImageEmbedder, paths: Sequence[Path]) -> np.ndarray:
-    """The photos decoded and preprocessed exactly as the service does (draft decode, one resize), stacked."""
-    images = [decode_image(p.read_bytes(), ImageLimits(), embedder.input_size).image for p in paths]
-    return to_pixels(images, embedder.preprocess)
-
-
-def _passes(run: Any, inputs: np.ndarray, batch_size: int, min_seconds: float) -> tuple[int, float]:
-    """(photos, seconds) of `run` over `inputs` in batches of `batch_size`, timed as the service times its batch sizes."""
-    batches = [inputs[start : start + batch_size] for start in range(0, len(inputs) - batch_size + 1, batch_size)]
-    return timed_passes(run, batches, min_seconds)
-
-
-def raw_throughput(embedder: ImageEmbedder, inputs: np.ndarray, batch_size: int, min_seconds: float = 3.0) -> float:
-    """Photos/s of the model's forward pass (plus L2 normalisation) in batches of `batch_size`, one caller."""
-    done, seconds = _passes(embedder.embed_batch, inputs, batch_size, min_seconds)
-    return done / seconds
-
-
-def raw_throughput_onnx(
-    model_path: Path, inputs: np.ndarray, batch_size: int, streams: int, threads: int, spinning: bool, min_seconds: float = 3.0
-) -> float:
-    """Photos/s of `streams` ONNX Runtime sessions side by side, each with `threads` intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    sessions = [ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"]) for _ in range(streams)]
-    results: list[tuple[int, float]] = [(0, 1.0)] * streams
-
-    def work(i: int) -> None:
-        session = sessions[i]
-        results[i] = _passes(lambda b: session.run(None, {"pixels": b}), inputs, batch_size, min_seconds)
-
-    threads_ = [threading.Thread(target=work, args=(i,)) for i in range(streams)]
-    for thread in threads_:
-        thread.start()
-    for thread in threads_:
-        thread.join()
-    return sum(done for done, _ in results) / max(seconds for _, seconds in results)
-
-
-def best_raw(
-    embedder: ImageEmbedder, export_dir: Path, inputs: np.ndarray, batch_size: int, repeats: int = 3
-) -> tuple[float, str]:
-    """The fastest way this machine runs the model at `batch_size`: the service's own session (idle threads sleep),
-    one session on all cores with spinning threads (ONNX Runtime's default), or one single-threaded session per core.
-
-    Each is timed `repeats` times, interleaved, and its best run counts: throughput on this (virtual) machine varies
-    by tens of percent from one second to the next, and a served/raw ratio must not flatter the service.
-    """
-    runs: dict[str, Any] = {"onnxruntime as the service runs it": lambda: raw_throughput(embedder, inputs, batch_size, 1.5)}
-    cores = len(os.sched_getaffinity(0))
-    onnx = sorted(
-        export_dir.glob(f"*-{embedder.info.fingerprint[:16]}-uint8-*.onnx")
-    )  # the graph of this release: pixels in, embedding and detail out
-    if onnx and embedder.info.runtime.startswith("onnx"):
-        runs[f"onnxruntime, 1 session x {cores} spinning threads"] = lambda: raw_throughput_onnx(
-            onnx[0], inputs, batch_size, 1, cores, True, 1.5
-        )
-        if cores > 1:
-            runs[f"onnxruntime, {cores} sessions x 1 thread"] = lambda: raw_throughput_onnx(
-                onnx[0], inputs, batch_size, cores, 1, False, 1.5
-            )
-    best: dict[str, float] = {}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            best[name] = max(best.get(name, 0.0), run())
-    name = max(best, key=lambda k: best[k])
-    return best[name], name
-
-
 # --- the service --------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cli_json(args: Sequence[str], env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"counterfeit-scan {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    out: dict[str, Any] = json.loads(done.stdout)
-    return out
-
-
 def prepare_data_dir(data_dir: Path, data: Path, env: dict[str, str]) -> None:
     """Import the sneakers reference split (a no-op when the data directory already holds it)."""
     summary = cli_json(
@@ -241,20 +122,13 @@ class Server:
         )
 
     def wait_ready(self, timeout: float = 300) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise SystemExit(f"the service exited with {self.process.returncode}:\n{err[-4000:]}")
-            try:
-                response = httpx.get(f"{self.url}/readyz", timeout=2)
-                if response.status_code == 200:
-                    ready: dict[str, Any] = response.json()
-                    return ready
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise SystemExit("the service did not become ready")
+        return wait_ready(self.process, self.url, self._stderr_tail, timeout)
+
+    def _stderr_tail(self) -> str:
+        """The end of the service's stderr once it has exited (reading it before would wait for the exit)."""
+        if self.process.poll() is None or self.process.stderr is None:
+            return ""
+        return self.process.stderr.read().decode(errors="replace")[-4000:]
 
     def children(self) -> list[int]:
         """The service's descendant processes (with COUNTERFEIT_SCAN_DECODE_PROCESSES set: multiprocessing's fork server,
@@ -323,182 +197,6 @@ class Server:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-
-
-# --- load ---------------------------------------------------------------------------------------------------------
-@dataclass
-class Body:
-    content: bytes
-    content_type: str
-    photos: int
-
-
-def multipart(photos: Sequence[bytes], listing_id: str) -> Body:
-    """A POST /v1/scan body built once, so the client spends little CPU per request."""
-    boundary = "csbench" + secrets.token_hex(8)
-    chunks = []
-    for i, data in enumerate(photos):
-        chunks.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="p{i}.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n".encode()
-        )
-        chunks.append(data + b"\r\n")
-    chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="listing_id"\r\n\r\n{listing_id}\r\n'.encode())
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return Body(b"".join(chunks), f"multipart/form-data; boundary={boundary}", len(photos))
-
-
-def bodies_for(paths: Sequence[Path], per_request: int) -> list[Body]:
-    datas = [p.read_bytes() for p in paths]
-    count = max(1, len(datas) // per_request)
-    return [multipart(datas[i * per_request : (i + 1) * per_request], f"bench-{i}") for i in range(count)]
-
-
-@dataclass
-class LevelResult:
-    name: str
-    requests: int
-    photos: int
-    seconds: float
-    latencies: list[float]
-    statuses: Counter[int] = field(default_factory=Counter)
-    batch_mean: float = float("nan")
-    server_cpu_ms_per_photo: float = float("nan")
-    client_cpu_ms_per_photo: float = float("nan")
-    peak_rss_mb: float = float("nan")
-    full_gcs: int = 0
-    cpu_by_thread: dict[str, float] = field(default_factory=dict)  # ms per photo
-    model_wall_ms: float = float("nan")  # the model's wall time per photo per worker (the service's histogram)
-
-    @property
-    def throughput(self) -> float:
-        return self.photos / self.seconds
-
-
-class Connection:
-    """A keep-alive HTTP/1.1 connection that sends prepared request bytes and reads the answer with little CPU.
-
-    httpx spent about 4 ms of CPU per request here, on the same two cores as the service under test: the load
-    generator's own cost came out of the served throughput. This sends bytes built once per body and parses only
-    the status line and Content-Length (uvicorn answers JSON with a Content-Length, never chunked).
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        connection = cls(host, port)
-        await connection.connect()
-        return connection
-
-    async def connect(self) -> None:
-        self.close()
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
-
-    async def request(self, data: bytes) -> tuple[int, bytes]:
-        """Send `data` and read the answer; once more on a fresh connection when the server had closed this one
-        (uvicorn drops keep-alive connections idle for 5 s, as an open-loop pool leaves some)."""
-        try:
-            return await self._exchange(data)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            await self.connect()
-            return await self._exchange(data)
-
-    async def _exchange(self, data: bytes) -> tuple[int, bytes]:
-        assert self.reader is not None and self.writer is not None
-        self.writer.write(data)
-        await self.writer.drain()
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        return status, await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def request_bytes(host: str, port: int, body: Body, headers: dict[str, str]) -> bytes:
-    lines = ["POST /v1/scan HTTP/1.1", f"Host: {host}:{port}", f"Content-Type: {body.content_type}"]
-    lines += [f"Content-Length: {len(body.content)}", *(f"{k}: {v}" for k, v in headers.items())]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body.content
-
-
-async def _post(connection: Connection, request: bytes, photos: int, result: LevelResult) -> None:
-    started = time.perf_counter()
-    status, answer = await connection.request(request)
-    elapsed = time.perf_counter() - started
-    result.statuses[status] += 1
-    if status == 200:
-        result.latencies.append(elapsed)
-        result.photos += photos
-    elif status != 429:
-        raise SystemExit(f"scan failed with {status}: {answer[:500].decode(errors='replace')}")
-
-
-async def closed_loop(url: str, bodies: Sequence[Body], headers: dict[str, str], concurrency: int, requests: int) -> LevelResult:
-    """`concurrency` clients, each sending its next request when the last one is answered."""
-    result = LevelResult(f"c={concurrency}", requests, 0, 0.0, [])
-    host, port, prepared = _prepared(url, bodies, headers)
-    order = iter(range(requests))
-    connections = [await Connection.open(host, port) for _ in range(concurrency)]
-    for i, connection in enumerate(connections):  # warm each connection once
-        await connection.request(prepared[i % len(prepared)][0])
-
-    async def worker(connection: Connection) -> None:
-        for i in order:
-            request, photos = prepared[i % len(prepared)]
-            await _post(connection, request, photos, result)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(c) for c in connections))
-    result.seconds = time.perf_counter() - started
-    for connection in connections:
-        connection.close()
-    return result
-
-
-async def open_loop(
-    url: str, bodies: Sequence[Body], headers: dict[str, str], rate: float, requests: int, seed: int = 0
-) -> LevelResult:
-    """Poisson arrivals at `rate` requests/s, whatever the answers: latency under a realistic, bursty load."""
-    result = LevelResult(f"open loop {rate:.0f} req/s", requests, 0, 0.0, [])
-    host, port, prepared = _prepared(url, bodies, headers)
-    rng = random.Random(seed)
-    arrivals = np.cumsum([rng.expovariate(rate) for _ in range(requests)])
-    idle: list[Connection] = [await Connection.open(host, port) for _ in range(8)]
-
-    async def send(request: bytes, photos: int) -> None:
-        connection = idle.pop() if idle else await Connection.open(host, port)
-        await _post(connection, request, photos, result)
-        idle.append(connection)
-
-    tasks = []
-    started = time.perf_counter()
-    for i, at in enumerate(arrivals):
-        delay = started + at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(send(*prepared[i % len(prepared)])))
-    await asyncio.gather(*tasks)
-    result.seconds = time.perf_counter() - started
-    for connection in idle:
-        connection.close()
-    return result
-
-
-def _prepared(url: str, bodies: Sequence[Body], headers: dict[str, str]) -> tuple[str, int, list[tuple[bytes, int]]]:
-    """The service's host and port, and each body as the request bytes to send with its photo count."""
-    host, _, port_text = url.removeprefix("http://").partition(":")
-    port = int(port_text)
-    return host, port, [(request_bytes(host, port, body, headers), body.photos) for body in bodies]
 
 
 def measure(server: Server, run: Any) -> LevelResult:

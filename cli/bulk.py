@@ -17,13 +17,15 @@ from typing import IO, Any
 import click
 from tqdm import tqdm
 
-from cli.common import make_settings, open_engine
-from cli.options import engine_options, scoring_options
+from cli.common import make_settings, open_core
+from cli.options import engine_options, scoring_options, settings_options
 from embeddings import ImageRejected
 from reference_catalog.text import control_character
-from service.api.errors import RequestRejected
+from service.api.errors import domain_error_status
+from service.errors import DomainError
 from service.scanning.batching import ScanBatcher
 from service.scanning.photo_prep import PhotoInput
+from service.scanning.result import ScanResult
 
 
 @dataclass
@@ -123,19 +125,8 @@ def _write(fh: IO[str], record: dict[str, Any]) -> None:
 @click.argument("listings_csv", metavar="LISTINGS.csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON lines: one per listing.")
 @click.option("--record", is_flag=True, help="Record each scan in the database (GET /v1/scans/{id}), as POST /v1/scan does.")
-@click.option("--workers", type=int, help="Decoding threads [env COUNTERFEIT_SCAN_DECODE_WORKERS; 0: one per core].")
-@click.option(
-    "--decode-processes",
-    type=int,
-    help="Worker processes that decode, resize and hash photos, fed by the decoding threads [env "
-    "COUNTERFEIT_SCAN_DECODE_PROCESSES; 0: decode in this process]. For many-core machines (a GPU server).",
-)
-@click.option(
-    "--inference-workers",
-    type=int,
-    help="Model batches run side by side, each on --threads cores [env COUNTERFEIT_SCAN_INFERENCE_WORKERS; 0: one "
-    "single-threaded worker per model core on CPU].",
-)
+@click.option("--workers", type=int, help="Decoding threads: the same as --decode-workers.")
+@settings_options("throughput")
 @engine_options
 @scoring_options
 def scan_batch(listings_csv: Path, out: Path, record: bool, workers: int | None, **flags: Any) -> None:
@@ -146,7 +137,7 @@ def scan_batch(listings_csv: Path, out: Path, record: bool, workers: int | None,
     Run it again with the same --out after an interruption: listings already written are skipped.
     Listings without a listing_id are identified by their photo's path as written in the manifest.
     """
-    settings = make_settings(**flags, decode_workers=workers).for_serving()
+    settings = make_settings(**{**flags, **({"decode_workers": workers} if workers is not None else {})}).for_serving()
     listings = read_listings(listings_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as fh:
@@ -161,8 +152,8 @@ def scan_batch(listings_csv: Path, out: Path, record: bool, workers: int | None,
         }  # fmt: skip
         # The model batch is --batch-size; enough listings are kept in flight to fill the next batches while one runs.
         window = 4 * settings.batch_size + 2 * settings.decode_workers  # resolved by for_serving
-        settings = settings.model_copy(update={"batch_max_size": settings.batch_size, "queue_max_photos": window + 1024})
-        with open_engine(settings) as engine, ScanBatcher(engine, settings) as batcher:
+        settings = settings.updated(**{"batch_max_size": settings.batch_size, "queue_max_photos": window + 1024})
+        with open_core(settings) as core, ScanBatcher(core.pipeline, settings) as batcher:
             started = time.perf_counter()  # scanning only, not loading the model and index
             bar = tqdm(total=sum(len(x.paths) for x in todo), desc="scanning", unit="photo", disable=not sys.stderr.isatty())
             for listing, answer in _scan(batcher, todo, record, window):
@@ -178,17 +169,17 @@ def scan_batch(listings_csv: Path, out: Path, record: bool, workers: int | None,
 
 def _scan(batcher: ScanBatcher, todo: list[Listing], record: bool, window: int) -> Iterator[tuple[Listing, dict[str, Any]]]:
     """Submit listings while at most `window` photos are in flight; yield answers in manifest order."""
-    pending: deque[tuple[Listing, Future[dict[str, Any]] | dict[str, Any]]] = deque()
+    pending: deque[tuple[Listing, Future[ScanResult] | dict[str, Any]]] = deque()
     in_flight = 0
     for listing in todo:
         try:
-            future: Future[dict[str, Any]] | dict[str, Any] = batcher.submit(
+            future: Future[ScanResult] | dict[str, Any] = batcher.submit(
                 _photos(listing), listing.brand, listing.product, listing.listing_id, record=record, actor="cli:scan-batch"
             )
         except OSError as exc:
             future = _error(listing, f"cannot read a photo: {exc}", 400)
-        except RequestRejected as exc:
-            future = _error(listing, exc.detail, exc.status)
+        except DomainError as exc:  # the status POST /v1/scan would answer
+            future = _error(listing, str(exc), domain_error_status(exc)[0])
         pending.append((listing, future))
         in_flight += len(listing.paths)
         while in_flight > window:
@@ -199,12 +190,12 @@ def _scan(batcher: ScanBatcher, todo: list[Listing], record: bool, window: int) 
         yield _answer(*pending.popleft())
 
 
-def _answer(listing: Listing, future: Future[dict[str, Any]] | dict[str, Any]) -> tuple[Listing, dict[str, Any]]:
+def _answer(listing: Listing, future: Future[ScanResult] | dict[str, Any]) -> tuple[Listing, dict[str, Any]]:
     if isinstance(future, dict):
         return listing, future
     try:
-        return listing, future.result()
+        return listing, future.result().plain()
     except ImageRejected as exc:
         return listing, _error(listing, str(exc), exc.status)
-    except RequestRejected as exc:
-        return listing, _error(listing, exc.detail, exc.status)
+    except DomainError as exc:
+        return listing, _error(listing, str(exc), domain_error_status(exc)[0])

@@ -1,4 +1,4 @@
-"""Helpers shared by the commands: settings from flags over the environment, and an engine that is always closed."""
+"""Helpers shared by the commands: settings from flags over the environment, and the service core, always closed."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import click
 
 from embeddings import ModelLoadError
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
+from service.db.migrate import UnknownRevision, upgrade_if_behind
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from reference_catalog import AuditLog
     from service.access.api_keys import ApiKeyStore
 
@@ -25,27 +28,39 @@ def make_settings(**flags: Any) -> Settings:
 
 
 @contextmanager
-def open_catalog(settings: Settings) -> Iterator[tuple[ApiKeyStore, AuditLog]]:
-    """The key store and audit log of a data directory, without loading a model."""
-    from reference_catalog import AuditLog, CatalogRepository, create_catalog_engine
-    from service.access.api_keys import ApiKeyStore
+def open_database(settings: Settings) -> Iterator[Engine]:
+    """The catalog database of a data directory, migrated first if it is behind (as the service does at start)."""
+    from reference_catalog import create_catalog_engine
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = create_catalog_engine(settings.resolved_database_url)
-    CatalogRepository(db).create_schema()
     try:
-        yield ApiKeyStore(db), AuditLog(db)
+        try:
+            upgrade_if_behind(db)
+        except UnknownRevision as exc:
+            raise click.ClickException(str(exc)) from exc
+        yield db
     finally:
         db.dispose()
 
 
 @contextmanager
-def open_engine(settings: Settings) -> Iterator[ScanEngine]:
+def open_catalog(settings: Settings) -> Iterator[tuple[ApiKeyStore, AuditLog]]:
+    """The key store and audit log of a data directory, without loading a model."""
+    from reference_catalog import AuditLog
+    from service.access.api_keys import ApiKeyStore
+
+    with open_database(settings) as db:
+        yield ApiKeyStore(db), AuditLog(db)
+
+
+@contextmanager
+def open_core(settings: Settings) -> Iterator[ServiceCore]:
     try:
-        engine = ScanEngine.open(settings, show_progress=sys.stderr.isatty())
-    except ModelLoadError as exc:
+        core = ServiceCore.open(settings, show_progress=sys.stderr.isatty())
+    except (ModelLoadError, UnknownRevision) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
-        yield engine
+        yield core
     finally:
-        engine.close()
+        core.close()

@@ -11,14 +11,15 @@ from typing import Any
 import click
 
 from cli.bulk import scan_batch
-from cli.common import make_settings, open_catalog, open_engine
+from cli.common import make_settings, open_catalog, open_core, open_database
+from cli.db import database
 from cli.options import all_other_settings, console_options, engine_options, import_options, scoring_options
 from cli.quality import calibrate, evaluate
 from cli.train import train
 from embeddings import ModelLoadError
 from reference_catalog import ManifestError, read_manifest, write_manifest
-from service.api.errors import RequestRejected
-from service.engine import ImportRow, serving_spec
+from service.catalog.writer import ImportRow
+from service.models.serving import serving_spec
 from service.scanning.photo_prep import PhotoInput
 
 
@@ -31,8 +32,6 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @all_other_settings
-@click.option("--host", help="Bind address [env COUNTERFEIT_SCAN_HOST; 127.0.0.1].")
-@click.option("--port", type=int, help="Port [env COUNTERFEIT_SCAN_PORT; 8000].")
 @engine_options
 @scoring_options
 @console_options
@@ -83,9 +82,9 @@ def catalog_import(manifest: Path, split: str | None, **flags: Any) -> None:
         rows.append(
             ImportRow(name, PhotoInput(data, row.path.name), row.brand, row.product, row.label, source, row.extra.get("group"))
         )
-    with open_engine(make_settings(**flags)) as engine:
-        summary = engine.import_rows(rows, show_progress=sys.stderr.isatty(), actor="cli")
-        engine.save_index()
+    with open_core(make_settings(**flags)) as core:
+        summary = core.writer.import_rows(rows, show_progress=sys.stderr.isatty(), actor="cli")
+        core.index_keeper.save()
         errors.extend(summary.errors or [])
         result = {
             "manifest": str(manifest),
@@ -93,8 +92,8 @@ def catalog_import(manifest: Path, split: str | None, **flags: Any) -> None:
             "added": summary.added,
             "duplicates": summary.duplicates,
             "errors": [{"row": name, "reason": reason} for name, reason in errors],
-            "index_version": engine.index.version,
-            "index_size": len(engine.index),
+            "index_version": core.model.index.version,
+            "index_size": len(core.model.index),
         }
     click.echo(json.dumps(result, indent=2))
     if errors:
@@ -108,14 +107,14 @@ def catalog_import(manifest: Path, split: str | None, **flags: Any) -> None:
 def catalog_export(out_dir: Path, brand: str | None, **flags: Any) -> None:
     """Write the catalog's images and a manifest.csv that `catalog import` reads back."""
     settings = make_settings(**flags)
-    from reference_catalog import BlobStore, CatalogRepository, create_catalog_engine
+    from reference_catalog import BlobStore, CatalogRepository
 
-    repo = CatalogRepository(create_catalog_engine(settings.resolved_database_url))
-    repo.create_schema()
+    with open_database(settings) as db:
+        repo = CatalogRepository(db)
+        groups, refs = repo.shoot_groups(), repo.all_images()
     blobs = BlobStore(settings.blob_dir)
     rows = []
-    groups = repo.shoot_groups()
-    for ref in repo.all_images():
+    for ref in refs:
         if brand is not None and ref.brand != brand:
             continue
         suffix = {"image/png": ".png", "image/webp": ".webp"}.get(ref.media_type, ".jpg")
@@ -136,11 +135,11 @@ def index() -> None:
 @engine_options
 def index_rebuild(**flags: Any) -> None:
     """Re-embed every catalog image with the configured model and replace the index."""
-    with open_engine(make_settings(**flags)) as engine:
-        rebuilt = engine.rebuild_index(show_progress=sys.stderr.isatty())
+    with open_core(make_settings(**flags)) as core:
+        rebuilt = core.index_keeper.rebuild(show_progress=sys.stderr.isatty())
         click.echo(
             json.dumps(
-                {"index_version": rebuilt.version, "index_size": len(rebuilt), "model": engine.embedder.info.as_dict()},
+                {"index_version": rebuilt.version, "index_size": len(rebuilt), "model": core.model.embedder.info.as_dict()},
                 indent=2,
             )
         )
@@ -156,12 +155,12 @@ def index_rebuild(**flags: Any) -> None:
 def scan(photos: tuple[Path, ...], brand: str | None, product: str | None, listing_id: str | None, **flags: Any) -> None:
     """Scan one listing's photos and print the same JSON as POST /v1/scan."""
     inputs = [PhotoInput(path.read_bytes(), path.name) for path in photos]
-    with open_engine(make_settings(**flags)) as engine:
+    with open_core(make_settings(**flags)) as core:
         try:
-            result = engine.scan(inputs, brand, product, listing_id, actor="cli")
-        except (RequestRejected, ValueError) as exc:
+            result = core.pipeline.scan(inputs, brand, product, listing_id, actor="cli")
+        except ValueError as exc:  # a service error (service/errors.py), ImageRejected, a bad name
             raise click.ClickException(str(exc)) from exc
-    click.echo(json.dumps(result, indent=2))
+    click.echo(json.dumps(result.plain(), indent=2))
 
 
 @cli.group()
@@ -187,6 +186,7 @@ cli.add_command(evaluate)
 cli.add_command(calibrate)
 cli.add_command(scan_batch)
 cli.add_command(train)
+cli.add_command(database)
 
 
 @model.command("activate")
@@ -208,20 +208,20 @@ def model_activate(checkpoint_file: Path | None, to_model: str | None, to_pretra
     if (checkpoint_file is None) == (to_model is None):
         raise click.UsageError("give a CHECKPOINT or --to-model (with --to-pretrained)")
     settings = make_settings(**flags)
-    with open_engine(settings) as engine:
-        base = engine.embedder.spec
+    with open_core(settings) as core:
+        base = core.model.embedder.spec
         if checkpoint_file is not None:
-            spec = replace(base, checkpoint=engine.registry.store_checkpoint(checkpoint_file))
+            spec = replace(base, checkpoint=core.registry.store_checkpoint(checkpoint_file))
         else:
             spec = replace(base, name=str(to_model), pretrained=to_pretrained or None, checkpoint=None)
         try:
-            prepared = engine.prepare(spec, show_progress=sys.stderr.isatty())
+            prepared = core.models.prepare(spec, show_progress=sys.stderr.isatty())
         except ModelLoadError as exc:
             raise click.ClickException(str(exc)) from exc
         info = prepared.embedder.info
-        previous = engine.embedder.info
-        replacing = ModelRecord.of(engine.embedder.spec, previous.fingerprint, previous.weights)
-        engine.registry.record(ModelRecord.of(spec, info.fingerprint, info.weights), replacing)
+        previous = core.model.embedder.info
+        replacing = ModelRecord.of(core.model.embedder.spec, previous.fingerprint, previous.weights)
+        core.registry.record(ModelRecord.of(spec, info.fingerprint, info.weights), replacing)
     click.echo(json.dumps({"active": info.as_dict(), "index_version": prepared.index.version,
                            "index_size": len(prepared.index), "previous": previous.as_dict()}, indent=2))  # fmt: skip
 

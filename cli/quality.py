@@ -15,13 +15,14 @@ from typing import Any
 import click
 import numpy as np
 
-from cli.common import make_settings, open_engine
-from cli.options import engine_options, scoring_options
+from cli.common import make_settings, open_core
+from cli.options import engine_options, scoring_options, settings_options
 from embeddings import ImageRejected
 from reference_catalog import ManifestError, read_manifest
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.models.calibration import save_calibrator
 from service.scanning.photo_prep import PhotoInput
+from service.scanning.result import ImageResultOut, ScanResult
 from service.scanning.scoring import FEATURES
 
 QUERY_LABELS = ("authentic", "counterfeit", "unrelated")
@@ -76,9 +77,9 @@ def read_queries(manifests: Sequence[Path], split: str | None) -> tuple[list[Que
     return list(listings.values()), errors
 
 
-def scan_queries(engine: ScanEngine, queries: Sequence[QueryListing]) -> list[dict[str, Any] | ImageRejected]:
+def scan_queries(core: ServiceCore, queries: Sequence[QueryListing]) -> list[ScanResult | ImageRejected]:
     photos = [[PhotoInput(path.read_bytes(), path.name) for path in listing.paths] for listing in queries]
-    return engine.scan_many(photos, show_progress=sys.stderr.isatty())
+    return core.pipeline.scan_many(photos, show_progress=sys.stderr.isatty())
 
 
 def manifest_digest(manifests: Sequence[Path]) -> str:
@@ -118,29 +119,29 @@ def evaluate(
     if not queries:
         raise click.ClickException("no query rows to evaluate" + (f" (first problem: {errors[0][1]})" if errors else ""))
     settings = make_settings(**flags)
-    with open_engine(settings) as engine:
+    with open_core(settings) as core:
         if uncalibrated:
-            engine.calibrator = None
-        results = scan_queries(engine, queries)
+            core.models.set_calibrator(None)
+        results = scan_queries(core, queries)
         records, votes = [], []
         for listing, result in zip(queries, results, strict=True):
             if isinstance(result, ImageRejected):
                 errors.append((listing.name, str(result)))
                 continue
             records.append(to_record(EvalRecord, listing, result))
-            votes.append(float(result["features"]["score"]))
+            votes.append(float(result.features["score"]))
         metrics = compute_metrics(records, n_bootstrap=bootstrap, seed=seed)
         # What the service answered (the authenticity head where a brand has one) against the plain kNN vote.
         metrics["comparison"] = compare_scores(records, {"knn_vote": votes}, n_bootstrap=bootstrap, seed=seed)
-        metrics["authenticity_head"] = engine.model.heads.summary() if engine.model.heads is not None else None
-        metrics["model"] = engine.embedder.info.as_dict()
-        metrics["index_version"] = engine.index.version
-        metrics["calibrated"] = engine.calibrator is not None
+        metrics["authenticity_head"] = core.model.heads.summary() if core.model.heads is not None else None
+        metrics["model"] = core.model.embedder.info.as_dict()
+        metrics["index_version"] = core.model.index.version
+        metrics["calibrated"] = core.model.calibrator is not None
         metrics["manifests"] = [str(m) for m in manifests]
         metrics["split"] = split
         metrics["errors"] = [{"row": row, "reason": reason} for row, reason in errors]
         out = out_dir or settings.data_dir / "reports" / datetime.now(UTC).strftime("eval-%Y%m%dT%H%M%SZ")
-        report = write_report(out, records, metrics, reference_image(engine))
+        report = write_report(out, records, metrics, reference_image(core))
         with open(out / "records.jsonl", "w", encoding="utf-8") as fh:  # one line per listing, for error analysis
             fh.writelines(json.dumps(dataclasses.asdict(record)) + "\n" for record in records)
     if as_json:
@@ -152,25 +153,25 @@ def evaluate(
         click.echo(f"{len(errors)} rows could not be evaluated; see metrics.json 'errors'", err=True)
 
 
-def reference_image(engine: ScanEngine) -> Any:
+def reference_image(core: ServiceCore) -> Any:
     def read(image_id: str) -> bytes | None:
-        ref = engine.catalog.get_image(image_id)
+        ref = core.catalog.get_image(image_id)
         try:
-            return engine.blobs.get(ref.sha256) if ref is not None else None
+            return core.blobs.get(ref.sha256) if ref is not None else None
         except OSError:
             return None
 
     return read
 
 
-def to_record(record_type: Any, listing: QueryListing, result: dict[str, Any]) -> Any:
+def to_record(record_type: Any, listing: QueryListing, result: ScanResult) -> Any:
     """One scan result as an evaluation record; the evidence shown is that of the photo with the closest match."""
 
-    def closest(item: tuple[Path, dict[str, Any]]) -> float:
-        matches = item[1]["matches"]
-        return float(matches[0]["similarity"]) if matches else -1.0
+    def closest(item: tuple[Path, ImageResultOut]) -> float:
+        matches = item[1].matches
+        return matches[0].similarity if matches else -1.0
 
-    ranked = sorted(zip(listing.paths, result["images"], strict=True), key=closest, reverse=True)
+    ranked = sorted(zip(listing.paths, result.images, strict=True), key=closest, reverse=True)
     best = ranked[0][1]
     return record_type(
         listing=listing.name,
@@ -179,12 +180,12 @@ def to_record(record_type: Any, listing: QueryListing, result: dict[str, Any]) -
         brand=listing.brand,
         product=listing.product,
         # Rank by what the service answers (the calibrated risk when there is one); raw score where it gives none.
-        score=float(result["risk"] if result["risk"] is not None else result["score"] or 0.0),
-        risk=result["risk"],
-        calibrated=bool(result["calibrated"]),
-        verdict=result["verdict"],
-        matches=best["matches"],
-        reasons=result["reasons"],
+        score=float(result.risk if result.risk is not None else result.score or 0.0),
+        risk=result.risk,
+        calibrated=result.calibrated,
+        verdict=result.verdict,
+        matches=[match.model_dump() for match in best.matches],
+        reasons=[reason.model_dump() for reason in result.reasons],
         group=listing.group,
     )
 
@@ -228,12 +229,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
 @click.command()
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--split", help="Keep only rows whose 'split' column equals this.")
-@click.option("--target-fpr", type=float, help="Max FPR of likely_counterfeit [env COUNTERFEIT_SCAN_TARGET_FPR; 0.01].")
-@click.option(
-    "--target-miss-rate",
-    type=float,
-    help="Max share of fakes called authentic [env COUNTERFEIT_SCAN_TARGET_MISS_RATE; 0.05].",
-)
+@settings_options("calibration")
 @click.option("--seed", type=int, default=0, show_default=True)
 @engine_options
 @scoring_options
@@ -243,18 +239,18 @@ def calibrate(manifests: tuple[Path, ...], split: str | None, seed: int, **flags
 
     queries, errors = read_queries(manifests, split)
     settings = make_settings(**flags)
-    with open_engine(settings) as engine:
-        engine.calibrator = None  # fit on raw features, never on a previous calibrator's output
-        results = scan_queries(engine, queries)
+    with open_core(settings) as core:
+        core.models.set_calibrator(None)  # fit on raw features, never on a previous calibrator's output
+        results = scan_queries(core, queries)
         rows, truths, groups = [], [], []
         skipped = 0
         for listing, result in zip(queries, results, strict=True):
             if isinstance(result, ImageRejected):
                 errors.append((listing.name, str(result)))
-            elif listing.truth == "unrelated" or result["verdict"] == "not_in_catalog":
+            elif listing.truth == "unrelated" or result.verdict == "not_in_catalog":
                 skipped += 1  # the service never calibrates these
             else:
-                rows.append([float(result["features"][name]) for name in FEATURES])
+                rows.append([float(result.features[name]) for name in FEATURES])
                 truths.append(listing.truth == "counterfeit")
                 groups.append(listing.group or listing.name)
         try:
@@ -270,15 +266,15 @@ def calibrate(manifests: tuple[Path, ...], split: str | None, seed: int, **flags
         except ValueError as exc:
             raise click.ClickException(f"cannot calibrate: {exc}") from exc
         spec.update(
-            model_fingerprint=engine.embedder.info.fingerprint,
-            index_version=engine.index.version,
+            model_fingerprint=core.model.embedder.info.fingerprint,
+            index_version=core.model.index.version,
             fitted_at=datetime.now(UTC).isoformat(),
             manifests=[str(m) for m in manifests],
             manifest_sha256=manifest_digest(manifests),
             split=split,
         )
-        save_calibrator(engine.calibrator_path, spec)
-        path = engine.calibrator_path
+        save_calibrator(core.models.calibrator_path, spec)
+        path = core.models.calibrator_path
     click.echo(
         json.dumps(
             {

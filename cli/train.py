@@ -4,12 +4,13 @@ serves.
 By default (`--backbone frozen`) the base model's weights stay as they are and the checkpoint carries the photos' detail
 features, which the service adds to the catalog's labelled photos when it fits its authenticity heads. `--backbone
 finetune` also trains the vision tower (training/finetune): on the development photos that made unseen-shoot ROC-AUC
-worse (0.61, against 0.63 for the base model's kNN vote and about 0.78 for the head on frozen features, measured with
-grouped cross-validation), so it is not the default.
+worse than the base model's kNN vote, and further below the head on frozen features (see benchmarks/README.md,
+sections "Fine-tuning" and "Authenticity head"), so it is not the default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from datetime import UTC, datetime
@@ -20,14 +21,18 @@ import click
 from click.core import ParameterSource
 
 from cli.common import make_settings
+from cli.options import settings_options
 from embeddings import ModelLoadError, ModelSpec
 from service.config import Settings
+from training.finetune.config import FinetuneConfig
 
 # Training flags whose value None means "the FinetuneConfig default" (or, on --resume, "as the run was started").
 _CONFIG_FLAGS = (
     "epochs", "batch_size", "samples_per_class", "lr", "weight_decay", "warmup_fraction", "image_size", "unfreeze", "bn",
     "loss", "temperature", "margin", "anchor", "class_key", "seed", "val_fraction", "patience", "monitor", "num_workers", "amp",
 )  # fmt: skip
+# Their help shows FinetuneConfig's defaults, stated there only.
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig) if f.default is not dataclasses.MISSING}
 _SUMMARY_FIGURES = ("roc_auc", "tpr_at_fpr_1pct", "product_recall_at_1")
 _SHOWN_SKIPS = 10
 
@@ -42,6 +47,7 @@ def _unfreeze(value: str | None) -> int | str | None:
 
 
 @click.command()
+@settings_options("storage", "embedder", "heads", "calibration")  # the base model's; --batch-size stays training's
 @click.argument("manifests", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--backbone",
@@ -66,43 +72,52 @@ def _unfreeze(value: str | None) -> int | str | None:
     help="Continue the interrupted fine-tuning run in this directory (its last.pt); MANIFESTS are then optional.",
 )
 # Optimisation
-@click.option("--epochs", type=int, help="Epochs (passes over the training photos) [5].")
-@click.option("--batch-size", type=int, help="Photos per optimisation step [32].")
-@click.option("--samples-per-class", type=int, help="Photos per class in a batch [4].")
-@click.option("--lr", type=float, help="Peak learning rate of AdamW, warm-up then cosine decay [3e-4].")
-@click.option("--weight-decay", type=float, help="AdamW weight decay [1e-4].")
-@click.option("--warmup-fraction", type=float, help="Share of the steps spent warming up the learning rate [0.1].")
-@click.option("--seed", type=int, help="Seed of the split, batches, augmentations and initialisation [0].")
+@click.option("--epochs", type=int, help=f"Epochs (passes over the training photos) [{DEFAULTS['epochs']}].")
+@click.option("--batch-size", type=int, help=f"Photos per optimisation step [{DEFAULTS['batch_size']}].")
+@click.option("--samples-per-class", type=int, help=f"Photos per class in a batch [{DEFAULTS['samples_per_class']}].")
+@click.option("--lr", type=float, help=f"Peak learning rate of AdamW, warm-up then cosine decay [{DEFAULTS['lr']}].")
+@click.option("--weight-decay", type=float, help=f"AdamW weight decay [{DEFAULTS['weight_decay']}].")
+@click.option(
+    "--warmup-fraction",
+    type=float,
+    help=f"Share of the steps spent warming up the learning rate [{DEFAULTS['warmup_fraction']}].",
+)
+@click.option("--seed", type=int, help=f"Seed of the split, batches, augmentations and initialisation [{DEFAULTS['seed']}].")
 # Model
 @click.option("--image-size", type=int, help="Input size in pixels [the base model's].")
-@click.option("--unfreeze", help="How many of the last blocks/stages train (plus the layers after them), or 'all' [3].")
-@click.option("--bn", type=click.Choice(["frozen", "train"]), help="BatchNorm statistics: keep (frozen) or update [frozen].")
+@click.option(
+    "--unfreeze",
+    help=f"How many of the last blocks/stages train (plus the layers after them), or 'all' [{DEFAULTS['unfreeze']}].",
+)
+@click.option(
+    "--bn", type=click.Choice(["frozen", "train"]), help=f"BatchNorm statistics: keep (frozen) or update [{DEFAULTS['bn']}]."
+)
 # Objective
-@click.option("--loss", type=click.Choice(["supcon", "triplet"]), help="Supervised contrastive, or batch-hard triplet [supcon].")
-@click.option("--temperature", type=float, help="Temperature of the supervised contrastive loss [0.1].")
-@click.option("--margin", type=float, help="Margin of the triplet loss (cosine distance) [0.2].")
+@click.option(
+    "--loss",
+    type=click.Choice(["supcon", "triplet"]),
+    help=f"Supervised contrastive, or batch-hard triplet [{DEFAULTS['loss']}].",
+)
+@click.option("--temperature", type=float, help=f"Temperature of the supervised contrastive loss [{DEFAULTS['temperature']}].")
+@click.option("--margin", type=float, help=f"Margin of the triplet loss (cosine distance) [{DEFAULTS['margin']}].")
 @click.option(
     "--anchor",
     type=float,
-    help="Weight of the pull towards the base model's embedding (keeps unrelated photos far); 0: none [1].",
+    help=f"Weight of the pull towards the base model's embedding (keeps unrelated photos far); 0: none [{DEFAULTS['anchor']}].",
 )
 @click.option("--class-key", type=click.Choice(["product_label", "product"]),
-              help="Classes: brand/product/label, or brand/product for retrieval only [product_label].")  # fmt: skip
+              help=f"Classes: brand/product/label, or brand/product for retrieval only [{DEFAULTS['class_key']}].")  # fmt: skip
 # Validation
-@click.option("--val-fraction", type=float, help="Share of photo GROUPS held out for validation; 0: none [0.2].")
-@click.option("--patience", type=int, help="Epochs without a better validation figure before stopping [2].")
+@click.option(
+    "--val-fraction", type=float, help=f"Share of photo GROUPS held out for validation; 0: none [{DEFAULTS['val_fraction']}]."
+)
+@click.option("--patience", type=int, help=f"Epochs without a better validation figure before stopping [{DEFAULTS['patience']}].")
 @click.option("--monitor", type=click.Choice(["auto", "roc_auc", "tpr_at_fpr_1pct", "product_recall_at_1"]),
-              help="Validation figure for early stopping; auto: ROC-AUC, or product recall@1 with one label [auto].")  # fmt: skip
+              help="Validation figure for early stopping; auto: ROC-AUC, or product recall@1 with one label "
+              f"[{DEFAULTS['monitor']}].")  # fmt: skip
 # Runtime
 @click.option("--workers", "num_workers", type=int, help="Data-loading processes [min(2, cores)].")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision [on with a GPU, off on CPU].")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory [env COUNTERFEIT_SCAN_DATA_DIR; ./data].")
-@click.option("--model", help="Base open_clip architecture [env COUNTERFEIT_SCAN_MODEL; efficientnet-lite0].")
-@click.option("--pretrained", help="Base pretrained tag [env COUNTERFEIT_SCAN_PRETRAINED; imagenet].")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="Base checkpoint file [env COUNTERFEIT_SCAN_CHECKPOINT].")
-@click.option("--model-cache-dir", type=click.Path(path_type=Path), help="Weights cache [env COUNTERFEIT_SCAN_MODEL_CACHE_DIR].")
-@click.option("--device", help="auto, cpu or cuda[:N] [env COUNTERFEIT_SCAN_DEVICE].")
-@click.option("--allow-random-weights", is_flag=True, default=None, help="Tests only: random base weights.")
 def train(
     manifests: tuple[Path, ...],
     backbone: str,
@@ -124,7 +139,8 @@ def train(
     --backbone finetune: also fine-tune the vision tower. Photos of the same product and label are pulled together,
     authentic and counterfeit photos of one product pushed apart; validation holds out whole photo groups and scores
     them like the service (10-NN vote). Writes best.pt (carrying the photos, embedded with the new weights), last.pt
-    (resume state), metrics.jsonl, training_curves.png and report.json.
+    (resume state), metrics.jsonl, training_curves.png (needs the plots extra: pip install 'counterfeit-scan[plots]')
+    and report.json.
     """
     ctx = click.get_current_context()
     given = {name: flags.pop(name) for name in _CONFIG_FLAGS if name in flags}

@@ -108,7 +108,8 @@ class LabelledPhotos:
 
 @dataclass(frozen=True)
 class HeadOptions:
-    """How heads are fitted. Defaults chosen by grouped CV on ../shared/data/sneakers (benchmarks/README.md)."""
+    """How heads are fitted. Defaults chosen by grouped CV on ../shared/data/sneakers (see benchmarks/README.md,
+    section "Authenticity head")."""
 
     c_grid: tuple[float, ...] = (0.3, 1.0, 3.0)
     max_folds: int = 5

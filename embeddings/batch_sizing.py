@@ -1,8 +1,9 @@
 """How large a model batch should be: measured on the machine, because it is not always "as large as possible".
 
 On a GPU, photos/s rise with the batch up to hundreds. On a CPU a small model can run slower per photo in a large
-batch (its activations stop fitting in cache): EfficientNet-Lite0 on 2 cores embedded 107 photos/s at batch 1 and
-86 at batch 16, and the service scanned 27% more photos/s with batches capped at 2 than at 16 (benchmarks/README.md).
+batch (its activations stop fitting in cache): EfficientNet-Lite0 on 2 cores embeds fewer photos/s at batch 16 than
+at batch 1, and the service scanned more photos/s with batches capped at 2 than at 16 (see benchmarks/README.md,
+section "Served throughput", "Then batch size measured at start").
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ Batch = TypeVar("Batch", bound=Sized)  # pixels (n, h, w, 3), or a list of n enc
 
 
 def batch_ceiling(embedder: ImageEmbedder) -> int:
-    """The largest batch the measurement tries: 16 on CPU (where small batches win, above), 256 on a GPU (where a
-    5,000 photos/s ViT-B-32 needs batches in the hundreds: 16 would cap it far below)."""
+    """The largest batch the measurement tries: 16 on CPU (where small batches win, above), 256 on a GPU (where
+    ViT-B-32 at its target of 5,000 photos/s needs batches in the hundreds: 16 would cap it far below)."""
     return GPU_BATCH_CEILING if embedder.info.runtime.startswith("torch-cuda") else CPU_BATCH_CEILING
 
 

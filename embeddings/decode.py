@@ -3,7 +3,8 @@
 Pillow reads every header and decodes everything, except one case on the scan path: a JPEG asked for at about the
 model's input size (`draft_size`) is decoded by libjpeg-turbo through simplejpeg, which scales in the DCT by any
 factor n/8 (a 640 px photo decodes to 240 px for a 224 px model) where Pillow's draft mode offers only 1/2, 1/4, 1/8
-(320 px). The smaller decode halves the resize that follows and the perceptual hash (measured in benchmarks/).
+(320 px). The smaller decode leaves fewer pixels to the resize that follows and to the perceptual hash (see
+benchmarks/README.md, section "Served throughput", table "What changed on 2026-11-30").
 Whatever simplejpeg cannot take (CMYK, a recoverable error, a broken stream) goes through Pillow, which decides.
 """
 

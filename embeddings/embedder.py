@@ -52,14 +52,9 @@ class ModelInfo:
         return f"{self.architecture}@{self.fingerprint[:12]}"
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "architecture": self.architecture,
-            "weights": self.weights,
-            "fingerprint": self.fingerprint,
-            "dim": self.dim,
-            "runtime": self.runtime,
-            "random_weights": self.random_weights,
-        }
+        """Every field, as scan records store it and the API shows it (`ModelOut` in service/api/schemas.py); once per
+        scan, so a plain copy of the instance's fields rather than `dataclasses.asdict`'s recursive deep copy."""
+        return dict(vars(self))
 
 
 @dataclass(frozen=True)

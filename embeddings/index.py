@@ -14,79 +14,53 @@ Two kinds, chosen by the catalog's size (`IndexOptions.kind_for`):
   through the lists with an ID selector, and a query that finds fewer than k in-scope hits that way is probed again
   over 8 x `nprobe` lists.
 
-Kind and training follow the size (`refit`, which the engine runs whenever it loads, repairs or rebuilds an index, and
-on a copy in the background once a running service's catalog calls for it, `ScanEngine.refit_index`):
+Kind and training follow the size (`refit`, which the index keeper runs whenever it loads, repairs or rebuilds an index, and
+on a copy in the background once a running service's catalog calls for it, `IndexKeeper.refit`):
 flat becomes ivf at `ivf_min_vectors`; ivf goes back to flat below half of that (so deleting a few images around the
 threshold does not rebuild it back and forth); an ivf index is retrained, centroids and codebooks, once it holds more
 than twice the vectors it was trained on. In between, adds go straight into the trained lists without retraining: the
 centroids describe the catalog's distribution, which a catalog that less than doubles keeps. Removed or replaced
 vectors leave stale codes in the lists (skipped by searches; faiss 1.15's fast-scan lists corrupt codes added after a
 `remove_ids`), which `refit` drops once they exceed a tenth of the vectors.
+
+The ivf kind's options, training and probing live in embeddings/index_ivf.py, the file format in
+embeddings/index_file.py; this module keeps the exact store, the choice of kind, the searches and the locking.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any
 
 import faiss
 import numpy as np
 
+from embeddings.index_file import read_index_file, write_index_file
+from embeddings.index_ivf import CHUNK, IndexKind, IndexOptions, build_ivf, fill_ivf, probe
+
+__all__ = ["IndexHit", "IndexKind", "IndexOptions", "VectorIndex"]
+
 log = logging.getLogger(__name__)
-_faiss: Any = faiss  # members the stubs lack (PyCallbackIOReader)
 
 # faiss 1.15 computes exact inner products with a matrix product (BLAS) only once queries x dim reach this threshold;
-# its default (128,000: 100 queries of 1,280 dims) leaves the service's batches of up to 16 photos on a per-query loop
-# that reads every vector once per query: 4-5x slower at 16 queries. From 4 queries of 1,024 dims on, one product wins.
+# its default (100 queries of 1,280 dims) leaves the service's batches of up to 16 photos on a per-query loop that
+# reads every vector once per query, several times slower; from a few queries on, one product wins (see
+# benchmarks/README.md, section "Index").
 faiss.cvar.distance_compute_blas_threshold = 4096
 
-IndexKind = Literal["flat", "ivf"]
-
-_MAGIC_V1 = b"CSIDX1\n"  # header, then one serialized IndexIDMap2(IndexFlatIP) (read only: older files)
-_MAGIC = b"CSIDX2\n"  # header (with the kind), then length-prefixed parts: the flat store, and the IVF for kind ivf
-
-TRAIN_POINTS_PER_LIST = 32  # k-means sample: this many catalog vectors per list (at most the whole catalog)
-KMEANS_ITERATIONS = 10
-PQ_TRAIN_POINTS = 65_536  # sample that trains the 4-bit product-quantizer codes
 RETRAIN_GROWTH = 2.0  # retrain an ivf index once it holds this many times the vectors it was trained on
 STALE_MAX_SHARE = 0.1  # refit compacts the ivf lists once stale codes exceed this share of the vectors
 WIDEN_PROBES = 8  # a scoped query short of hits is probed again over this many times nprobe lists
-CHUNK = 65_536  # rows per add/compare step (bounds temporary memory)
-_MAX_HEADER = 1 << 20  # bytes; a larger header length means a damaged file
 
 
 @dataclass(frozen=True)
 class IndexHit:
     id: int
     similarity: float
-
-
-@dataclass(frozen=True)
-class IndexOptions:
-    """Which kind of index a catalog of a given size gets, and how an ivf index is built and searched."""
-
-    ivf_min_vectors: int = 10_000
-    nlist: int = 0  # 0: 4 x sqrt(size) when trained
-    nprobe: int = 64
-    rerank: int = 5
-    exact_scope_max: int = 2_000
-
-    def kind_for(self, size: int, current: IndexKind = "flat") -> IndexKind:
-        """The kind for `size` vectors; an ivf index stays ivf down to half the threshold."""
-        if size >= self.ivf_min_vectors or (current == "ivf" and size >= self.ivf_min_vectors / 2):
-            return "ivf"
-        return "flat"
-
-    def nlist_for(self, size: int) -> int:
-        wanted = self.nlist or max(16, round(4 * math.sqrt(size)))
-        return max(1, min(wanted, size // 4))  # k-means needs several points per centroid
 
 
 class VectorIndex:
@@ -210,8 +184,8 @@ class VectorIndex:
         """An independent copy (same vectors, kind and training) that can be refitted while this one serves."""
         with self._lock:
             twin = VectorIndex(self.dim, self.fingerprint, self.revision, self.options)
-            # clone_index copies the vectors once (a serialized copy would hold them twice on the way: 10 GB at 1M);
-            # both answer an object of the index's own class that owns the index
+            # clone_index copies the vectors once (a serialized copy would hold them twice on the way, gigabytes at a
+            # million vectors); both answer an object of the index's own class that owns the index
             twin._flat = faiss.clone_index(self._flat)  # type: ignore[assignment]
             if self._ivf is not None:  # codes only: a 32nd of the vectors
                 twin._ivf = faiss.deserialize_index(faiss.serialize_index(self._ivf))  # type: ignore[assignment]
@@ -237,8 +211,8 @@ class VectorIndex:
         """Make this the kind (and training) its size calls for; returns whether anything changed.
 
         Holds the index's lock while it trains and fills an ivf index (minutes at a million vectors): call it before
-        the index serves, as the engine does when it loads, repairs or rebuilds one, or on a `copy` (the engine's
-        `refit_index`, while the catalog grows or shrinks under a running service).
+        the index serves, as the index keeper does when it loads, repairs or rebuilds one, or on a `copy` (the keeper's
+        `refit`, while the catalog grows or shrinks under a running service).
         """
         with self._lock:
             if not self.needs_refit():
@@ -252,11 +226,11 @@ class VectorIndex:
                 started = time.perf_counter()
                 stale = self.stale_codes
                 self._ivf.reset()  # same centroids and codebooks: only the lists are written again
-                self._fill(self._ivf)
+                fill_ivf(self._ivf, *self._stored())
                 log.info("index: dropped %d stale codes in %.1f s", stale, time.perf_counter() - started)
                 return True
             started = time.perf_counter()
-            self._ivf = self._build_ivf(self.options.nlist_for(size))
+            self._ivf = build_ivf(self.dim, self.options.nlist_for(size), *self._stored())
             self._trained_size = size
             log.info("index: %s; built in %.1f s", self.describe(), time.perf_counter() - started)
             return True
@@ -267,36 +241,6 @@ class VectorIndex:
         size = int(flat.ntotal)
         vectors = faiss.rev_swig_ptr(flat.get_xb(), size * self.dim).reshape(size, self.dim)
         return faiss.vector_to_array(self._flat.id_map).astype(np.int64), vectors
-
-    def _build_ivf(self, nlist: int) -> faiss.IndexIVFPQFastScan:
-        ids, vectors = self._stored()
-        rows = np.random.default_rng(0).choice(len(ids), min(len(ids), TRAIN_POINTS_PER_LIST * nlist), replace=False)
-        sample = np.ascontiguousarray(vectors[np.sort(rows)])
-        clustering = faiss.Clustering(self.dim, nlist)
-        clustering.niter = KMEANS_ITERATIONS
-        clustering.spherical = True  # unit centroids: inner product to a centroid is the cosine
-        clustering.min_points_per_centroid = 1
-        clustering.max_points_per_centroid = TRAIN_POINTS_PER_LIST * 2
-        clustering.seed = 1234
-        clustering.train(sample, faiss.IndexFlatIP(self.dim))
-        centroids = faiss.vector_to_array(clustering.centroids).reshape(nlist, self.dim)
-        # An exact coarse quantizer: each vector goes to its nearest list. (An HNSW graph over the centroids assigns
-        # too many vectors to a near-best list in 1,280 dimensions, where centroids are nearly equidistant: at a million
-        # vectors that cost a fifth of the recall at any nprobe.) Searches find their lists the same way.
-        quantizer = faiss.IndexFlatIP(self.dim)
-        quantizer.add(centroids)
-        ivf = faiss.IndexIVFPQFastScan(quantizer, self.dim, nlist, _pq_m(self.dim), 4, faiss.METRIC_INNER_PRODUCT)
-        quantizer_handle: Any = quantizer
-        quantizer_handle.this.disown()  # the ivf index owns (and frees) its quantizer
-        ivf.own_fields = True
-        ivf.train(sample[:PQ_TRAIN_POINTS])  # the quantizer holds its centroids already: this trains the codes only
-        self._fill(ivf)
-        return ivf
-
-    def _fill(self, ivf: faiss.IndexIVFPQFastScan) -> None:
-        ids, vectors = self._stored()
-        for start in range(0, len(ids), CHUNK):
-            ivf.add_with_ids(np.ascontiguousarray(vectors[start : start + CHUNK]), ids[start : start + CHUNK])
 
     # --- search ----------------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> list[list[IndexHit]]:
@@ -342,28 +286,13 @@ class VectorIndex:
         reachable = len(self) if allowed_ids is None else len(allowed_ids)
         candidates = min(k * self.options.rerank, len(self))
         nprobe = min(self.options.nprobe, int(ivf.nlist))
-        sims, ids = self._rerank(queries, self._probe(ivf, queries, candidates, nprobe, selector), k)
+        sims, ids = self._rerank(queries, probe(ivf, queries, candidates, nprobe, selector), k)
         short = np.flatnonzero((ids >= 0).sum(axis=1) < min(k, reachable))
         wider = min(nprobe * WIDEN_PROBES, int(ivf.nlist))
         if len(short) and wider > nprobe:
-            again = self._probe(ivf, queries[short], candidates, wider, selector)
+            again = probe(ivf, queries[short], candidates, wider, selector)
             sims[short], ids[short] = self._rerank(queries[short], again, k)
         return sims, ids
-
-    def _probe(
-        self, ivf: faiss.IndexIVFPQFastScan, queries: np.ndarray, candidates: int, nprobe: int, selector: Any
-    ) -> np.ndarray:
-        """The best `candidates` ids per query by their codes, in the `nprobe` lists nearest to it."""
-        list_sims, lists = ivf.quantizer.search(queries, nprobe)  # exact: one matrix product with the centroids
-        params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)  # type: ignore[call-arg]
-        sims = np.empty((len(queries), candidates), dtype=np.float32)
-        ids = np.empty((len(queries), candidates), dtype=np.int64)
-        ptr = faiss.swig_ptr
-        handle: Any = ivf  # the C++ call: the Python wrapper of search_preassigned takes no search parameters
-        handle.search_preassigned_c(
-            len(queries), ptr(queries), candidates, ptr(lists), ptr(list_sims), ptr(sims), ptr(ids), False, params
-        )
-        return ids
 
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact similarities of each row's candidates (each id once, removed ones skipped), best k first."""
@@ -391,7 +320,7 @@ class VectorIndex:
 
     # --- persistence -----------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        """Write header and parts to a temp file, fsync, then rename over `path`: readers see old or new."""
+        """Write the index file atomically (embeddings/index_file.py): readers see the old file or the new one."""
         with self._lock:
             parts = [faiss.serialize_index(self._flat)]
             if self._ivf is not None:
@@ -403,35 +332,14 @@ class VectorIndex:
                 "kind": self.kind,
                 "nlist": self.nlist,
                 "trained_size": self._trained_size,
-                "parts": [len(part) for part in parts],
             }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        header_bytes = json.dumps(header).encode()
-        with open(tmp, "wb") as fh:
-            fh.write(_MAGIC)
-            fh.write(len(header_bytes).to_bytes(8, "little"))
-            fh.write(header_bytes)
-            for part in parts:
-                fh.write(part.tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+        write_index_file(path, header, parts)
 
     @classmethod
     def load(cls, path: Path, options: IndexOptions | None = None) -> VectorIndex:
         """Read an index file (either format); raises ValueError or RuntimeError when it is not whole."""
-        with open(path, "rb") as fh:
-            magic = fh.read(len(_MAGIC))
-            if magic not in (_MAGIC, _MAGIC_V1):
-                raise ValueError(f"{path} is not a counterfeit-scan index file")
-            size = int.from_bytes(fh.read(8), "little")
-            if size > _MAX_HEADER:
-                raise ValueError(f"{path}: damaged header")
-            header = json.loads(fh.read(size))
-            index = cls(int(header["dim"]), str(header["fingerprint"]), int(header["revision"]), options)
-            lengths = [None] if magic == _MAGIC_V1 else [int(length) for length in header["parts"]]
-            parts = [_read_index(fh, length) for length in lengths]
+        header, parts = read_index_file(path)
+        index = cls(int(header["dim"]), str(header["fingerprint"]), int(header["revision"]), options)
         index._flat = parts[0] if isinstance(parts[0], faiss.IndexIDMap2) else faiss.IndexIDMap2(parts[0])
         if header.get("kind", "flat") == "ivf":
             ivf = parts[1]
@@ -441,28 +349,3 @@ class VectorIndex:
             index._trained_size = int(header["trained_size"])
         index._present = set(index.ids().tolist())
         return index
-
-
-def _read_index(fh: BinaryIO, length: int | None) -> faiss.Index:
-    """One serialized faiss index streamed from `fh` (no copy of its bytes in memory), `length` bytes if given."""
-    left = [length]
-
-    def read(size: int) -> bytes:
-        limit = left[0]
-        data = fh.read(size if limit is None else min(size, limit))
-        if limit is not None:
-            left[0] = limit - len(data)
-        return data
-
-    index = faiss.read_index(_faiss.PyCallbackIOReader(read))  # already of its own class (and owned here)
-    if left[0]:
-        raise ValueError(f"index part ends {left[0]} bytes early")
-    return index
-
-
-def _pq_m(dim: int) -> int:
-    """Sub-quantizers of the 4-bit codes: one per 4 dimensions (fewer bytes lose recall that re-ranking can't win back)."""
-    for per in (4, 2, 1):
-        if dim % per == 0:
-            return dim // per
-    return dim

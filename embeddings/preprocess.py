@@ -36,10 +36,10 @@ def resize_and_crop(image: Image.Image, size: int, interpolation: str = "bicubic
     """The centre square of the image as `(size, size, 3)` uint8 pixels, scaled in one resampling pass.
 
     The resampling is torchvision's antialiased bicubic (or bilinear) on uint8 channels-last pixels, which follows
-    Pillow's filters to within a level and runs four times faster than `Image.resize` here (a 240 px decode to 224:
-    0.20 against 0.82 ms, benchmarks/README.md). Only the centre square is resampled. A square more than
-    `_REDUCING_GAP` times the target is first shrunk by an integer factor with Pillow's box `reduce`, as
-    `Image.resize(reducing_gap=3)` does.
+    Pillow's filters to within a level and runs several times faster than `Image.resize` on the scan path's decodes
+    (see benchmarks/README.md, section "Served throughput", table "What changed on 2026-11-30"). Only the centre
+    square is resampled. A square more than `_REDUCING_GAP` times the target is first shrunk by an integer factor
+    with Pillow's box `reduce`, as `Image.resize(reducing_gap=3)` does.
     """
     rgb = to_rgb(image)  # the decoder's conversion: transparency on white, 16-bit scaled
     width, height = rgb.size

@@ -40,7 +40,8 @@ PACKAGED_WEIGHTS: dict[tuple[str, str], PackagedWeights] = {
         # The weights expect (pixel - 127) / 128.
         mean=(127 / 255, 127 / 255, 127 / 255),
         std=(128 / 255, 128 / 255, 128 / 255),
-        # Measured on ../shared/data: unrelated photos top out at 0.38, in-catalog queries' 5th percentile is 0.41.
+        # Between the best match of unrelated photos and that of nearly all in-catalog queries on ../shared/data
+        # (see benchmarks/README.md, section "Match threshold").
         match_threshold=0.4,
         licence="Apache-2.0",
     ),

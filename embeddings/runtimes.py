@@ -130,8 +130,9 @@ def default_inference_threads() -> int:
     beside the model (a model thread that shares its core with them stalls every parallel operator of the others).
 
     Below four cores, every core: on 2 cores one model thread served EfficientNet-Lite0 as fast as two, but ViT-B-32,
-    whose forward pass dwarfs the rest, lost 40% with one. Serving spreads these cores over single-threaded workers
-    by default (`Settings.for_serving`).
+    whose forward pass dwarfs the rest, lost much of its speed with one (see benchmarks/README.md, section "Served
+    throughput", "Tried and not kept (2026-11-29)"). Serving spreads these cores over single-threaded workers by
+    default (`Settings.for_serving`).
     """
     cores = available_cores()
     return cores - cores // 4

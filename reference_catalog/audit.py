@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DDL, JSON, Engine, Integer, String, event, select
+from sqlalchemy import JSON, Engine, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from reference_catalog.models import Base, utcnow
+from reference_catalog.database import Base, utcnow
 
 
 class AuditEntry(Base):
@@ -23,16 +23,8 @@ class AuditEntry(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-# SQLite refuses to change or delete audit rows (PostgreSQL deployments grant INSERT/SELECT only on this table).
-for _verb in ("UPDATE", "DELETE"):
-    event.listen(
-        AuditEntry.__table__,
-        "after_create",
-        DDL(  # type: ignore[no-untyped-call]
-            f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{_verb.lower()} BEFORE {_verb} ON audit_log "
-            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
-        ).execute_if(dialect="sqlite"),
-    )
+# SQLite refuses to change or delete audit rows: triggers made by the migrations (service/db/migrations); PostgreSQL
+# deployments grant INSERT/SELECT only on this table.
 
 
 @dataclass(frozen=True)
@@ -70,8 +62,7 @@ class AuditLog:
         """Newest first; page with `before_id` (the smallest id of the previous page).
 
         `since` (inclusive) and `until` (exclusive) are instants: one with a UTC offset is compared as that instant, a
-        naive one is taken as UTC (the log stores UTC)."""
-        since, until = stored_utc(since), stored_utc(until)
+        naive one is taken as UTC (`UtcDateTime` binds both so)."""
         query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
         for column, value in ((AuditEntry.actor, actor), (AuditEntry.action, action), (AuditEntry.brand, brand)):
             if value is not None:
@@ -86,14 +77,6 @@ class AuditLog:
             return [_as_dict(row) for row in session.scalars(query)]
 
 
-def stored_utc(value: datetime | None) -> datetime | None:
-    """`value` as the database stores times: naive UTC (SQLite keeps no zone). A naive `value` is taken as UTC."""
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
 def _as_dict(row: AuditEntry) -> dict[str, Any]:
-    at = row.at if row.at.tzinfo else row.at.replace(tzinfo=UTC)
-    return {"id": row.id, "at": at.isoformat(), "actor": row.actor, "action": row.action, "target": row.target,
+    return {"id": row.id, "at": row.at.isoformat(), "actor": row.actor, "action": row.action, "target": row.target,
             "brand": row.brand, "details": row.details}  # fmt: skip

@@ -1,10 +1,44 @@
-"""Engine creation: SQLite file by default (WAL, foreign keys), any SQLAlchemy URL otherwise."""
+"""The catalog database: the one declarative base of its tables, the one UTC datetime column type, and the engine.
+
+Every table of the catalog database (the catalog's, and the service's scan records, keys, jobs and sessions) derives
+from `Base`, so that one MetaData describes the schema that the migrations (service/db/migrations) own.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import DateTime, Dialect, Engine, TypeDecorator, create_engine, event
+from sqlalchemy.orm import DeclarativeBase
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An instant, stored as naive UTC (SQLite keeps no zone) and read back aware, in UTC. A naive value written or
+    compared is taken as UTC, an aware one as the instant it names, so that no caller fixes up zones."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """The one declarative base of the catalog database; a `Mapped[datetime]` column is a UtcDateTime."""
+
+    type_annotation_map = {datetime: UtcDateTime}  # noqa: RUF012 (SQLAlchemy reads it as declared)
 
 
 def create_catalog_engine(url: str) -> Engine:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, contains_eager, sessionmaker
 
 from reference_catalog.audit import AuditEvent
 from reference_catalog.models import (
-    Base,
     Brand,
     CatalogState,
     ImageDetail,
@@ -97,15 +96,14 @@ class DuplicateLabelConflict(ValueError):
         self.existing = existing
 
 
+MAX_OFFSET = 2**62  # a page offset past any catalog, far inside SQL's 64-bit integers: larger ones ask for the same empty page
+
+
 def new_public_id() -> str:
     return "ref_" + secrets.token_urlsafe(16)
 
 
 def _ref(image: ReferenceImage) -> ImageRef:
-    created_at = image.created_at
-    if created_at.tzinfo is None:
-        # SQLite hands datetimes back without their zone; they were written in UTC.
-        created_at = created_at.replace(tzinfo=UTC)
     return ImageRef(
         key=image.id,
         image_id=image.public_id,
@@ -117,7 +115,7 @@ def _ref(image: ReferenceImage) -> ImageRef:
         media_type=image.media_type,
         width=image.width,
         height=image.height,
-        created_at=created_at,
+        created_at=image.created_at,
     )
 
 
@@ -125,9 +123,6 @@ class CatalogRepository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-
-    def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
 
     # --- reads -----------------------------------------------------------------------------------------------
     def revision(self) -> int:
@@ -139,6 +134,24 @@ class CatalogRepository:
         with self._sessions() as session:
             rows = session.scalars(select(ReferenceImage).join(ReferenceImage.product).join(Product.brand))
             return [_ref(image) for image in rows]
+
+    def image_page(
+        self, brands: Collection[str] | None = None, brand: str | None = None, product: str | None = None,
+        label: str | None = None, limit: int = 100, offset: int = 0, newest_first: bool = False,
+    ) -> tuple[list[ImageRef], int]:  # fmt: skip
+        """One page of the images of `brands` (None: all), narrowed to a brand, product and label, oldest first (as added)
+        or newest first; and how many match in all. Filtered, counted and paged in SQL: a page costs its rows only."""
+        wanted = ((Brand.name, brand), (Product.name, product), (ReferenceImage.label, label))
+        conditions = [column == value for column, value in wanted if value is not None]
+        if brands is not None:
+            conditions.append(Brand.name.in_(sorted(brands)))
+        joined = select(ReferenceImage).join(ReferenceImage.product).join(Product.brand).where(*conditions)
+        counted = select(func.count()).select_from(joined.with_only_columns(ReferenceImage.id).subquery())
+        order = (ReferenceImage.created_at.desc(), ReferenceImage.id.desc()) if newest_first else (ReferenceImage.id,)
+        loaded = contains_eager(ReferenceImage.product).contains_eager(Product.brand)  # `_ref` reads no more rows
+        page = joined.options(loaded).order_by(*order).limit(limit).offset(min(offset, MAX_OFFSET))
+        with self._sessions() as session:
+            return [_ref(image) for image in session.scalars(page)], session.scalar(counted) or 0
 
     def referenced_sha256s(self) -> set[str]:
         with self._sessions() as session:

@@ -1,1 +1,1 @@
-"""The counterfeit-scan HTTP service and the engine behind it (shared with the CLI)."""
+"""The counterfeit-scan HTTP service and the parts behind it (service/core.py, shared with the CLI)."""

@@ -1,4 +1,4 @@
-"""App factory: routers, error handlers, and the lifespan that loads the engine off the event loop."""
+"""App factory: routers, error handlers, and the lifespan that loads the service core off the event loop."""
 
 from __future__ import annotations
 
@@ -14,25 +14,25 @@ from fastapi.responses import JSONResponse
 from embeddings import ImageRejected
 from service.access.rate_limit import RateLimiter, role_limits
 from service.api.body_limit import BodyLimitMiddleware, service_body_bounds
-from service.api.errors import RequestRejected, ServiceNotReady, domain_error_status, error_response, validation_detail
+from service.api.errors import RequestRejected, domain_error_status, error_response, validation_detail
 from service.api.gate import AccessGate
 from service.api.routes import admin, audit, catalog, catalog_imports, health, scan, scans
 from service.config import Settings
 from service.console import mount_console
 from service.console.common import require_user
-from service.engine import ScanEngine
-from service.errors import DomainError
+from service.core import ServiceCore
+from service.errors import DomainError, ServiceNotReady
 from service.metrics import ServiceMetrics
 from service.runtime import ServiceRuntime
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, engine: ScanEngine | None = None) -> FastAPI:
-    """Build the app; with no `engine`, the model and index load in the background at start-up."""
+def create_app(settings: Settings | None = None, core: ServiceCore | None = None) -> FastAPI:
+    """Build the app; with no `core`, the model and index load in the background at start-up."""
     settings = (settings or Settings()).for_serving()
     metrics = ServiceMetrics()
-    runtime = ServiceRuntime(settings, engine, metrics)
+    runtime = ServiceRuntime(settings, core, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -32,6 +32,14 @@ class Conflict(DomainError):
     """The request contradicts what is stored (a photo already catalogued under the other label, a switch under way)."""
 
 
+class TooLarge(DomainError):
+    """What was sent is larger than the service takes (an import archive over its byte limit)."""
+
+
+class UnsupportedFormat(DomainError):
+    """What was sent is not in a format the service reads (an import that is neither zip nor gzip)."""
+
+
 class Forbidden(DomainError):
     """The caller's key may not do this (another brand's catalog, a role without the right)."""
 
@@ -46,3 +54,8 @@ class Overloaded(DomainError):
 
 class Unavailable(DomainError):
     """The service cannot do this now (its model or index is still loading, a worker died); try again shortly."""
+
+
+class ServiceNotReady(Unavailable):
+    """The model or index is still loading (or failed to load), or the service is shutting down; the API words it
+    "service not ready: ..."."""

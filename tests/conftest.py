@@ -1,4 +1,4 @@
-"""Fixtures: image byte factories, settings in tmp dirs, one tiny embedder per session, engines and clients."""
+"""Fixtures: image byte factories, settings in tmp dirs, one tiny embedder per session, cores and clients."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from embeddings import ImageEmbedder, load_embedder
 from service.app import create_app
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests import imaging
 from tests.helpers import read_rows, shared_set, tiny_settings
 
@@ -42,7 +42,7 @@ def webp_bytes() -> Callable[..., bytes]:
     return imaging.webp
 
 
-# --- model, engine, app -------------------------------------------------------------------------------------------
+# --- model, core, app -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def model_export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("onnx-exports")
@@ -50,7 +50,7 @@ def model_export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_embedder(model_export_dir: Path) -> ImageEmbedder:
-    """Loaded once per session (ONNX export included); engines share it."""
+    """Loaded once per session (ONNX export included); cores share it."""
     return load_embedder(tiny_settings(model_export_dir).model_spec(), model_export_dir)
 
 
@@ -65,36 +65,36 @@ def settings(data_dir: Path) -> Settings:
 
 
 @pytest.fixture
-def make_engine(tiny_embedder: ImageEmbedder) -> Iterator[Callable[[Settings], ScanEngine]]:
-    """Open engines on a data dir (as a restart would: load or repair the saved index); all closed afterwards."""
-    engines: list[ScanEngine] = []
+def make_core(tiny_embedder: ImageEmbedder) -> Iterator[Callable[[Settings], ServiceCore]]:
+    """Open cores on a data dir (as a restart would: load or repair the saved index); all closed afterwards."""
+    cores: list[ServiceCore] = []
 
-    def make(settings: Settings) -> ScanEngine:
-        engine = ScanEngine(settings, tiny_embedder)
-        engine.sync_index()
-        engines.append(engine)
-        return engine
+    def make(settings: Settings) -> ServiceCore:
+        core = ServiceCore(settings, tiny_embedder)
+        core.index_keeper.sync()
+        cores.append(core)
+        return core
 
     yield make
-    for engine in engines:
-        engine.close()
+    for core in cores:
+        core.close()
 
 
 @pytest.fixture
-def engine(make_engine: Callable[[Settings], ScanEngine], settings: Settings) -> ScanEngine:
-    return make_engine(settings)
+def core(make_core: Callable[[Settings], ServiceCore], settings: Settings) -> ServiceCore:
+    return make_core(settings)
 
 
 @pytest.fixture
-def make_client(make_engine: Callable[[Settings], ScanEngine]) -> Iterator[Callable[..., TestClient]]:
-    """Start the real app (lifespan included) on a tiny engine with the given settings."""
+def make_client(make_core: Callable[[Settings], ServiceCore]) -> Iterator[Callable[..., TestClient]]:
+    """Start the real app (lifespan included) on a tiny core with the given settings."""
     with ExitStack() as stack:
 
-        def make(settings: Settings, engine: ScanEngine | None = None) -> TestClient:
+        def make(settings: Settings, core: ServiceCore | None = None) -> TestClient:
             """A client that sends an admin key (the auth tests make keys of other roles themselves)."""
-            engine = engine or make_engine(settings)
-            client = stack.enter_context(TestClient(create_app(settings, engine=engine)))
-            _, token = engine.keys.create("admin", [], "tests")
+            core = core or make_core(settings)
+            client = stack.enter_context(TestClient(create_app(settings, core=core)))
+            _, token = core.keys.create("admin", [], "tests")
             client.headers["Authorization"] = f"Bearer {token}"
             return client
 
@@ -102,8 +102,8 @@ def make_client(make_engine: Callable[[Settings], ScanEngine]) -> Iterator[Calla
 
 
 @pytest.fixture
-def client(make_client: Callable[..., TestClient], settings: Settings, engine: ScanEngine) -> TestClient:
-    return make_client(settings, engine)
+def client(make_client: Callable[..., TestClient], settings: Settings, core: ServiceCore) -> TestClient:
+    return make_client(settings, core)
 
 
 # --- shared photo data ------------------------------------------------------------------------------------------

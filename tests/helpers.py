@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from reference_catalog import create_catalog_engine
 from service.access.api_keys import ApiKeyStore
 from service.config import Settings
+from service.db.migrate import upgrade_if_behind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -34,6 +35,7 @@ def admin_token(settings: Settings) -> str:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = create_catalog_engine(settings.resolved_database_url)
     try:
+        upgrade_if_behind(db)  # as a starting service or CLI command would
         return ApiKeyStore(db).create("admin", [], "tests")[1]
     finally:
         db.dispose()

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from embeddings import ImageEmbedder
 from embeddings.batch_sizing import CPU_BATCH_CEILING, batch_ceiling, largest_fast_batch
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.metrics import ServiceMetrics
 from service.runtime import ServiceRuntime
 from service.scanning.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
@@ -66,17 +66,19 @@ def test_concurrent_scans_share_a_batch_and_get_their_own_answers(make_client: C
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_batched_results_equal_unbatched_ones(engine: ScanEngine, workers: int) -> None:
-    """Listings of 1..3 photos with mixed brand scopes in one batch: the same answers as engine.scan, one by one."""
+def test_batched_results_equal_unbatched_ones(core: ServiceCore, workers: int) -> None:
+    """Listings of 1..3 photos with mixed brand scopes in one batch: the same answers as core.scan, one by one."""
     for i in range(6):
-        engine.add_reference(PhotoInput(imaging.jpeg(200 + i)), "Acme" if i % 2 else "Zeta", f"p{i % 3}", "authentic")
+        core.writer.add_reference(PhotoInput(imaging.jpeg(200 + i)), "Acme" if i % 2 else "Zeta", f"p{i % 3}", "authentic")
     listings = [([imaging.jpeg(200 + i), imaging.jpeg(300 + i)][: 1 + i % 2], "Acme" if i % 3 == 0 else None) for i in range(8)]
     listings.append(([imaging.jpeg(201), imaging.jpeg(203), imaging.jpeg(205)], "Zeta"))
-    expected = [engine.scan([PhotoInput(d) for d in photos], brand, record=False) for photos, brand in listings]
-    settings = engine.settings.model_copy(update={"batch_max_wait_ms": 200.0, "batch_max_size": 8, "inference_workers": workers})
-    with ScanBatcher(engine, settings) as batcher:
+    expected = [
+        core.pipeline.scan([PhotoInput(d) for d in photos], brand, record=False).model_dump() for photos, brand in listings
+    ]
+    settings = core.settings.updated(**{"batch_max_wait_ms": 200.0, "batch_max_size": 8, "inference_workers": workers})
+    with ScanBatcher(core.pipeline, settings) as batcher:
         futures = [batcher.submit([PhotoInput(d) for d in photos], brand, record=False) for photos, brand in listings]
-        got = [future.result(timeout=30) for future in futures]
+        got = [future.result(timeout=30).model_dump() for future in futures]
 
     for mine, theirs in zip(got, expected, strict=True):
         assert mine["images"] and [m["image_id"] for m in mine["images"][0]["matches"]] == [
@@ -103,19 +105,19 @@ def _close(a: Any, b: Any) -> bool:
 def test_full_queue_answers_429_with_retry_after(make_client: Callable[..., TestClient], data_dir: Path) -> None:
     client = make_client(tiny_settings(data_dir, queue_max_photos=2, retry_after_s=7))
     add_reference(client, imaging.jpeg(1))
-    engine = client.app.state.runtime.engine  # type: ignore[attr-defined]
+    core = client.app.state.runtime.core  # type: ignore[attr-defined]
     batcher = client.app.state.runtime.batcher()  # type: ignore[attr-defined]
     scans_before = stored_state(client, data_dir)["scans"]
 
     # Hold the index as a catalog write does: the two admitted scans are embedded, then wait to be searched.
     with ThreadPoolExecutor(2) as pool:
-        engine.index._lock.acquire()
+        core.model.index._lock.acquire()
         try:
             admitted = [pool.submit(post_scan, client, seed) for seed in (10, 11)]
             wait_for(lambda: batcher.in_flight == 2)
             refused = post_scan(client, 12)
         finally:
-            engine.index._lock.release()
+            core.model.index._lock.release()
         answers = [future.result(timeout=30) for future in admitted]
 
     assert refused.status_code == 429
@@ -165,15 +167,15 @@ def test_metrics_expose_queue_batches_and_latencies(client: TestClient) -> None:
 
 def test_batch_limit_zero_is_measured_on_the_served_model_before_it_is_ready(data_dir: Path) -> None:
     settings = tiny_settings(data_dir, batch_max_size=0)
-    engine = ScanEngine.open(settings)
-    runtime = ServiceRuntime(settings, engine)
+    core = ServiceCore.open(settings)
+    runtime = ServiceRuntime(settings, core)
     try:
         runtime.start()
         assert 1 <= runtime.batch_max_size <= UNMEASURED_BATCH_LIMIT
         assert runtime.batcher().max_batch == runtime.batch_max_size
     finally:
         runtime.stop()
-        engine.close()
+        core.close()
 
 
 def test_the_largest_batch_within_ten_percent_of_the_best_rate_is_chosen() -> None:
@@ -189,14 +191,14 @@ def test_batch_limits_are_measured_up_to_16_on_cpu(tiny_embedder: ImageEmbedder)
     assert batch_ceiling(tiny_embedder) == CPU_BATCH_CEILING == 16  # on a GPU 256: tests/test_gpu.py
 
 
-def test_several_workers_split_a_queue_instead_of_one_taking_it_all(engine: ScanEngine) -> None:
+def test_several_workers_split_a_queue_instead_of_one_taking_it_all(core: ServiceCore) -> None:
     """Eight photos queued for two single-threaded workers: four each, not eight on one worker while the other idles."""
-    engine.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
-    settings = engine.settings.model_copy(update={"batch_max_wait_ms": 2000.0, "batch_max_size": 8, "inference_workers": 2})
+    core.writer.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
+    settings = core.settings.updated(**{"batch_max_wait_ms": 2000.0, "batch_max_size": 8, "inference_workers": 2})
     metrics = ServiceMetrics()
-    with ScanBatcher(engine, settings, metrics) as batcher:
+    with ScanBatcher(core.pipeline, settings, metrics) as batcher:
         futures = [batcher.submit([PhotoInput(imaging.jpeg(10 + i))], None, record=False) for i in range(8)]
-        assert all(future.result(timeout=30)["images"] for future in futures)
+        assert all(future.result(timeout=30).model_dump()["images"] for future in futures)
     value = metrics.registry.get_sample_value
     assert value("counterfeit_scan_batch_photos_sum", {}) == 8
     batches = value("counterfeit_scan_batch_photos_count", {})
@@ -206,20 +208,18 @@ def test_several_workers_split_a_queue_instead_of_one_taking_it_all(engine: Scan
 
 @pytest.mark.parametrize(("workers", "max_batch", "photos"), [(2, 16, 4), (2, 2, 8), (1, 4, 10)])
 def test_a_listing_is_split_between_batches_and_answered_whole(
-    engine: ScanEngine, workers: int, max_batch: int, photos: int
+    core: ServiceCore, workers: int, max_batch: int, photos: int
 ) -> None:
     """Two single-threaded workers embed one listing's photos side by side; a listing larger than the batch limit
     runs in batches of at most that limit. Either way: one answer, equal to the unbatched scan."""
     for i in range(4):
-        engine.add_reference(PhotoInput(imaging.jpeg(600 + i)), "Acme", f"p{i}", "authentic")
+        core.writer.add_reference(PhotoInput(imaging.jpeg(600 + i)), "Acme", f"p{i}", "authentic")
     listing = [PhotoInput(imaging.jpeg(600 + i % 4)) for i in range(photos)]
-    expected = engine.scan(listing, None, record=False)
-    settings = engine.settings.model_copy(
-        update={"batch_max_wait_ms": 0.0, "batch_max_size": max_batch, "inference_workers": workers}
-    )
+    expected = core.pipeline.scan(listing, None, record=False).model_dump()
+    settings = core.settings.updated(batch_max_wait_ms=0.0, batch_max_size=max_batch, inference_workers=workers)
     metrics = ServiceMetrics()
-    with ScanBatcher(engine, settings, metrics) as batcher:
-        got = batcher.submit(listing, None, record=False).result(timeout=30)
+    with ScanBatcher(core.pipeline, settings, metrics) as batcher:
+        got = batcher.submit(listing, None, record=False).result(timeout=30).model_dump()
         assert batcher.in_flight == 0
     value = metrics.registry.get_sample_value
     batches = value("counterfeit_scan_batch_photos_count", {})
@@ -235,23 +235,23 @@ def test_a_listing_is_split_between_batches_and_answered_whole(
     assert _close(stable(got), stable(expected))
 
 
-def batcher_threads(engine: ScanEngine, settings: Settings, read: Callable[[int], T]) -> dict[str, T]:
+def batcher_threads(core: ServiceCore, settings: Settings, read: Callable[[int], T]) -> dict[str, T]:
     """Run four scans through a batcher and apply `read` to the native id of each of its own threads while they
     still run (other tests' batchers may be winding down: only this one's threads), by thread name."""
-    engine.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
+    core.writer.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
     before = set(threading.enumerate())
-    with ScanBatcher(engine, settings) as batcher:
+    with ScanBatcher(core.pipeline, settings) as batcher:
         futures = [batcher.submit([PhotoInput(imaging.jpeg(10 + i))], None, record=False) for i in range(4)]
-        assert all(future.result(timeout=30)["images"] for future in futures)
+        assert all(future.result(timeout=30).model_dump()["images"] for future in futures)
         return {t.name: read(t.native_id) for t in set(threading.enumerate()) - before if t.native_id is not None}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
 @pytest.mark.parametrize("nice", [0, 6])
-def test_decoding_threads_run_below_the_model_by_decode_nice(engine: ScanEngine, nice: int) -> None:
-    settings = engine.settings.model_copy(update={"decode_nice": nice, "decode_workers": 2, "inference_workers": 1})
+def test_decoding_threads_run_below_the_model_by_decode_nice(core: ServiceCore, nice: int) -> None:
+    settings = core.settings.updated(**{"decode_nice": nice, "decode_workers": 2, "inference_workers": 1})
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    priority = batcher_threads(engine, settings, lambda tid: os.getpriority(os.PRIO_PROCESS, tid))
+    priority = batcher_threads(core, settings, lambda tid: os.getpriority(os.PRIO_PROCESS, tid))
     decoders = {value for name, value in priority.items() if name.startswith("scan-decode")}
     models = {value for name, value in priority.items() if name.startswith("scan-inference")}
     assert decoders == {min(19, base + nice)}
@@ -259,10 +259,10 @@ def test_decoding_threads_run_below_the_model_by_decode_nice(engine: ScanEngine,
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc are a Linux feature")
-def test_batcher_threads_carry_their_names_at_the_os_level(engine: ScanEngine) -> None:
+def test_batcher_threads_carry_their_names_at_the_os_level(core: ServiceCore) -> None:
     """top -H, ps -L and benchmarks/serve.py's CPU-by-thread profile read these names."""
-    settings = engine.settings.model_copy(update={"decode_workers": 2, "inference_workers": 2})
-    comm = batcher_threads(engine, settings, lambda tid: Path(f"/proc/self/task/{tid}/comm").read_text().strip())
+    settings = core.settings.updated(**{"decode_workers": 2, "inference_workers": 2})
+    comm = batcher_threads(core, settings, lambda tid: Path(f"/proc/self/task/{tid}/comm").read_text().strip())
     assert {name[:15] for name in comm} == set(comm.values())
     assert any(value.startswith("scan-inference") for value in comm.values())
     assert any(value.startswith("scan-decode") for value in comm.values())

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import cli
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, tiny_settings
@@ -28,13 +28,13 @@ def lines(path: Path) -> list[dict[str, Any]]:
 @pytest.fixture
 def catalog(data_dir: Path) -> None:
     """Four reference photos (seeds 1..4) in the data directory the CLI opens."""
-    engine = ScanEngine.open(tiny_settings(data_dir))
+    core = ServiceCore.open(tiny_settings(data_dir))
     try:
         for seed in range(1, 5):
-            engine.add_reference(PhotoInput(imaging.jpeg(seed)), "Acme", f"p{seed}", "authentic")
-        engine.save_index()
+            core.writer.add_reference(PhotoInput(imaging.jpeg(seed)), "Acme", f"p{seed}", "authentic")
+        core.index_keeper.save()
     finally:
-        engine.close()
+        core.close()
 
 
 def manifest(folder: Path, rows: list[dict[str, str]], photos: dict[str, bytes]) -> Path:
@@ -81,11 +81,11 @@ def test_one_line_per_listing_with_rows_grouped_by_listing_id(
     assert by_id["1.jpg"]["images"][0]["matches"][0]["similarity"] > 0.999
     # the same dict as POST /v1/scan; not recorded unless --record
     assert {"scan_id", "risk", "verdict", "model", "index_version", "images", "reasons"} <= set(by_id["L2"])
-    engine = ScanEngine.open(tiny_settings(data_dir))
+    core = ServiceCore.open(tiny_settings(data_dir))
     try:
-        assert engine.scans.get(by_id["L2"]["scan_id"]) is None
+        assert core.scans.get(by_id["L2"]["scan_id"]) is None
     finally:
-        engine.close()
+        core.close()
 
 
 def test_record_flag_records_the_scans(catalog: None, listings: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -94,11 +94,11 @@ def test_record_flag_records_the_scans(catalog: None, listings: Path, data_dir: 
     args = ["scan-batch", str(listings), "--out", str(out), "--record", "--inference-workers", "3", "--batch-size", "1"]
     assert run(*args, data_dir=data_dir).exit_code == 0
     assert [r["listing_id"] for r in lines(out)] == ["L1", "L2", "L3", "1.jpg", "2.jpg"]
-    engine = ScanEngine.open(tiny_settings(data_dir))
+    core = ServiceCore.open(tiny_settings(data_dir))
     try:
-        assert all(engine.scans.get(r["scan_id"]) is not None for r in lines(out))
+        assert all(core.scans.get(r["scan_id"]) is not None for r in lines(out))
     finally:
-        engine.close()
+        core.close()
 
 
 def test_resume_skips_written_listings_and_rescans_a_torn_last_line(

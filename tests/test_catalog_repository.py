@@ -9,15 +9,16 @@ import pytest
 
 from reference_catalog import BlobStore, CatalogRepository, NewImage, create_catalog_engine
 from reference_catalog.repository import DuplicateLabelConflict
+from service.db.migrate import upgrade_if_behind
 from tests.helpers import sha256
 
 FP = "f" * 64
 
 
 def repo_at(path: Path) -> CatalogRepository:
-    repo = CatalogRepository(create_catalog_engine(f"sqlite:///{path}"))
-    repo.create_schema()
-    return repo
+    engine = create_catalog_engine(f"sqlite:///{path}")
+    upgrade_if_behind(engine)
+    return CatalogRepository(engine)
 
 
 @pytest.fixture

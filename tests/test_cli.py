@@ -18,15 +18,15 @@ from fastapi.testclient import TestClient
 from cli.main import cli
 from embeddings import ImageEmbedder
 from service.app import create_app
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, pick_sneakers, tiny_settings
 
 COLUMNS = ["path", "brand", "product", "label", "group", "split"]
 
 
-def auth(engine: ScanEngine) -> dict[str, str]:
-    return {"Authorization": f"Bearer {engine.keys.create('admin', [], 'tests')[1]}"}
+def auth(core: ServiceCore) -> dict[str, str]:
+    return {"Authorization": f"Bearer {core.keys.create('admin', [], 'tests')[1]}"}
 
 
 def run(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> Result:
@@ -131,9 +131,9 @@ def test_import_reports_bad_rows_and_keeps_the_good_ones(
     assert "already in the catalog" in reasons["line 10"] or "listed earlier" in reasons["line 10"]
 
     settings = tiny_settings(data)
-    engine = ScanEngine(settings, tiny_embedder)
-    engine.sync_index()
-    with TestClient(create_app(settings, engine=engine), headers=auth(engine)) as client:  # the service reads what the CLI wrote
+    core = ServiceCore(settings, tiny_embedder)
+    core.index_keeper.sync()
+    with TestClient(create_app(settings, core=core), headers=auth(core)) as client:  # the service reads what the CLI wrote
         brands = client.get("/v1/catalog/brands").json()["brands"]
         assert brands == [{"name": "Nike", "products": len({r["product"] for r in good}), "images": 3}]
 
@@ -197,9 +197,9 @@ def test_scan_and_rebuild_and_serve_share_the_data_dir(
 
     # `serve` uses the same layout: the app finds the CLI's catalog, index and scan record
     settings = tiny_settings(data)
-    engine = ScanEngine(settings, tiny_embedder)
-    engine.sync_index()
-    with TestClient(create_app(settings, engine=engine), headers=auth(engine)) as client:
+    core = ServiceCore(settings, tiny_embedder)
+    core.index_keeper.sync()
+    with TestClient(create_app(settings, core=core), headers=auth(core)) as client:
         ready = client.get("/readyz").json()
         assert (ready["index_size"], ready["index_version"]) == (10, info["index_version"])
         assert client.get(f"/v1/scans/{result['scan_id']}").json()["listing_id"] == "L-9"
@@ -257,12 +257,18 @@ def test_every_setting_is_a_serve_flag() -> None:
 
     serve = cli.commands["serve"]
     params = {param.name: param for param in serve.params}
-    assert set(Settings.model_fields) <= set(params)
+    assert {flat for flat, _, _, _ in Settings.flat_fields()} <= set(params)
     ctx = serve.make_context(
         "serve", ["--batch-max-wait-ms", "7.5", "--keep-scan-photos", "all", "--auth-disabled", "--queue-max-photos", "9"]
     )
     settings = make_settings(**ctx.params)
-    assert (settings.batch_max_wait_ms, settings.keep_scan_photos, settings.auth_disabled, settings.queue_max_photos) == (
+    throughput = settings.throughput
+    assert (
+        throughput.batch_max_wait_ms,
+        settings.scoring.keep_scan_photos,
+        settings.access.auth_disabled,
+        throughput.queue_max_photos,
+    ) == (
         7.5,
         "all",
         True,

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests import imaging
 from tests.helpers import tiny_settings
 
@@ -169,18 +169,18 @@ def scanner(
 
 
 @pytest.fixture
-def served(make_engine: Callable[[Settings], ScanEngine], data_dir: Path) -> Iterator[tuple[ScanEngine, str, dict[str, str]]]:
+def served(make_core: Callable[[Settings], ServiceCore], data_dir: Path) -> Iterator[tuple[ServiceCore, str, dict[str, str]]]:
     settings = tiny_settings(data_dir, index_save_interval_s=0.05)
-    engine = make_engine(settings)
-    _, token = engine.keys.create("admin", [], "concurrency")
-    with ThreadedServer(create_app(settings, engine=engine)) as server:
-        yield engine, server.url, {"Authorization": f"Bearer {token}"}
+    core = make_core(settings)
+    _, token = core.keys.create("admin", [], "concurrency")
+    with ThreadedServer(create_app(settings, core=core)) as server:
+        yield core, server.url, {"Authorization": f"Bearer {token}"}
 
 
 def test_scans_during_uploads_and_deletes_see_every_acknowledged_write(
-    served: tuple[ScanEngine, str, dict[str, str]],
+    served: tuple[ServiceCore, str, dict[str, str]],
 ) -> None:
-    engine, url, headers = served
+    core, url, headers = served
     ledger = Ledger()
     stable: dict[str, bytes] = {}
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
@@ -217,8 +217,8 @@ def test_scans_during_uploads_and_deletes_see_every_acknowledged_write(
     assert not ledger.problems, f"{len(ledger.problems)} problems, e.g.:\n" + "\n".join(ledger.problems[:10])
     assert ledger.counts.get("POST scan 200", 0) > 3 * WRITERS * CYCLES_PER_WRITER, ledger.counts
 
-    catalog = engine.catalog.all_images()
-    assert set(engine.index.ids().tolist()) == {ref.key for ref in catalog}
+    catalog = core.catalog.all_images()
+    assert set(core.model.index.ids().tolist()) == {ref.key for ref in catalog}
     assert {ref.image_id for ref in catalog} == set(stable) | set(ledger.live)
     assert not set(ledger.deleted) & {ref.image_id for ref in catalog}
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:

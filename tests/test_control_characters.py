@@ -13,8 +13,10 @@ from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 
 from cli.main import cli
-from service.api.errors import RequestRejected
-from service.engine import ScanEngine, check_text, clean_note
+from service.api.errors import domain_error_status
+from service.catalog.validation import check_text, clean_note
+from service.core import ServiceCore
+from service.errors import InvalidValue
 from tests import imaging
 from tests.api.imports_helpers import catalog_rows, folder_members, import_archive, submit
 from tests.archives import manifest, zip_bytes
@@ -132,7 +134,7 @@ def test_catalog_import_reports_manifest_rows_with_control_characters(data_dir: 
     )
 
 
-def test_scan_batch_refuses_a_listing_id_with_control_characters(engine: ScanEngine, data_dir: Path, tmp_path: Path) -> None:
+def test_scan_batch_refuses_a_listing_id_with_control_characters(core: ServiceCore, data_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "1.jpg").write_bytes(imaging.jpeg(1))
     listings = tmp_path / "listings.csv"
     listings.write_text('path,listing_id\n1.jpg,L1\n1.jpg,"L\x002"\n', encoding="utf-8")
@@ -145,7 +147,7 @@ def test_scan_batch_refuses_a_listing_id_with_control_characters(engine: ScanEng
     assert not out.exists() or out.read_text() == ""
 
 
-def test_scan_cli_refuses_a_listing_id_with_control_characters(engine: ScanEngine, data_dir: Path, tmp_path: Path) -> None:
+def test_scan_cli_refuses_a_listing_id_with_control_characters(core: ServiceCore, data_dir: Path, tmp_path: Path) -> None:
     photo = tmp_path / "p.jpg"
     photo.write_bytes(imaging.jpeg(1))
     result = CliRunner().invoke(
@@ -162,8 +164,8 @@ def test_notes_may_hold_line_breaks_and_tabs_but_no_other_control_character() ->
     assert clean_note(note) == note
     assert clean_note("") is None and clean_note(None) is None
     for bad in ("a\x00b", "a\x1b[2Jb", "a\rb", "a\x7fb", "a\u2028b"):
-        with pytest.raises(RequestRejected) as caught:
+        with pytest.raises(InvalidValue) as caught:
             clean_note(bad)
-        assert caught.value.status == 422 and "note contains control characters" in caught.value.detail
-    with pytest.raises(RequestRejected, match="longer than 3"):
+        assert domain_error_status(caught.value)[0] == 422 and "note contains control characters" in str(caught.value)
+    with pytest.raises(InvalidValue, match="longer than 3"):
         check_text("abcd", "id", 3)

@@ -32,7 +32,7 @@ import pytest
 from embeddings import VectorIndex
 from reference_catalog import write_manifest
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, admin_token, tiny_settings
@@ -193,7 +193,7 @@ def import_command(manifest: Path, data_dir: Path) -> list[str]:
 
 
 def test_sigkill_mid_import_then_rerun_imports_each_image_once(
-    tmp_path: Path, data_dir: Path, make_engine: Callable[[Settings], ScanEngine]
+    tmp_path: Path, data_dir: Path, make_core: Callable[[Settings], ServiceCore]
 ) -> None:
     manifest = make_manifest(tmp_path / "set", IMPORT_ROWS)
     with open(tmp_path / "import.log", "wb") as log:
@@ -219,38 +219,44 @@ def test_sigkill_mid_import_then_rerun_imports_each_image_once(
         rows, distinct = db.execute("select count(*), count(distinct sha256) from reference_images").fetchone()
     assert rows == distinct == IMPORT_ROWS
     (saved,) = (VectorIndex.load(path) for path in (data_dir / "index").glob("*.faiss"))  # as the re-run left it
-    engine = make_engine(tiny_settings(data_dir))
-    keys = {ref.key for ref in engine.catalog.all_images()}
-    assert (set(saved.ids().tolist()), saved.revision) == (keys, engine.catalog.revision())
-    assert set(engine.index.ids().tolist()) == keys and len(keys) == IMPORT_ROWS
-    by_sha = {ref.sha256: ref.image_id for ref in engine.catalog.all_images()}
+    core = make_core(tiny_settings(data_dir))
+    keys = {ref.key for ref in core.catalog.all_images()}
+    assert (set(saved.ids().tolist()), saved.revision) == (keys, core.catalog.revision())
+    assert set(core.model.index.ids().tolist()) == keys and len(keys) == IMPORT_ROWS
+    by_sha = {ref.sha256: ref.image_id for ref in core.catalog.all_images()}
     for i in random.Random(0).sample(range(IMPORT_ROWS), 8):
         data = (manifest.parent / f"images/{i:04d}.jpg").read_bytes()
-        top = engine.scan([PhotoInput(data, content_type="image/jpeg")], record=False)["images"][0]["matches"][0]
+        top = core.pipeline.scan([PhotoInput(data, content_type="image/jpeg")], record=False).model_dump()["images"][0][
+            "matches"
+        ][0]
         assert top["image_id"] == by_sha[hashlib.sha256(data).hexdigest()] and top["similarity"] > 0.999
 
 
 # --- a key reused after a delete must not inherit the deleted image's vector ---------------------------------------
 def test_restart_after_crash_does_not_serve_a_deleted_images_vector(
-    make_engine: Callable[[Settings], ScanEngine], settings: Settings
+    make_core: Callable[[Settings], ServiceCore], settings: Settings
 ) -> None:
     """Delete the newest image, add another (SQLite may give it the freed integer key), crash before the index save.
 
     The saved index still holds the deleted image's vector under that key; the restart must not keep it for the
     new image (the id sets of index and catalog agree, so only the revision tells that the vector is stale).
     """
-    first = make_engine(settings)
-    first.add_reference(PhotoInput(imaging.jpeg(1), content_type="image/jpeg"), "Acme", "runner", "authentic")
-    deleted = first.add_reference(PhotoInput(imaging.jpeg(2), content_type="image/jpeg"), "Acme", "runner", "authentic").ref
-    first.save_index()  # a periodic save
-    first.delete_reference(deleted.image_id)
-    added = first.add_reference(PhotoInput(imaging.jpeg(3), content_type="image/jpeg"), "Acme", "runner", "counterfeit").ref
+    first = make_core(settings)
+    first.writer.add_reference(PhotoInput(imaging.jpeg(1), content_type="image/jpeg"), "Acme", "runner", "authentic")
+    deleted = first.writer.add_reference(
+        PhotoInput(imaging.jpeg(2), content_type="image/jpeg"), "Acme", "runner", "authentic"
+    ).ref
+    first.index_keeper.save()  # a periodic save
+    first.writer.delete_reference(deleted.image_id)
+    added = first.writer.add_reference(
+        PhotoInput(imaging.jpeg(3), content_type="image/jpeg"), "Acme", "runner", "counterfeit"
+    ).ref
     # crash: the process dies here, the index file still has the deleted image's vector
-    restarted = make_engine(settings)
-    keys, vectors = restarted.catalog.stored_vectors(restarted.embedder.info.fingerprint, restarted.embedder.info.dim)
+    restarted = make_core(settings)
+    keys, vectors = restarted.catalog.stored_vectors(restarted.model.embedder.info.fingerprint, restarted.model.embedder.info.dim)
     for key, vector in zip(keys.tolist(), vectors, strict=True):
-        np.testing.assert_allclose(restarted.index.reconstruct(key), vector, atol=1e-6, err_msg=f"stale vector, key {key}")
-    answer = restarted.scan([PhotoInput(imaging.jpeg(2), content_type="image/jpeg")], record=False)
+        np.testing.assert_allclose(restarted.model.index.reconstruct(key), vector, atol=1e-6, err_msg=f"stale vector, key {key}")
+    answer = restarted.pipeline.scan([PhotoInput(imaging.jpeg(2), content_type="image/jpeg")], record=False).model_dump()
     assert all(m["image_id"] != added.image_id or m["similarity"] < 0.999 for m in answer["images"][0]["matches"])
-    answer = restarted.scan([PhotoInput(imaging.jpeg(3), content_type="image/jpeg")], record=False)
+    answer = restarted.pipeline.scan([PhotoInput(imaging.jpeg(3), content_type="image/jpeg")], record=False).model_dump()
     assert answer["images"][0]["matches"][0]["image_id"] == added.image_id

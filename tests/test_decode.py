@@ -1,4 +1,4 @@
-"""The one image decoder: formats, limits, EXIF orientation, colour modes; and the engine's content-type check."""
+"""The one image decoder: formats, limits, EXIF orientation, colour modes; and the core's content-type check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from embeddings import ImageLimits, ImageRejected, decode_image
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import sha256
@@ -182,7 +182,7 @@ def test_byte_and_pixel_limits() -> None:
     assert too_many.value.status == 413 and "pixels" in str(too_many.value)
 
 
-# --- the engine's declared-type check ------------------------------------------------------------------------------
+# --- the core's declared-type check ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("data", "content_type", "ok"),
     [
@@ -198,11 +198,11 @@ def test_byte_and_pixel_limits() -> None:
         (imaging.gif(), "image/gif", False),
     ],
 )
-def test_declared_content_type_must_match_the_bytes(engine: ScanEngine, data: bytes, content_type: str | None, ok: bool) -> None:
+def test_declared_content_type_must_match_the_bytes(core: ServiceCore, data: bytes, content_type: str | None, ok: bool) -> None:
     photo = PhotoInput(data, "x", content_type)
     if ok:
-        assert engine.decode(photo).image.mode == "RGB"
+        assert core.writer.decode(photo).image.mode == "RGB"
     else:
         with pytest.raises(ImageRejected) as caught:
-            engine.decode(photo)
+            core.writer.decode(photo)
         assert caught.value.status == 415

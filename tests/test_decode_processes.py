@@ -15,8 +15,8 @@ import pytest
 
 from benchmarks.serve import descendant_pids
 from embeddings import ImageRejected
-from service.api.errors import ServiceNotReady
-from service.engine import ScanEngine
+from service.core import ServiceCore
+from service.errors import ServiceNotReady
 from service.scanning.batching import ScanBatcher
 from service.scanning.photo_prep import PhotoInput, ProcessPreparer, prepare_listing
 from tests import imaging
@@ -30,9 +30,9 @@ def stable(result: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in result.items() if k not in VOLATILE}
 
 
-def test_scans_decoded_in_processes_equal_scans_decoded_in_threads(engine: ScanEngine) -> None:
+def test_scans_decoded_in_processes_equal_scans_decoded_in_threads(core: ServiceCore) -> None:
     for i in range(4):
-        engine.add_reference(PhotoInput(imaging.jpeg(400 + i)), "Acme", f"p{i}", "counterfeit" if i % 2 else "authentic")
+        core.writer.add_reference(PhotoInput(imaging.jpeg(400 + i)), "Acme", f"p{i}", "counterfeit" if i % 2 else "authentic")
     listings = [
         [PhotoInput(imaging.jpeg(400)), PhotoInput(imaging.png(401), "b.png", "image/png")],
         [PhotoInput(imaging.jpeg(402), "c.jpg", "image/jpeg")],
@@ -40,18 +40,18 @@ def test_scans_decoded_in_processes_equal_scans_decoded_in_threads(engine: ScanE
     ]
     results = {}
     for processes in (0, 2):
-        settings = engine.settings.model_copy(update={"decode_processes": processes, "decode_workers": 0})
-        with ScanBatcher(engine, settings) as batcher:
+        settings = core.settings.updated(**{"decode_processes": processes, "decode_workers": 0})
+        with ScanBatcher(core.pipeline, settings) as batcher:
             assert (batcher.preparer is not None) is bool(processes)
             futures = [batcher.submit(photos, record=False) for photos in listings]
-            results[processes] = [stable(future.result(timeout=60)) for future in futures]
+            results[processes] = [stable(future.result(timeout=60).model_dump()) for future in futures]
     assert results[2] == results[0]
     assert results[2][0]["images"][0]["matches"][0]["similarity"] > 0.999  # type: ignore[index]
 
 
-def test_a_worker_that_dies_is_replaced_and_bad_photos_get_the_same_errors(engine: ScanEngine) -> None:
-    limits = engine.settings.image_limits()
-    spec = engine.embedder.preprocess
+def test_a_worker_that_dies_is_replaced_and_bad_photos_get_the_same_errors(core: ServiceCore) -> None:
+    limits = core.settings.image_limits()
+    spec = core.model.embedder.preprocess
     good = [PhotoInput(imaging.jpeg(7), "a.jpg", "image/jpeg")]
     preparer = ProcessPreparer(1, start_timeout_s=120)
     try:

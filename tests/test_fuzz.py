@@ -31,7 +31,7 @@ from schemathesis import checks
 from embeddings import ImageEmbedder
 from service.app import create_app
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import tiny_settings
@@ -53,7 +53,7 @@ SEEDED = ((1, "authentic"), (2, "counterfeit"), (3, "authentic"))
 # Ids that exist, refreshed before each operation's test, so that generated paths often reach real records.
 KNOWN_IDS: dict[str, list[str]] = {"image_id": [], "scan_id": []}
 
-# The schema comes from the app factory alone (no engine is loaded for it); the requests go to `fuzz_app`.
+# The schema comes from the app factory alone (no core is loaded for it); the requests go to `fuzz_app`.
 schema = schemathesis.openapi.from_dict(create_app(tiny_settings(Path("unused"))).openapi())
 
 
@@ -92,51 +92,51 @@ def _one_of_known(name: str, choices: st.SearchStrategy[Any]) -> Callable[[dict[
 
 @dataclass(frozen=True)
 class FuzzTarget:
-    engine: ScanEngine
+    core: ServiceCore
     settings: Settings
     token: str
 
 
 @pytest.fixture(scope="module")
 def fuzz_target(tiny_embedder: ImageEmbedder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
-    """One engine for the whole module: the operations share a catalog, as they would in a running service."""
+    """One core for the whole module: the operations share a catalog, as they would in a running service."""
     with pytest.MonkeyPatch.context() as env:
         for key in list(os.environ):
             if key.startswith("COUNTERFEIT_SCAN_"):
                 env.delenv(key)
         settings = tiny_settings(tmp_path_factory.mktemp("fuzz") / "data", keep_scan_photos="all")
-    engine = ScanEngine(settings, tiny_embedder)
-    engine.sync_index()
-    _, token = engine.keys.create("admin", [], "fuzz")
-    scanned = engine.scan([PhotoInput(imaging.jpeg(4), content_type="image/jpeg")], "Acme")
+    core = ServiceCore(settings, tiny_embedder)
+    core.index_keeper.sync()
+    _, token = core.keys.create("admin", [], "fuzz")
+    scanned = core.pipeline.scan([PhotoInput(imaging.jpeg(4), content_type="image/jpeg")], "Acme").model_dump()
     KNOWN_IDS["scan_id"][:] = [scanned["scan_id"]]
     try:
-        yield FuzzTarget(engine, settings, token)
+        yield FuzzTarget(core, settings, token)
     finally:
-        engine.close()
+        core.close()
         for known in KNOWN_IDS.values():
             known.clear()
 
 
 @pytest.fixture
 def fuzz_app(fuzz_target: FuzzTarget) -> FastAPI:
-    """A fresh app on the shared engine for each operation, with the seeded reference images present.
+    """A fresh app on the shared core for each operation, with the seeded reference images present.
 
     Schemathesis starts the app's lifespan on the first request and ends it after the test; an app, like a process,
     runs one lifespan, hence one app per test.
     """
-    engine = fuzz_target.engine
-    KNOWN_IDS["image_id"][:] = [_seed(engine, seed, label) for seed, label in SEEDED]
-    return create_app(fuzz_target.settings, engine=engine)
+    core = fuzz_target.core
+    KNOWN_IDS["image_id"][:] = [_seed(core, seed, label) for seed, label in SEEDED]
+    return create_app(fuzz_target.settings, core=core)
 
 
-def _seed(engine: ScanEngine, seed: int, label: str) -> str:
+def _seed(core: ServiceCore, seed: int, label: str) -> str:
     """Add (or find) a seeded reference image, with its seeded label even if a fuzzed PATCH relabelled it."""
     photo = PhotoInput(imaging.jpeg(seed), content_type="image/jpeg")
-    existing = engine.catalog.find_duplicate("Acme", "runner", hashlib.sha256(photo.data).hexdigest())
+    existing = core.catalog.find_duplicate("Acme", "runner", hashlib.sha256(photo.data).hexdigest())
     if existing is not None and existing.label != label:
-        engine.relabel_reference(existing.image_id, label)
-    return engine.add_reference(photo, "Acme", "runner", label).ref.image_id
+        core.writer.relabel_reference(existing.image_id, label)
+    return core.writer.add_reference(photo, "Acme", "runner", label).ref.image_id
 
 
 CHECKS = [
@@ -165,7 +165,7 @@ def test_hostile_credentials_get_401_never_5xx(fuzz_target: FuzzTarget) -> None:
     values = st.one_of(latin1, latin1.map(lambda secret: real_prefix + secret), st.sampled_from(["cs_key__", "cs_", "_" * 250]))
     schemes = st.sampled_from(["Bearer ", "bearer ", "Basic ", "Token ", "", "Bearer\t"])
 
-    with TestClient(create_app(fuzz_target.settings, engine=fuzz_target.engine)) as client:
+    with TestClient(create_app(fuzz_target.settings, core=fuzz_target.core)) as client:
 
         @settings(max_examples=60, deadline=None, derandomize=True, database=None)
         @given(name=st.sampled_from(["authorization", "x-api-key"]), scheme=schemes, value=values)
@@ -178,6 +178,6 @@ def test_hostile_credentials_get_401_never_5xx(fuzz_target: FuzzTarget) -> None:
 
 def test_still_consistent_after_fuzzing(fuzz_target: FuzzTarget) -> None:
     """After every operation was fuzzed (uploads, deletes, feedback that adds fakes): catalog and index agree."""
-    engine = fuzz_target.engine
-    assert set(engine.index.ids().tolist()) == {ref.key for ref in engine.catalog.all_images()}
-    assert engine.index.revision == engine.catalog.revision()
+    core = fuzz_target.core
+    assert set(core.model.index.ids().tolist()) == {ref.key for ref in core.catalog.all_images()}
+    assert core.model.index.revision == core.catalog.revision()

@@ -21,7 +21,7 @@ from embeddings import ImageEmbedder, ImageLimits, decode_image, load_embedder
 from embeddings.batch_sizing import GPU_BATCH_CEILING, batch_ceiling, batch_rates, largest_fast_batch
 from embeddings.preprocess import to_pixels
 from service.app import create_app
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests import imaging
 from tests.helpers import add_reference, scan, tiny_settings
 
@@ -80,19 +80,19 @@ def test_compiled_gpu_model_matches_eager(tmp_path: Path) -> None:
 @pytest.fixture
 def gpu_client(tmp_path: Path) -> Iterator[TestClient]:
     settings = tiny_settings(tmp_path / "data", device="cuda", runtime="torch")
-    engine = ScanEngine(settings, embedder_on(tmp_path, "cuda"))
-    engine.sync_index()
+    core = ServiceCore(settings, embedder_on(tmp_path, "cuda"))
+    core.index_keeper.sync()
     try:
-        with TestClient(create_app(settings, engine=engine)) as client:
-            _, token = engine.keys.create("admin", [], "tests")
+        with TestClient(create_app(settings, core=core)) as client:
+            _, token = core.keys.create("admin", [], "tests")
             client.headers["Authorization"] = f"Bearer {token}"
             yield client
     finally:
-        engine.close()
+        core.close()
 
 
 def test_service_on_the_gpu_scans_over_http(gpu_client: TestClient) -> None:
-    """The real app on a GPU engine: references embedded on the device, scans batched onto it, answers as on CPU."""
+    """The real app on a GPU core: references embedded on the device, scans batched onto it, answers as on CPU."""
     refs = [add_reference(gpu_client, imaging.jpeg(500 + i), product=f"p{i}") for i in range(6)]
     ready = gpu_client.get("/readyz").json()
     assert ready["model"]["runtime"] == "torch-cuda-fp16"

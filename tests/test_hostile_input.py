@@ -14,7 +14,7 @@ from PIL import Image
 
 from embeddings import ImageLimits, ImageRejected, decode_image
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import stored_state, tiny_settings
@@ -77,19 +77,19 @@ def test_streamed_oversized_body_is_cut_off(small_body_client: TestClient, data_
     assert stored_state(small_body_client, data_dir) == before
 
 
-def test_orphaned_blobs_and_temp_files_are_collected(engine: ScanEngine, settings: Settings) -> None:
-    kept = engine.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "runner", "authentic").ref
-    orphan = engine.blobs.put("ab" * 32, b"written, then the process died before the row was committed")
+def test_orphaned_blobs_and_temp_files_are_collected(core: ServiceCore, settings: Settings) -> None:
+    kept = core.writer.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "runner", "authentic").ref
+    orphan = core.blobs.put("ab" * 32, b"written, then the process died before the row was committed")
     temp = orphan.with_name("cd" * 32 + ".123.456.tmp")
     temp.write_bytes(b"half a file")
-    fresh = engine.blobs.put("ef" * 32, b"a write in flight in another process")
+    fresh = core.blobs.put("ef" * 32, b"a write in flight in another process")
     old = time.time() - 7200
     for path in (orphan, temp):
         os.utime(path, (old, old))
-    assert engine.collect_orphan_blobs(min_age_s=3600) == 2
+    assert core.index_keeper.collect_orphan_blobs(min_age_s=3600) == 2
     assert not orphan.exists() and not temp.exists()
     assert fresh.exists()  # too young to judge
-    assert engine.blobs.path(kept.sha256).exists()
+    assert core.blobs.path(kept.sha256).exists()
 
 
 @pytest.mark.parametrize("cut", [30, 100, 400])

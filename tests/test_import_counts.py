@@ -8,17 +8,18 @@ from typing import Any
 
 from sqlalchemy import event
 
+from service.catalog.writer import ImportRow
 from service.config import Settings
-from service.engine import ImportRow, ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import sha256
 
 
 def test_rows_another_writer_adds_during_the_import_count_as_duplicates(
-    make_engine: Callable[[Settings], ScanEngine], settings: Settings
+    make_core: Callable[[Settings], ServiceCore], settings: Settings
 ) -> None:
-    cli, service = make_engine(settings), make_engine(settings)  # two writers on one data directory
+    cli, service = make_core(settings), make_core(settings)  # two writers on one data directory
     photos = [imaging.jpeg(seed) for seed in (11, 12, 13)]
     rows = [
         ImportRow(f"line {i + 2}", PhotoInput(data), "Acme", "runner", "authentic", f"p{i}.jpg") for i, data in enumerate(photos)
@@ -32,13 +33,15 @@ def test_rows_another_writer_adds_during_the_import_count_as_duplicates(
         nonlocal begins
         begins += 1
         if begins == len(rows) + 1:
-            uploaded.append(service.add_reference(PhotoInput(photos[1]), "Acme", "runner", "authentic", actor="http").created)
+            uploaded.append(
+                service.writer.add_reference(PhotoInput(photos[1]), "Acme", "runner", "authentic", actor="http").created
+            )
 
-    event.listen(cli.db, "begin", upload_during_the_import)
+    event.listen(cli.database, "begin", upload_during_the_import)
     try:
-        summary = cli.import_rows(rows, actor="cli")
+        summary = cli.writer.import_rows(rows, actor="cli")
     finally:
-        event.remove(cli.db, "begin", upload_during_the_import)
+        event.remove(cli.database, "begin", upload_during_the_import)
 
     assert uploaded == [True]  # the upload wrote it, after the import had checked the row
     assert (summary.added, summary.duplicates, summary.errors) == (2, 1, [])
@@ -46,16 +49,16 @@ def test_rows_another_writer_adds_during_the_import_count_as_duplicates(
     assert len(added_by_cli) == summary.added
     assert len(cli.audit.query(actor="http", action="catalog.add")) == 1
     assert sorted(ref.sha256 for ref in cli.catalog.all_images()) == sorted(sha256(d) for d in photos)
-    assert len(cli.index) == 3  # the importer's index holds the uploaded photo too
+    assert len(cli.model.index) == 3  # the importer's index holds the uploaded photo too
 
-    again = cli.import_rows(rows, actor="cli")
+    again = cli.writer.import_rows(rows, actor="cli")
     assert (again.added, again.duplicates) == (0, 3)
 
 
 def test_a_row_another_writer_adds_under_the_other_label_fails_alone(
-    make_engine: Callable[[Settings], ScanEngine], settings: Settings
+    make_core: Callable[[Settings], ServiceCore], settings: Settings
 ) -> None:
-    cli, service = make_engine(settings), make_engine(settings)
+    cli, service = make_core(settings), make_core(settings)
     photos = [imaging.jpeg(seed) for seed in (21, 22, 23)]
     rows = [
         ImportRow(f"line {i + 2}", PhotoInput(data), "Acme", "runner", "authentic", f"p{i}.jpg") for i, data in enumerate(photos)
@@ -66,13 +69,13 @@ def test_a_row_another_writer_adds_under_the_other_label_fails_alone(
         nonlocal begins
         begins += 1
         if begins == len(rows) + 1:  # just as the import's write begins, the photo arrives labelled the other way
-            service.add_reference(PhotoInput(photos[1]), "Acme", "runner", "counterfeit", actor="http")
+            service.writer.add_reference(PhotoInput(photos[1]), "Acme", "runner", "counterfeit", actor="http")
 
-    event.listen(cli.db, "begin", upload_as_counterfeit)
+    event.listen(cli.database, "begin", upload_as_counterfeit)
     try:
-        summary = cli.import_rows(rows, actor="cli")
+        summary = cli.writer.import_rows(rows, actor="cli")
     finally:
-        event.remove(cli.db, "begin", upload_as_counterfeit)
+        event.remove(cli.database, "begin", upload_as_counterfeit)
 
     assert (summary.added, summary.duplicates) == (2, 0)
     assert summary.errors is not None and [name for name, _ in summary.errors] == ["line 3"]

@@ -1,4 +1,4 @@
-"""The FAISS index on its own, and its life across engine restarts: load, rebuild, repair."""
+"""The FAISS index on its own, and its life across core restarts: load, rebuild, repair."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from embeddings import VectorIndex
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import add_reference, tiny_settings
@@ -99,77 +99,77 @@ def test_load_refuses_a_foreign_file(tmp_path: Path) -> None:
         VectorIndex.load(path)
 
 
-# --- engine restarts -------------------------------------------------------------------------------------------
-MakeEngine = Callable[[Settings], ScanEngine]
+# --- core restarts -------------------------------------------------------------------------------------------
+MakeEngine = Callable[[Settings], ServiceCore]
 
 
-def add_refs(engine: ScanEngine, seeds: list[int], label: str = "authentic") -> dict[int, str]:
+def add_refs(core: ServiceCore, seeds: list[int], label: str = "authentic") -> dict[int, str]:
     return {
-        seed: engine.add_reference(
+        seed: core.writer.add_reference(
             PhotoInput(imaging.jpeg(seed), f"{seed}.jpg", "image/jpeg"), "Acme", "runner", label
         ).ref.image_id
         for seed in seeds
     }
 
 
-def top_match(engine: ScanEngine, seed: int) -> tuple[str, float]:
-    result = engine.scan([PhotoInput(imaging.jpeg(seed))], record=False)
+def top_match(core: ServiceCore, seed: int) -> tuple[str, float]:
+    result = core.pipeline.scan([PhotoInput(imaging.jpeg(seed))], record=False).model_dump()
     best = result["images"][0]["matches"][0]
     return best["image_id"], best["similarity"]
 
 
-def assert_finds(engine: ScanEngine, ids: dict[int, str]) -> None:
+def assert_finds(core: ServiceCore, ids: dict[int, str]) -> None:
     for seed, image_id in ids.items():
-        found, similarity = top_match(engine, seed)
+        found, similarity = top_match(core, seed)
         assert found == image_id
         assert similarity > 0.999
 
 
-def test_index_is_loaded_after_a_restart(make_engine: MakeEngine, settings: Settings) -> None:
-    first = make_engine(settings)
+def test_index_is_loaded_after_a_restart(make_core: MakeEngine, settings: Settings) -> None:
+    first = make_core(settings)
     ids = add_refs(first, [1, 2, 3])
-    version = first.index.version
+    version = first.model.index.version
     assert version.endswith("-r3")
     first.close()  # saves the changed index
-    saved = first.index_path
+    saved = first.index_keeper.index_path
     assert VectorIndex.load(saved).version == version
     mtime = saved.stat().st_mtime_ns
 
-    second = make_engine(settings)
-    assert second.index.version == version
-    assert len(second.index) == 3
+    second = make_core(settings)
+    assert second.model.index.version == version
+    assert len(second.model.index) == 3
     assert saved.stat().st_mtime_ns == mtime  # loaded as is, not rebuilt and rewritten
     assert_finds(second, ids)
 
 
-def test_missing_index_file_is_rebuilt_from_stored_vectors(make_engine: MakeEngine, settings: Settings) -> None:
-    first = make_engine(settings)
+def test_missing_index_file_is_rebuilt_from_stored_vectors(make_core: MakeEngine, settings: Settings) -> None:
+    first = make_core(settings)
     ids = add_refs(first, [4, 5, 6])
-    version = first.index.version
+    version = first.model.index.version
     first.close()
-    first.index_path.unlink()
+    first.index_keeper.index_path.unlink()
     # Without the blobs the images cannot be re-embedded: the rebuild must use the vectors in the catalog.
     shutil.rmtree(settings.blob_dir)
 
-    second = make_engine(settings)
-    assert second.index.version == version
-    assert len(second.index) == 3
-    assert second.index_path.is_file()
+    second = make_core(settings)
+    assert second.model.index.version == version
+    assert len(second.model.index) == 3
+    assert second.index_keeper.index_path.is_file()
     assert_finds(second, ids)
 
 
-def test_images_without_stored_vectors_are_re_embedded_from_blobs(make_engine: MakeEngine, settings: Settings) -> None:
-    first = make_engine(settings)
+def test_images_without_stored_vectors_are_re_embedded_from_blobs(make_core: MakeEngine, settings: Settings) -> None:
+    first = make_core(settings)
     ids = add_refs(first, [7, 8])
-    fingerprint = first.embedder.info.fingerprint
-    keys, before = first.catalog.stored_vectors(fingerprint, first.embedder.info.dim)
+    fingerprint = first.model.embedder.info.fingerprint
+    keys, before = first.catalog.stored_vectors(fingerprint, first.model.embedder.info.dim)
     first.catalog.drop_vectors(fingerprint)
     first.close()
-    first.index_path.unlink()
+    first.index_keeper.index_path.unlink()
 
-    second = make_engine(settings)
-    assert len(second.index) == 2
-    keys_after, after = second.catalog.stored_vectors(fingerprint, second.embedder.info.dim)
+    second = make_core(settings)
+    assert len(second.model.index) == 2
+    keys_after, after = second.catalog.stored_vectors(fingerprint, second.model.embedder.info.dim)
     order = np.argsort(keys)
     order_after = np.argsort(keys_after)
     assert np.array_equal(keys[order], keys_after[order_after])
@@ -177,54 +177,54 @@ def test_images_without_stored_vectors_are_re_embedded_from_blobs(make_engine: M
     assert_finds(second, ids)
 
 
-def test_stale_index_is_repaired(make_engine: MakeEngine, settings: Settings, tmp_path: Path) -> None:
-    first = make_engine(settings)
+def test_stale_index_is_repaired(make_core: MakeEngine, settings: Settings, tmp_path: Path) -> None:
+    first = make_core(settings)
     ids = add_refs(first, [10, 11])
     first.close()
     old_copy = tmp_path / "old.faiss"
-    shutil.copy(first.index_path, old_copy)
+    shutil.copy(first.index_keeper.index_path, old_copy)
 
-    second = make_engine(settings)
+    second = make_core(settings)
     ids.update(add_refs(second, [12]))
     deleted = ids.pop(10)
-    assert second.delete_reference(deleted) is not None
+    assert second.writer.delete_reference(deleted) is not None
     revision = second.catalog.revision()
     second.close()
-    shutil.copy(old_copy, second.index_path)  # the catalog moved on behind this index file
-    assert VectorIndex.load(second.index_path).revision < revision
+    shutil.copy(old_copy, second.index_keeper.index_path)  # the catalog moved on behind this index file
+    assert VectorIndex.load(second.index_keeper.index_path).revision < revision
 
-    third = make_engine(settings)
-    assert third.index.revision == revision
-    assert len(third.index) == 2
-    assert set(third.index.ids().tolist()) == {ref.key for ref in third.catalog.all_images()}
-    assert VectorIndex.load(third.index_path).revision == revision  # repaired index written back
+    third = make_core(settings)
+    assert third.model.index.revision == revision
+    assert len(third.model.index) == 2
+    assert set(third.model.index.ids().tolist()) == {ref.key for ref in third.catalog.all_images()}
+    assert VectorIndex.load(third.index_keeper.index_path).revision == revision  # repaired index written back
     assert_finds(third, ids)
-    result = third.scan([PhotoInput(imaging.jpeg(10))], record=False)
+    result = third.pipeline.scan([PhotoInput(imaging.jpeg(10))], record=False).model_dump()
     assert deleted not in {m["image_id"] for m in result["images"][0]["matches"]}
 
 
-def test_unreadable_index_file_is_replaced(make_engine: MakeEngine, settings: Settings) -> None:
-    first = make_engine(settings)
+def test_unreadable_index_file_is_replaced(make_core: MakeEngine, settings: Settings) -> None:
+    first = make_core(settings)
     ids = add_refs(first, [13, 14])
     first.close()
-    first.index_path.write_bytes(b"CSIDX1\n garbage")
+    first.index_keeper.index_path.write_bytes(b"CSIDX1\n garbage")
 
-    second = make_engine(settings)
-    assert len(second.index) == 2
-    assert VectorIndex.load(second.index_path).revision == second.catalog.revision()
+    second = make_core(settings)
+    assert len(second.model.index) == 2
+    assert VectorIndex.load(second.index_keeper.index_path).revision == second.catalog.revision()
     assert_finds(second, ids)
 
 
-def test_rebuild_index_re_embeds_everything(make_engine: MakeEngine, settings: Settings) -> None:
-    engine = make_engine(settings)
-    ids = add_refs(engine, [15, 16, 17])
-    engine.delete_reference(ids.pop(16))
-    rebuilt = engine.rebuild_index()
-    assert rebuilt is engine.index
+def test_rebuild_index_re_embeds_everything(make_core: MakeEngine, settings: Settings) -> None:
+    core = make_core(settings)
+    ids = add_refs(core, [15, 16, 17])
+    core.writer.delete_reference(ids.pop(16))
+    rebuilt = core.index_keeper.rebuild()
+    assert rebuilt is core.model.index
     assert len(rebuilt) == 2
-    assert rebuilt.revision == engine.catalog.revision()
-    assert VectorIndex.load(engine.index_path).version == rebuilt.version
-    assert_finds(engine, ids)
+    assert rebuilt.revision == core.catalog.revision()
+    assert VectorIndex.load(core.index_keeper.index_path).version == rebuilt.version
+    assert_finds(core, ids)
 
 
 def test_index_is_saved_periodically_while_serving(make_client: Callable[..., TestClient], data_dir: Path) -> None:
@@ -239,13 +239,13 @@ def test_index_is_saved_periodically_while_serving(make_client: Callable[..., Te
 
 
 def test_a_running_service_follows_catalog_changes_made_elsewhere(
-    make_client: Callable[..., TestClient], make_engine: Callable[[Settings], ScanEngine], data_dir: Path
+    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
     """`catalog import` from the CLI while the service runs: the service serves the new images within seconds."""
     settings = tiny_settings(data_dir, index_save_interval_s=0.05)
     client = make_client(settings)
-    other_process = make_engine(settings)  # another engine on the same data dir, as the CLI would open
-    added = other_process.add_reference(PhotoInput(imaging.jpeg(31)), "Acme", "runner", "counterfeit").ref
+    other_process = make_core(settings)  # another core on the same data dir, as the CLI would open
+    added = other_process.writer.add_reference(PhotoInput(imaging.jpeg(31)), "Acme", "runner", "counterfeit").ref
     deadline = time.monotonic() + 10
     while client.get("/readyz").json()["index_size"] != 1:
         assert time.monotonic() < deadline, "the service never picked up the new image"

@@ -1,5 +1,5 @@
 """The index kind chosen by catalog size: IVF above `index_ivf_min_vectors` (thresholds lowered here), its recall
-against exact search, scoped search, writes, persistence, and the engine building the right kind."""
+against exact search, scoped search, writes, persistence, and the core building the right kind."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from embeddings import VectorIndex
 from embeddings.index import IndexOptions
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import tiny_settings
@@ -208,48 +208,50 @@ def test_files_of_the_first_format_still_load(tmp_path: Path) -> None:
     assert hit_ids(loaded, vectors[5:6], 1) == [[5]]
 
 
-# --- the engine ----------------------------------------------------------------------------------------------------
-def add_photos(engine: ScanEngine, seeds: range) -> dict[int, str]:
+# --- the core ----------------------------------------------------------------------------------------------------
+def add_photos(core: ServiceCore, seeds: range) -> dict[int, str]:
     return {
-        seed: engine.add_reference(PhotoInput(imaging.jpeg(seed)), "Acme", f"p{seed % 3}", "authentic").ref.image_id
+        seed: core.writer.add_reference(PhotoInput(imaging.jpeg(seed)), "Acme", f"p{seed % 3}", "authentic").ref.image_id
         for seed in seeds
     }
 
 
 def test_the_engine_builds_ivf_for_a_catalog_above_the_threshold(
-    make_engine: Callable[[Settings], ScanEngine], data_dir: Path
+    make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
     settings = tiny_settings(data_dir, index_ivf_min_vectors=40, index_exact_scope_max=5)
-    first = make_engine(settings)
+    first = make_core(settings)
     ids = add_photos(first, range(100, 130))
-    assert first.index.kind == "flat"  # 30 < 40
+    assert first.model.index.kind == "flat"  # 30 < 40
     first.close()
 
-    second = make_engine(settings)
-    assert second.index.kind == "flat"
+    second = make_core(settings)
+    assert second.model.index.kind == "flat"
     ids.update(add_photos(second, range(130, 150)))  # 50 images: adds alone do not change the kind...
-    assert second.index.kind == "flat"
+    assert second.model.index.kind == "flat"
     second.close()
 
-    third = make_engine(settings)  # ...the next start does, and writes the ivf index back
-    assert third.index.kind == "ivf" and third.index.trained_size == 50
-    assert "-ivf" in third.index.version
-    assert VectorIndex.load(third.index_path).kind == "ivf"
+    third = make_core(settings)  # ...the next start does, and writes the ivf index back
+    assert third.model.index.kind == "ivf" and third.model.index.trained_size == 50
+    assert "-ivf" in third.model.index.version
+    assert VectorIndex.load(third.index_keeper.index_path).kind == "ivf"
     for seed in (100, 125, 149):
-        result = third.scan([PhotoInput(imaging.jpeg(seed))], record=False)
+        result = third.pipeline.scan([PhotoInput(imaging.jpeg(seed))], record=False).model_dump()
         assert result["images"][0]["matches"][0]["image_id"] == ids[seed]
-        assert result["index_version"] == third.index.version
-    scoped = third.scan([PhotoInput(imaging.jpeg(101))], brand="Acme", product="p2", record=False)  # 17 ids > 5: ivf
+        assert result["index_version"] == third.model.index.version
+    scoped = third.pipeline.scan(
+        [PhotoInput(imaging.jpeg(101))], brand="Acme", product="p2", record=False
+    ).model_dump()  # 17 ids > 5: ivf
     assert scoped["images"][0]["matches"][0]["image_id"] == ids[101]
     assert {m["product"] for m in scoped["images"][0]["matches"]} == {"p2"}
 
-    rebuilt = third.rebuild_index()
+    rebuilt = third.index_keeper.rebuild()
     assert rebuilt.kind == "ivf" and len(rebuilt) == 50
     for image_id in list(ids.values())[:35]:
-        third.delete_reference(image_id)
+        third.writer.delete_reference(image_id)
     third.close()
-    fourth = make_engine(settings)  # 15 < 40 / 2: back to flat
-    assert fourth.index.kind == "flat" and len(fourth.index) == 15
+    fourth = make_core(settings)  # 15 < 40 / 2: back to flat
+    assert fourth.model.index.kind == "flat" and len(fourth.model.index) == 15
 
 
 def test_a_copy_refitted_aside_catches_up_with_the_serving_index() -> None:
@@ -274,12 +276,12 @@ def test_a_copy_refitted_aside_catches_up_with_the_serving_index() -> None:
 
 
 def test_a_running_engine_refits_its_index_as_the_catalog_grows_and_shrinks(
-    make_engine: Callable[[Settings], ScanEngine], data_dir: Path
+    make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
-    engine = make_engine(tiny_settings(data_dir, index_ivf_min_vectors=40, index_exact_scope_max=5))
-    ids = add_photos(engine, range(200, 230))
-    assert not engine.refit_index() and engine.index.kind == "flat"  # 30 < 40
-    ids.update(add_photos(engine, range(230, 250)))  # 50 over HTTP-like writes, no restart
+    core = make_core(tiny_settings(data_dir, index_ivf_min_vectors=40, index_exact_scope_max=5))
+    ids = add_photos(core, range(200, 230))
+    assert not core.index_keeper.refit() and core.model.index.kind == "flat"  # 30 < 40
+    ids.update(add_photos(core, range(230, 250)))  # 50 over HTTP-like writes, no restart
 
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -287,7 +289,7 @@ def test_a_running_engine_refits_its_index_as_the_catalog_grows_and_shrinks(
     def scan_meanwhile() -> None:
         while not stop.is_set():
             try:
-                result = engine.scan([PhotoInput(imaging.jpeg(210))], record=False)
+                result = core.pipeline.scan([PhotoInput(imaging.jpeg(210))], record=False).model_dump()
                 assert result["images"][0]["matches"][0]["image_id"] == ids[210]
             except BaseException as exc:  # reported by the assertion below
                 errors.append(exc)
@@ -295,17 +297,17 @@ def test_a_running_engine_refits_its_index_as_the_catalog_grows_and_shrinks(
     scanner = threading.Thread(target=scan_meanwhile)
     scanner.start()
     try:
-        assert engine.refit_index()
+        assert core.index_keeper.refit()
     finally:
         stop.set()
         scanner.join()
     assert errors == []
-    kind: str = engine.index.kind  # (not narrowed by the "flat" above: the index was swapped)
-    assert kind == "ivf" and len(engine.index) == 50 and not engine.refit_index()
-    result = engine.scan([PhotoInput(imaging.jpeg(249))], record=False)
+    kind: str = core.model.index.kind  # (not narrowed by the "flat" above: the index was swapped)
+    assert kind == "ivf" and len(core.model.index) == 50 and not core.index_keeper.refit()
+    result = core.pipeline.scan([PhotoInput(imaging.jpeg(249))], record=False).model_dump()
     assert result["images"][0]["matches"][0]["image_id"] == ids[249] and "-ivf" in result["index_version"]
-    assert engine.save_index_if_dirty() and VectorIndex.load(engine.index_path).kind == "ivf"
+    assert core.index_keeper.save_if_dirty() and VectorIndex.load(core.index_keeper.index_path).kind == "ivf"
 
     for seed in range(200, 235):
-        engine.delete_reference(ids[seed])
-    assert engine.refit_index() and engine.index.kind == "flat" and len(engine.index) == 15  # 15 < 40 / 2
+        core.writer.delete_reference(ids[seed])
+    assert core.index_keeper.refit() and core.model.index.kind == "flat" and len(core.model.index) == 15  # 15 < 40 / 2

@@ -17,7 +17,7 @@ from cli.main import cli
 from embeddings import ModelSpec
 from embeddings.loading import load_visual, save_checkpoint
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.models.registry import ModelRecord, ModelRegistry, NothingToRollBack
 from service.runtime import ServiceRuntime
 from service.scanning.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
@@ -56,19 +56,19 @@ def test_registry_records_history_and_rolls_back(tmp_path: Path) -> None:
     assert (back.fingerprint, registry.history()) == (first.fingerprint, [])
 
 
-def test_prepare_then_activate_catches_up_with_writes(engine: ScanEngine, other_checkpoint: Path) -> None:
-    first = engine.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "runner", "authentic").ref
-    old = engine.embedder.info.fingerprint
-    prepared = engine.prepare(ModelSpec(checkpoint=other_checkpoint))
-    assert engine.embedder.info.fingerprint == old  # still serving the old model
-    late = engine.add_reference(PhotoInput(imaging.jpeg(2)), "Acme", "runner", "counterfeit").ref  # written meanwhile
-    engine.activate(prepared)
-    assert engine.embedder.info.fingerprint == prepared.embedder.info.fingerprint != old
-    assert set(engine.index.ids().tolist()) == {first.key, late.key}
-    result = engine.scan([PhotoInput(imaging.jpeg(2))])
-    assert result["model"]["fingerprint"] == engine.embedder.info.fingerprint
+def test_prepare_then_activate_catches_up_with_writes(core: ServiceCore, other_checkpoint: Path) -> None:
+    first = core.writer.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "runner", "authentic").ref
+    old = core.model.embedder.info.fingerprint
+    prepared = core.models.prepare(ModelSpec(checkpoint=other_checkpoint))
+    assert core.model.embedder.info.fingerprint == old  # still serving the old model
+    late = core.writer.add_reference(PhotoInput(imaging.jpeg(2)), "Acme", "runner", "counterfeit").ref  # written meanwhile
+    core.models.activate(prepared)
+    assert core.model.embedder.info.fingerprint == prepared.embedder.info.fingerprint != old
+    assert set(core.model.index.ids().tolist()) == {first.key, late.key}
+    result = core.pipeline.scan([PhotoInput(imaging.jpeg(2))]).model_dump()
+    assert result["model"]["fingerprint"] == core.model.embedder.info.fingerprint
     assert result["images"][0]["matches"][0]["image_id"] == late.image_id
-    assert result["index_version"] == engine.index.version
+    assert result["index_version"] == core.model.index.version
 
 
 def test_http_activation_does_not_fail_concurrent_scans(
@@ -122,20 +122,20 @@ def test_http_activation_does_not_fail_concurrent_scans(
 
 
 def test_a_listing_queued_across_a_switch_is_embedded_and_searched_by_the_new_model(
-    engine: ScanEngine, other_checkpoint: Path
+    core: ServiceCore, other_checkpoint: Path
 ) -> None:
     """Decoded under the old model, taken by a worker after the switch: the listing is pinned to the model serving
     when its photos are taken, and every photo is embedded and searched by that one model."""
-    refs = [engine.add_reference(PhotoInput(imaging.jpeg(40 + i)), "Acme", "runner", "authentic").ref for i in range(2)]
-    prepared = engine.prepare(ModelSpec(checkpoint=other_checkpoint))
+    refs = [core.writer.add_reference(PhotoInput(imaging.jpeg(40 + i)), "Acme", "runner", "authentic").ref for i in range(2)]
+    prepared = core.models.prepare(ModelSpec(checkpoint=other_checkpoint))
     # one worker that waits up to 2 s for a fuller batch: the switch happens while the listing waits in the queue
-    settings = engine.settings.model_copy(update={"inference_workers": 1, "batch_max_size": 16, "batch_max_wait_ms": 2000.0})
-    with ScanBatcher(engine, settings) as batcher:
+    settings = core.settings.updated(**{"inference_workers": 1, "batch_max_size": 16, "batch_max_wait_ms": 2000.0})
+    with ScanBatcher(core.pipeline, settings) as batcher:
         future = batcher.submit([PhotoInput(imaging.jpeg(40 + i % 2)) for i in range(4)], None, record=False)
         time.sleep(0.3)  # decoded and queued by now (a few milliseconds); the worker waits for more photos
         assert not future.done()
-        engine.activate(prepared)
-        result = future.result(timeout=30)
+        core.models.activate(prepared)
+        result = future.result(timeout=30).model_dump()
     assert result["model"]["fingerprint"] == prepared.embedder.info.fingerprint
     tops = [image["matches"][0] for image in result["images"]]
     assert [top["image_id"] for top in tops] == [refs[i % 2].image_id for i in range(4)]
@@ -183,18 +183,18 @@ def test_cli_activation_reaches_a_running_service(
 def test_a_switched_model_gets_its_own_measured_batch_limit(data_dir: Path, other_checkpoint: Path) -> None:
     """batch_max_size 0: measured on the model served at start, then again on the model a switch brings in."""
     settings = tiny_settings(data_dir, batch_max_size=0, index_save_interval_s=0.1)
-    engine = ScanEngine.open(settings)
-    runtime = ServiceRuntime(settings, engine)
+    core = ServiceCore.open(settings)
+    runtime = ServiceRuntime(settings, core)
     try:
         runtime.start()
         batcher = runtime.batcher()
-        first = engine.embedder.info.fingerprint
+        first = core.model.embedder.info.fingerprint
         assert runtime.batch_limit_model == first
-        assert runtime.switcher.switch(engine, ModelSpec(checkpoint=other_checkpoint), wait=True)["state"] == "done"
-        second = engine.embedder.info.fingerprint
+        assert runtime.switcher.switch(core, ModelSpec(checkpoint=other_checkpoint), wait=True)["state"] == "done"
+        second = core.model.embedder.info.fingerprint
         assert second != first
         wait_for(lambda: runtime.batch_limit_model == second)
         assert 1 <= batcher.max_batch == runtime.batch_max_size <= UNMEASURED_BATCH_LIMIT
     finally:
         runtime.stop()
-        engine.close()
+        core.close()

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import cli
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests.helpers import TINY_MODEL_FLAGS, pick_sneakers, shared_set, tiny_settings
 
@@ -117,11 +117,11 @@ def test_calibrate_then_the_service_answers_calibrated(tmp_path: Path, sets: dic
     low, high = spec["thresholds"]["likely_authentic"], spec["thresholds"]["likely_counterfeit"]
     assert low < high
 
-    engine = ScanEngine.open(tiny_settings(data_dir))
+    core = ServiceCore.open(tiny_settings(data_dir))
     try:
-        assert engine.calibrator is not None
+        assert core.model.calibrator is not None
         photo = next((sets["queries"].parent / "images").rglob("*.jpg")).read_bytes()
-        answer = engine.scan([PhotoInput(photo)])
+        answer = core.pipeline.scan([PhotoInput(photo)]).model_dump()
         assert answer["calibrated"] is True and answer["calibration"]["method"] == spec["method"]
         assert all(reason["code"] != "uncalibrated" for reason in answer["reasons"])
         risk = answer["risk"]
@@ -129,7 +129,7 @@ def test_calibrate_then_the_service_answers_calibrated(tmp_path: Path, sets: dic
         expected = "likely_counterfeit" if risk >= high else "likely_authentic" if risk <= low else "needs_review"
         assert answer["verdict"] == expected or any(r["code"] == "reused_official_photo" for r in answer["reasons"])
     finally:
-        engine.close()
+        core.close()
     calibrated = evaluate(data_dir, sets["queries"])
     raw = evaluate(data_dir, sets["queries"], extra=("--uncalibrated",))
     assert (calibrated["calibrated"], raw["calibrated"]) == (True, False)
@@ -143,11 +143,11 @@ def test_calibrator_of_another_model_is_not_used(tmp_path: Path, sets: dict[str,
     path = next((data_dir / "calibration").glob("*.json"))
     spec = json.loads(path.read_text())
     path.write_text(json.dumps({**spec, "model_fingerprint": "0" * 64}))
-    engine = ScanEngine.open(tiny_settings(data_dir))
+    core = ServiceCore.open(tiny_settings(data_dir))
     try:
-        assert engine.calibrator is None
+        assert core.model.calibrator is None
     finally:
-        engine.close()
+        core.close()
 
 
 def test_calibrate_needs_enough_rows(tmp_path: Path, sets: dict[str, Path]) -> None:

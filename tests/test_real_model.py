@@ -16,8 +16,9 @@ from embeddings.embedder import model_fingerprint
 from embeddings.loading import load_visual, save_checkpoint
 from embeddings.preprocess import resize_and_crop, to_model_input, to_pixels
 from embeddings.pretrained import PACKAGED_WEIGHTS
+from service.catalog.writer import ImportRow
 from service.config import Settings
-from service.engine import ImportRow, ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import pick_sneakers
@@ -54,24 +55,24 @@ def test_crops_and_mirrors_find_their_original(
     sneaker_rows: list[dict[str, str]],
 ) -> None:
     rows = pick_sneakers(sneaker_rows, 20)
-    engine = ScanEngine(Settings(data_dir=tmp_path / "data"), real_embedder)
-    engine.sync_index()
+    core = ServiceCore(Settings(data_dir=tmp_path / "data"), real_embedder)
+    core.index_keeper.sync()
     try:
         originals = [(sneakers_dir / row["path"]).read_bytes() for row in rows]
-        summary = engine.import_rows(
+        summary = core.writer.import_rows(
             [
                 ImportRow(row["path"], PhotoInput(data, Path(row["path"]).name), row["brand"], row["product"], row["label"], None)
                 for row, data in zip(rows, originals, strict=True)
             ]
         )
         assert (summary.added, summary.errors) == (20, [])
-        by_sha = {ref.sha256: ref.image_id for ref in engine.catalog.all_images()}
+        by_sha = {ref.sha256: ref.image_id for ref in core.catalog.all_images()}
         misses = []
         for row, data in zip(rows, originals, strict=True):
             expected = by_sha[decode_image(data, ImageLimits()).sha256]
             image = Image.open(io.BytesIO(data)).convert("RGB")
             queries = [data, jpeg_of(centre_crop(image, 0.8)), jpeg_of(ImageOps.mirror(image))]
-            result = engine.scan([PhotoInput(q) for q in queries], record=False)
+            result = core.pipeline.scan([PhotoInput(q) for q in queries], record=False).model_dump()
             assert not any(reason["code"] == "random_model_weights" for reason in result["reasons"])
             same, crop, mirror = (photo["matches"][0] for photo in result["images"])
             assert same["image_id"] == expected and same["similarity"] > 0.99
@@ -80,7 +81,7 @@ def test_crops_and_mirrors_find_their_original(
                     misses.append(f"{kind} of {row['path']} matched {top['image_id']} ({top['similarity']:.3f})")
         assert misses == []
     finally:
-        engine.close()
+        core.close()
 
 
 def test_missing_open_clip_weights_say_how_to_provide_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

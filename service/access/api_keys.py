@@ -14,8 +14,8 @@ from typing import Any, Literal
 from sqlalchemy import JSON, Engine, String, select
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
+from reference_catalog.database import Base
 from reference_catalog.text import control_character
-from service.scanning.records import ScanRecordBase
 
 Role = Literal["admin", "brand", "scanner"]
 ROLES: tuple[str, ...] = ("admin", "brand", "scanner")
@@ -23,7 +23,7 @@ TOKEN_PREFIX = "cs_"
 MAX_KEY_NAME = 200
 
 
-class ApiKey(ScanRecordBase):
+class ApiKey(Base):
     __tablename__ = "api_keys"
     key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -36,7 +36,7 @@ class ApiKey(ScanRecordBase):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a key's id, role and (for brand keys) the brands it may touch."""
+    """Who is calling: a key's id, role and (for brand keys) its brands. What it may do: service/access/policy.py."""
 
     key_id: str
     role: Role
@@ -45,10 +45,6 @@ class Principal:
     @property
     def is_brand(self) -> bool:
         return self.role == "brand"
-
-    def owns(self, brand: str | None) -> bool:
-        """May this caller see or change `brand`'s catalog?"""
-        return self.role == "admin" or (self.role == "brand" and brand in self.brands)
 
 
 LOCAL_ADMIN = Principal("local-admin (auth disabled)", "admin", frozenset())
@@ -66,7 +62,6 @@ class ApiKeyStore:
         self.cache_s = cache_s
         self._cache: dict[str, tuple[Principal, float]] = {}  # token digest -> (principal, valid until, monotonic)
         self._cache_lock = threading.Lock()
-        ScanRecordBase.metadata.create_all(engine)
 
     def create(self, role: str, brands: list[str], name: str) -> tuple[dict[str, Any], str]:
         """A new key: returns its record and the token, which is not stored and cannot be shown again."""
@@ -167,7 +162,7 @@ def _digest(secret: str) -> str:
 
 def _public(row: ApiKey) -> dict[str, Any]:
     def iso(value: datetime | None) -> str | None:
-        return None if value is None else (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+        return None if value is None else value.isoformat()
 
     return {
         "key_id": row.key_id,

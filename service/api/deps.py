@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request, UploadFile
 
 from service.api.errors import RequestRejected
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.metrics import ServiceMetrics
 from service.runtime import ServiceRuntime
 from service.scanning.photo_prep import PhotoInput
@@ -19,9 +19,10 @@ async def get_runtime(request: Request) -> ServiceRuntime:
     return runtime
 
 
-async def get_engine(request: Request) -> ScanEngine:
+async def get_core(request: Request) -> ServiceCore:
+    """The service's parts (service/core.py); 503 while the model and index are still loading."""
     runtime: ServiceRuntime = request.app.state.runtime
-    return runtime.require_engine()
+    return runtime.require_core()
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:
@@ -30,7 +31,7 @@ async def get_metrics(request: Request) -> ServiceMetrics:
 
 
 RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
-EngineDep = Annotated[ScanEngine, Depends(get_engine)]
+CoreDep = Annotated[ServiceCore, Depends(get_core)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 
 

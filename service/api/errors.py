@@ -14,7 +14,19 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from service.errors import Conflict, DomainError, Forbidden, InvalidRequest, InvalidValue, NotFound, Overloaded, Unavailable
+from embeddings.errors import ImageRejected
+from service.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidRequest,
+    InvalidValue,
+    NotFound,
+    Overloaded,
+    TooLarge,
+    Unavailable,
+    UnsupportedFormat,
+)
 
 MAX_LISTED_ERRORS = 5  # validation errors named in `detail`; `errors` lists them all
 
@@ -33,6 +45,8 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    TooLarge: 413,
+    UnsupportedFormat: 415,
     InvalidValue: 422,
     Overloaded: 429,
     Unavailable: 503,
@@ -54,8 +68,12 @@ def domain_error_status(exc: DomainError) -> tuple[int, dict[str, str] | None]:
     return status, None
 
 
-class ServiceNotReady(RuntimeError):
-    """The model or index is still loading (or failed to load)."""
+def rejection_status(exc: RequestRejected | DomainError | ImageRejected) -> int:
+    """The HTTP status of a refusal, whoever raised it (the API layer, the service, the image decoder): for the
+    console's pages, which show a refusal beside what succeeded instead of answering with it."""
+    if isinstance(exc, DomainError):
+        return domain_error_status(exc)[0]
+    return exc.status
 
 
 def error_body(detail: str, errors: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:

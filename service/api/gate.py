@@ -5,7 +5,9 @@ anyone without a key make the service read a large body first. The gate runs in 
 the request will reach:
 
 - routes that depend on the API key (`get_principal`, `require(...)`): the key is checked (401), the key's rate limit
-  taken (429 with Retry-After), then its role (403), with the same answers the dependencies give;
+  taken (429 with Retry-After), then its role (403), with the same answers the dependencies give: the route's role
+  checks themselves, which ask the access policy (service/access/policy.py) whether the key's role may do the route's
+  action;
 - routes that depend on a console session (`session_guard`, the console's `require_user`): for requests that carry a
   body, the session is checked first (the console's sign-in answer);
 - anything else (health checks, static files, unknown paths) goes through untouched.
@@ -36,13 +38,13 @@ SessionGuard = Callable[[Request], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
-class RoutePolicy:
+class RouteChecks:
     needs_key: bool = False
     role_checks: tuple[Callable[..., Awaitable[Any]], ...] = ()
     needs_session: bool = False
 
 
-OPEN = RoutePolicy()
+OPEN = RouteChecks()
 
 
 class BodyReadBeforeCheck(RuntimeError):
@@ -61,7 +63,7 @@ class AccessGate:
         self.limiter = limiter
         self.metrics = metrics
         self.session_guard = session_guard
-        self._routes: list[tuple[RouteContext, RoutePolicy]] | None = None
+        self._routes: list[tuple[RouteContext, RouteChecks]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,7 +101,7 @@ class AccessGate:
             return
         await self.app(scope, receive, send)
 
-    def _policy(self, scope: Scope) -> RoutePolicy:
+    def _policy(self, scope: Scope) -> RouteChecks:
         if self._routes is None:  # the app's routes, once all are in (FastAPI's effective routes: prefixes applied)
             app = scope.get("app")  # Starlette puts the application in the scope before its middleware runs
             routes = list(iter_route_contexts(getattr(getattr(app, "router", None), "routes", [])))
@@ -110,7 +112,7 @@ class AccessGate:
                 return policy
         return OPEN
 
-    def _policy_of(self, route: RouteContext) -> RoutePolicy:
+    def _policy_of(self, route: RouteContext) -> RouteChecks:
         dependant = getattr(route, "dependant", None) if isinstance(route.original_route, APIRoute) else None
         if dependant is None:
             return OPEN
@@ -120,7 +122,7 @@ class AccessGate:
             dependant = pending.pop()
             calls.append(dependant.call)
             pending.extend(dependant.dependencies)
-        return RoutePolicy(
+        return RouteChecks(
             needs_key=get_principal in calls,
             role_checks=tuple(call for call in calls if call in ROLE_CHECKS),
             needs_session=self.session_guard is not None and self.session_guard in calls,

@@ -4,80 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-Verdict = Literal["likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog"]
-Label = Literal["authentic", "counterfeit"]
-
-
-class MatchOut(BaseModel):
-    image_id: str
-    brand: str
-    product: str
-    label: Label
-    similarity: float
-
-
-class NearDuplicateOut(BaseModel):
-    image_id: str
-    brand: str
-    product: str
-    label: Label
-    distance: int
-
-
-class ImageResultOut(BaseModel):
-    sha256: str
-    risk: float | None
-    score: float | None
-    in_catalog: bool
-    nearest_authentic: float | None
-    nearest_counterfeit: float | None
-    margin: float | None
-    head_probability: float | None = Field(
-        None, description="The authenticity head's P(counterfeit) for this photo (none: no head covers it)."
-    )
-    near_duplicates: list[NearDuplicateOut]
-    matches: list[MatchOut]
-
-
-class ReasonOut(BaseModel):
-    """A machine-readable reason code, a sentence for people, and the numbers behind it."""
-
-    model_config = ConfigDict(extra="allow")
-    code: str
-    message: str
-
-
-class CalibrationOut(BaseModel):
-    method: str
-    fitted_at: str | None
-    index_version_at_fit: str | None
-    thresholds: dict[str, float]
-    targets: dict[str, float | None]
-
-
-class AuthenticityHeadOut(BaseModel):
-    """The authenticity heads a scan was scored with: which fit, on what, at which catalog revision."""
-
-    version: str
-    catalog_revision: int
-    fitted_at: str
-    n_photos: int
-    n_extra_photos: int
-    scopes: list[str]
-
-
-class ModelOut(BaseModel):
-    architecture: str
-    weights: str
-    fingerprint: str
-    dim: int
-    runtime: str
-    random_weights: bool
-
-
-FeedbackVerdict = Literal["confirmed_counterfeit", "confirmed_authentic", "not_applicable"]
+# The scan result's models (ScanOut, MatchOut, FeedbackOut...) are the scan pipeline's own type, returned as they are:
+# service/scanning/result.py.
+from service.scanning.result import FeedbackVerdict
+from service.scanning.result import Label as Label  # re-exported: the catalog routes use it
+from service.scanning.result import ModelOut as ModelOut  # re-exported: the health and admin responses use it
 
 
 class FeedbackIn(BaseModel):
@@ -85,38 +18,6 @@ class FeedbackIn(BaseModel):
     note: str | None = Field(None, max_length=2000)
     brand: str | None = Field(None, max_length=200, description="Brand for confirmed fakes; default: the scan's.")
     product: str | None = Field(None, max_length=200, description="Product for confirmed fakes; default: the scan's.")
-
-
-class FeedbackOut(BaseModel):
-    feedback_id: str
-    scan_id: str
-    verdict: FeedbackVerdict
-    note: str | None
-    created_at: str
-    added_image_ids: list[str]
-    index_version: str | None
-    brand: str | None = Field(None, description="The brand the feedback was given for (none: older feedback, or an admin's).")
-
-
-class ScanOut(BaseModel):
-    scan_id: str
-    listing_id: str | None
-    created_at: str
-    risk: float | None
-    verdict: Verdict
-    calibrated: bool
-    calibration: CalibrationOut | None
-    score: float | None
-    features: dict[str, float]
-    brand: str | None
-    product: str | None
-    model: ModelOut
-    index_version: str
-    authenticity_head: AuthenticityHeadOut | None = None
-    images: list[ImageResultOut]
-    reasons: list[ReasonOut]
-    photos_kept: bool
-    feedback: list[FeedbackOut] = []
 
 
 class ReferenceImageOut(BaseModel):

@@ -2,7 +2,7 @@
 
 Brand-protection teams sign in with an API key (admin or brand; scanner keys are for pipelines and get no console),
 manage their brands' reference catalog, review flagged scans and see how often reviewers agree with the service.
-Everything a page shows goes through the same scoping as the HTTP API (service/api/auth.py).
+Everything a page shows is decided by the same access policy as the HTTP API (service/access/policy.py).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ def mount_console(app: FastAPI, settings: Settings) -> None:
     if not settings.console_enabled:
         return
     app.state.console = state = ConsoleState(settings)
-    # Thumbnails follow deletions made through this service (API, console) from the engine's first moment on,
+    # Thumbnails follow deletions made through this service (API, console) from the core's first moment on,
     # not only once someone has opened the console in this process.
     runtime: ServiceRuntime = app.state.runtime
-    runtime.on_engine.append(state.thumbnails)
+    runtime.on_core.append(state.thumbnails)
     for router in (auth.router, catalog.router, review.router):
         app.include_router(router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="console-static")

@@ -8,17 +8,17 @@ import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.access.api_keys import LOCAL_ADMIN
+from service.access.policy import may
 from service.console.common import (
-    CONSOLE_ROLES,
     PREFIX,
     SESSION_COOKIE,
     SIGN_IN_COOKIE,
+    CoreDep,
     CsrfUserDep,
-    EngineDep,
     StateDep,
     current_user,
     redirect,
@@ -63,24 +63,24 @@ def _sign_in_page(request: Request, state: StateDep, next_url: str, error: str |
     return response
 
 
-@router.get("")
-@router.get("/")
+@router.get("", response_class=RedirectResponse)
+@router.get("/", response_class=RedirectResponse)
 async def console_home(request: Request) -> Response:
     return redirect(f"{PREFIX}/review")
 
 
-@router.get("/sign-in")
+@router.get("/sign-in", response_class=HTMLResponse)
 async def sign_in_form(request: Request, state: StateDep, next: str | None = None) -> Response:
     if await current_user(request) is not None:
         return redirect(safe_next(next))
     return _sign_in_page(request, state, safe_next(next))
 
 
-@router.post("/sign-in")
+@router.post("/sign-in", response_class=HTMLResponse)
 async def sign_in(
     request: Request,
     state: StateDep,
-    engine: EngineDep,
+    core: CoreDep,
     api_key: Annotated[str, Form(max_length=300)] = "",
     csrf_token: Annotated[str, Form(max_length=100)] = "",
     next: Annotated[str, Form(max_length=2000)] = "",
@@ -93,17 +93,17 @@ async def sign_in(
     if settings.auth_disabled:
         key_id = LOCAL_ADMIN.key_id
     else:
-        principal = await run_in_threadpool(engine.keys.authenticate, api_key.strip())
+        principal = await run_in_threadpool(core.keys.authenticate, api_key.strip())
         if principal is None:
             return _sign_in_page(request, state, next_url, "That API key is unknown or has been revoked.", 401)
-        if principal.role not in CONSOLE_ROLES:
+        if not may(principal, "console"):
             message = (
                 f"A {principal.role} key cannot sign in to the console: it is meant for scanning pipelines. "
                 "Use an admin key or a brand key."
             )
             return _sign_in_page(request, state, next_url, message, 403)
         key_id = principal.key_id
-    token = await run_in_threadpool(state.sessions(engine).create, key_id)
+    token = await run_in_threadpool(state.sessions(core).create, key_id)
     response = redirect(next_url)
     response.set_cookie(
         SESSION_COOKIE, token, max_age=settings.console_session_ttl_s, path=PREFIX, secure=settings.console_cookie_secure,
@@ -113,10 +113,10 @@ async def sign_in(
     return response
 
 
-@router.post("/sign-out")
-async def sign_out(request: Request, state: StateDep, engine: EngineDep, _user: CsrfUserDep) -> Response:
+@router.post("/sign-out", response_class=RedirectResponse)
+async def sign_out(request: Request, state: StateDep, core: CoreDep, _user: CsrfUserDep) -> Response:
     token = request.cookies.get(SESSION_COOKIE, "")
-    await run_in_threadpool(state.sessions(engine).end, token)
+    await run_in_threadpool(state.sessions(core).end, token)
     response = redirect(f"{PREFIX}/sign-in?signed_out=1")
     response.headers["Clear-Site-Data"] = '"cache"'  # images this user viewed leave the browser's cache with them
     response.delete_cookie(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
@@ -14,12 +15,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from service.access.api_keys import Principal
-from service.api.errors import ServiceNotReady
 from service.config import Settings
 from service.console.sessions import SessionStore, SignedIn
 from service.console.thumbnails import Thumbnails
-from service.engine import ScanEngine
+from service.core import ServiceCore
+from service.errors import ServiceNotReady
 from service.imports.jobs import ImportJobs
 from service.runtime import ServiceRuntime
 
@@ -29,7 +29,6 @@ SESSION_COOKIE = "cs_console"
 SIGN_IN_COOKIE = "cs_console_signin"  # double-submit token of the sign-in form, before there is a session
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
-CONSOLE_ROLES = ("admin", "brand")  # scanner keys belong to scanning pipelines: no console (see README)
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -46,6 +45,8 @@ PAGE_HEADERS = {
 # same browser must not be served them from its cache (Vary: Cookie; sign-out also clears the cache).
 IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=600", "Vary": "Cookie"}
 
+T = TypeVar("T")
+
 
 class ConsoleError(Exception):
     """An error page (or, for htmx requests, an error fragment) with the HTTP status that fits."""
@@ -61,7 +62,7 @@ class SignInRequired(Exception):
 
 
 class ConsoleState:
-    """Held on `app.state.console`: templates, and the session store and thumbnail cache of the serving engine."""
+    """Held on `app.state.console`: templates, and the session store and thumbnail cache of the serving core."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -69,23 +70,23 @@ class ConsoleState:
         self.templates.env.globals["PREFIX"] = PREFIX
         self.templates.env.filters["pct"] = lambda value, digits=0: f"{100 * float(value):.{digits}f}%"
         self._lock = threading.Lock()
-        self._stores: dict[int, tuple[ScanEngine, SessionStore, Thumbnails]] = {}
+        self._stores: dict[int, tuple[ServiceCore, SessionStore, Thumbnails]] = {}
 
-    def _for(self, engine: ScanEngine) -> tuple[ScanEngine, SessionStore, Thumbnails]:
+    def _for(self, core: ServiceCore) -> tuple[ServiceCore, SessionStore, Thumbnails]:
         with self._lock:
-            entry = self._stores.get(id(engine))
-            if entry is None or entry[0] is not engine:
-                sessions = SessionStore(engine.db, self.settings.console_session_ttl_s, self.settings.auth_disabled)
+            entry = self._stores.get(id(core))
+            if entry is None or entry[0] is not core:
+                sessions = SessionStore(core.database, self.settings.console_session_ttl_s, self.settings.auth_disabled)
                 thumbnails = Thumbnails(self.settings.data_dir / "console_thumbnails", self.settings.image_limits())
-                engine.blob_deleted.append(thumbnails.discard)
-                entry = self._stores[id(engine)] = (engine, sessions, thumbnails)
+                core.writer.blob_deleted.append(thumbnails.discard)
+                entry = self._stores[id(core)] = (core, sessions, thumbnails)
             return entry
 
-    def sessions(self, engine: ScanEngine) -> SessionStore:
-        return self._for(engine)[1]
+    def sessions(self, core: ServiceCore) -> SessionStore:
+        return self._for(core)[1]
 
-    def thumbnails(self, engine: ScanEngine) -> Thumbnails:
-        return self._for(engine)[2]
+    def thumbnails(self, core: ServiceCore) -> Thumbnails:
+        return self._for(core)[2]
 
 
 def console_state(request: Request) -> ConsoleState:
@@ -93,10 +94,10 @@ def console_state(request: Request) -> ConsoleState:
     return state
 
 
-def get_engine(request: Request) -> ScanEngine:
+def get_core(request: Request) -> ServiceCore:
     runtime: ServiceRuntime = request.app.state.runtime
     try:
-        return runtime.require_engine()
+        return runtime.require_core()
     except ServiceNotReady as exc:
         raise ConsoleError(503, f"The service is not ready yet ({exc}). Try again in a moment.") from exc
 
@@ -111,8 +112,8 @@ async def current_user(request: Request) -> SignedIn | None:
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
-    engine = get_engine(request)
-    return await run_in_threadpool(console_state(request).sessions(engine).resolve, token)
+    core = get_core(request)
+    return await run_in_threadpool(console_state(request).sessions(core).resolve, token)
 
 
 async def require_user(request: Request) -> SignedIn:
@@ -143,7 +144,7 @@ async def require_csrf(request: Request, user: Annotated[SignedIn, Depends(requi
     return user
 
 
-EngineDep = Annotated[ScanEngine, Depends(get_engine)]
+CoreDep = Annotated[ServiceCore, Depends(get_core)]
 UserDep = Annotated[SignedIn, Depends(require_user)]
 CsrfUserDep = Annotated[SignedIn, Depends(require_csrf)]
 StateDep = Annotated[ConsoleState, Depends(console_state)]
@@ -162,9 +163,32 @@ def page_number(value: str | None) -> int:
     return min(max(number, 1), MAX_PAGE)
 
 
-def visible_brands(principal: Principal) -> frozenset[str] | None:
-    """The brands whose catalog and scans a user sees; None: all of them (admin)."""
-    return None if principal.role == "admin" else principal.brands
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list paged in SQL: its rows, how many match in all, its number (from 1) and the number of pages."""
+
+    items: list[T]
+    total: int
+    number: int
+    pages: int
+    size: int
+
+    @property
+    def first(self) -> int:
+        """The position (from 1) of the page's first row in the whole list."""
+        return (self.number - 1) * self.size + 1
+
+
+async def page_of(query: Callable[[int], tuple[list[T], int]], requested: str | None, size: int) -> Page[T]:
+    """The page `requested` (a `page` query parameter, see `page_number`) of `query(offset)`, which returns one page of
+    `size` rows from `offset` and the total; past the last page, the last page. `query` runs on a worker thread."""
+    number = page_number(requested)
+    items, total = await run_in_threadpool(query, (number - 1) * size)
+    pages = max(1, -(-total // size))
+    if number > pages:  # past the end: the last page
+        number = pages
+        items, total = await run_in_threadpool(query, (number - 1) * size)
+    return Page(items, total, number, pages, size)
 
 
 def is_htmx(request: Request) -> bool:
@@ -181,12 +205,12 @@ def render(
     state = console_state(request)
     user: SignedIn | None = getattr(request.state, "console_user", None)
     runtime: ServiceRuntime = request.app.state.runtime
-    engine = runtime.engine
+    core = runtime.core
     full = {
         "request": request,
         "user": user,
         "csrf_token": user.csrf_token if user else "",
-        "random_weights": bool(engine is not None and engine.embedder.info.random_weights),
+        "random_weights": bool(core is not None and core.model.embedder.info.random_weights),
         "auth_disabled": state.settings.auth_disabled,
         **(context or {}),
     }

@@ -13,10 +13,11 @@ from sqlalchemy.orm import sessionmaker
 
 from reference_catalog import ImageRef
 from reference_catalog.audit import AuditEntry
-from reference_catalog.models import Brand, Product, ReferenceImage
-from service.engine import ScanEngine
+from reference_catalog.models import ReferenceImage
+from service.core import ServiceCore
 from service.scanning.feedback import ScanFeedback, given_for
 from service.scanning.records import ScanRecord, concerning, seen_as, verdict_seen
+from service.scanning.result import ScanResult
 
 FLAGGED = ("likely_counterfeit", "needs_review")
 VERDICTS = ("likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog")
@@ -31,7 +32,7 @@ class Provenance:
 
 
 def catalog_images(
-    engine: ScanEngine,
+    core: ServiceCore,
     brands: frozenset[str] | None,
     brand: str | None,
     product: str | None,
@@ -39,63 +40,37 @@ def catalog_images(
     limit: int = 48,
     offset: int = 0,
 ) -> tuple[list[ImageRef], int]:
-    """One page of the reference images a user may see, newest first, narrowed to a brand, product and label; and the
-    total. Paged in SQL, so a catalog of millions of images costs one page's rows."""
-    conditions: list[ColumnElement[bool]] = []
-    if brands is not None:
-        conditions.append(Brand.name.in_(sorted(brands)))
-    if brand is not None:
-        conditions.append(Brand.name == brand)
-    if product is not None:
-        conditions.append(Product.name == product)
-    if label is not None:
-        conditions.append(ReferenceImage.label == label)
-    joined = select(ReferenceImage, Product.name, Brand.name).join(Product, ReferenceImage.product_id == Product.id)
-    joined = joined.join(Brand, Product.brand_id == Brand.id).where(*conditions)
-    counted = select(func.count()).select_from(ReferenceImage).join(Product, ReferenceImage.product_id == Product.id)
-    counted = counted.join(Brand, Product.brand_id == Brand.id).where(*conditions)
-    page = joined.order_by(ReferenceImage.created_at.desc(), ReferenceImage.id.desc()).limit(limit).offset(offset)
-    with sessionmaker(engine.db)() as session:
-        total = session.scalar(counted) or 0
-        refs = [_image_ref(image, product_name, brand_name) for image, product_name, brand_name in session.execute(page)]
-    return refs, total
+    """One page of the reference images of `brands` (a user's visible brands; None: all), newest first, narrowed to a
+    brand, product and label; and the total. The API's image list pages with the same query (in SQL)."""
+    return core.catalog.image_page(brands, brand, product, label, limit, offset, newest_first=True)
 
 
-def _image_ref(image: ReferenceImage, product: str, brand: str) -> ImageRef:
-    created_at = image.created_at if image.created_at.tzinfo else image.created_at.replace(tzinfo=UTC)
-    return ImageRef(
-        key=image.id, image_id=image.public_id, brand=brand, product=product, label=image.label, sha256=image.sha256,
-        source=image.source, media_type=image.media_type, width=image.width, height=image.height, created_at=created_at,
-    )  # fmt: skip
-
-
-def provenance(engine: ScanEngine, image_ids: Collection[str]) -> dict[str, Provenance]:
+def provenance(core: ServiceCore, image_ids: Collection[str]) -> dict[str, Provenance]:
     """Who added each image and when, from the audit log (the catalog rows keep the source, not the key)."""
     if not image_ids:
         return {}
-    names = {key["key_id"]: key["name"] for key in engine.keys.list()}
-    sessions = sessionmaker(engine.db)
+    names = {key["key_id"]: key["name"] for key in core.keys.list()}
+    sessions = sessionmaker(core.database)
     query = select(AuditEntry.target, AuditEntry.actor, AuditEntry.at).where(
         AuditEntry.action == "catalog.add", AuditEntry.target.in_(sorted(image_ids))
     )
     found: dict[str, Provenance] = {}
     with sessions() as session:
         for target, actor, at in session.execute(query):
-            at = at if at.tzinfo else at.replace(tzinfo=UTC)
             found[str(target)] = Provenance(actor, names.get(actor), at)
     return found
 
 
-def existing_images(engine: ScanEngine, image_ids: Iterable[str]) -> set[str]:
+def existing_images(core: ServiceCore, image_ids: Iterable[str]) -> set[str]:
     """Which of these reference image ids are still in the catalog."""
     ids = sorted(set(image_ids))
     if not ids:
         return set()
-    with sessionmaker(engine.db)() as session:
+    with sessionmaker(core.database)() as session:
         return set(session.scalars(select(ReferenceImage.public_id).where(ReferenceImage.public_id.in_(ids))))
 
 
-def latest_feedback(engine: ScanEngine, scan_ids: Collection[str], brands: frozenset[str] | None = None) -> dict[str, str]:
+def latest_feedback(core: ServiceCore, scan_ids: Collection[str], brands: frozenset[str] | None = None) -> dict[str, str]:
     """The latest reviewer verdict of each of these scans that has one (given for `brands`; None: by anyone)."""
     if not scan_ids:
         return {}
@@ -106,7 +81,7 @@ def latest_feedback(engine: ScanEngine, scan_ids: Collection[str], brands: froze
     if visible is not None:
         query = query.where(visible)
     latest: dict[str, tuple[datetime, str]] = {}
-    with sessionmaker(engine.db)() as session:
+    with sessionmaker(core.database)() as session:
         for scan_id, verdict, at in session.execute(query):
             if scan_id not in latest or at >= latest[scan_id][0]:
                 latest[scan_id] = (at, verdict)
@@ -114,7 +89,7 @@ def latest_feedback(engine: ScanEngine, scan_ids: Collection[str], brands: froze
 
 
 def queue_scans(
-    engine: ScanEngine,
+    core: ServiceCore,
     verdicts: Collection[str],
     brands: frozenset[str] | None,
     product: str | None,
@@ -122,7 +97,7 @@ def queue_scans(
     reviewed: bool | None,
     limit: int,
     offset: int,
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[ScanResult], int]:
     """One page of stored scans, newest first, that concern `brands` (None: any), filtered by verdict, product, minimum
     risk and whether `brands`' reviewers (None: anyone) answered; and how many match in all."""
     conditions: list[ColumnElement[bool]] = [seen_as(brands, verdicts, min_risk)]  # as these brands see the scan
@@ -135,9 +110,9 @@ def queue_scans(
         exists = (answered.where(visible) if visible is not None else answered).exists()
         conditions.append(exists if reviewed else ~exists)
     page = select(ScanRecord).where(*conditions).order_by(ScanRecord.created_at.desc(), ScanRecord.scan_id)
-    with sessionmaker(engine.db)() as session:
+    with sessionmaker(core.database)() as session:
         total = session.scalar(select(func.count()).select_from(ScanRecord).where(*conditions)) or 0
-        rows = [dict(row.result) for row in session.scalars(page.limit(limit).offset(offset))]
+        rows = [ScanResult.model_validate(row.result) for row in session.scalars(page.limit(limit).offset(offset))]
     return rows, total
 
 
@@ -185,14 +160,14 @@ class Dashboard:
         return counts["confirmed_counterfeit"] / decided if decided else None
 
 
-def dashboard(engine: ScanEngine, brands: frozenset[str] | None, days: int, today: date | None = None) -> Dashboard:
+def dashboard(core: ServiceCore, brands: frozenset[str] | None, days: int, today: date | None = None) -> Dashboard:
     """Scans per UTC day and verdict over the last `days` days, and the reviewers' latest verdict on those scans."""
     today = today or datetime.now(UTC).date()
     first = today - timedelta(days=days - 1)
     since = datetime(first.year, first.month, first.day, tzinfo=UTC)
     rows = {first + timedelta(days=i): DayRow(first + timedelta(days=i)) for i in range(days)}
     totals: Counter[str] = Counter()
-    for day, verdict, count in engine.scans.daily_counts(since, brands):
+    for day, verdict, count in core.scans.daily_counts(since, brands):
         row = rows.get(date.fromisoformat(day))
         if row is not None:
             row.total += count
@@ -210,7 +185,7 @@ def dashboard(engine: ScanEngine, brands: frozenset[str] | None, days: int, toda
     if visible is not None:
         query = query.where(visible)
     latest: dict[str, tuple[datetime, str, str]] = {}
-    with sessionmaker(engine.db)() as session:
+    with sessionmaker(core.database)() as session:
         for scan_id, service_verdict, reviewer_verdict, at in session.execute(query):
             if scan_id not in latest or at >= latest[scan_id][0]:
                 latest[scan_id] = (at, service_verdict, reviewer_verdict)
@@ -220,18 +195,18 @@ def dashboard(engine: ScanEngine, brands: frozenset[str] | None, days: int, toda
     return Dashboard(sorted(rows.values(), key=lambda r: r.day, reverse=True), totals, agreement)
 
 
-def scan_summary(record: dict[str, Any]) -> dict[str, Any]:
+def scan_summary(record: ScanResult) -> dict[str, Any]:
     """What the review queue shows of a (redacted) scan: its subject and top match."""
-    top = next((image["matches"][0] for image in record["images"] if image["matches"]), None)
+    top = next((image.matches[0] for image in record.images if image.matches), None)
     return {
-        "scan_id": record["scan_id"],
-        "listing_id": record.get("listing_id"),
-        "created_at": datetime.fromisoformat(record["created_at"]) if record.get("created_at") else None,
-        "verdict": record["verdict"],
-        "risk": record.get("risk"),
-        "calibrated": record.get("calibrated", False),
-        "brand": record.get("brand") or (top["brand"] if top else None),
-        "product": record.get("product") or (top["product"] if top else None),
-        "photos": len(record["images"]),
+        "scan_id": record.scan_id,
+        "listing_id": record.listing_id,
+        "created_at": datetime.fromisoformat(record.created_at) if record.created_at else None,
+        "verdict": record.verdict,
+        "risk": record.risk,
+        "calibrated": record.calibrated,
+        "brand": record.brand or (top.brand if top else None),
+        "product": record.product or (top.product if top else None),
+        "photos": len(record.images),
         "top": top,
     }

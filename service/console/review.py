@@ -8,28 +8,28 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from embeddings import ImageRejected
 from service.access.api_keys import Principal
-from service.api.auth import may_read_scan, redact_scan
-from service.api.errors import RequestRejected
-from service.api.routes.scans import readable_feedback
+from service.access.policy import brand_choices, feedback_brands, may, narrowed_brands, redact_scan, visible, visible_brands
+from service.access.reads import readable_feedback
+from service.access.reads import readable_scan as read_scan
+from service.api.errors import rejection_status
 from service.console.common import (
     IMAGE_HEADERS,
     PREFIX,
     ConsoleError,
+    CoreDep,
     CsrfUserDep,
-    EngineDep,
     StateDep,
     UserDep,
     is_htmx,
-    page_number,
+    page_of,
     redirect,
     render,
-    visible_brands,
 )
 from service.console.queries import (
     FLAGGED,
@@ -41,8 +41,10 @@ from service.console.queries import (
     scan_summary,
 )
 from service.console.thumbnails import THUMBNAIL_SIZES
-from service.engine import ScanEngine
+from service.core import ServiceCore
+from service.errors import DomainError, NotFound
 from service.scanning.brand_views import view_scoring
+from service.scanning.result import ScanResult
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
@@ -66,10 +68,10 @@ def _int(value: str | None, default: int) -> int:
         return default
 
 
-@router.get("/review")
+@router.get("/review", response_class=HTMLResponse)
 async def review_queue(
     request: Request,
-    engine: EngineDep,
+    core: CoreDep,
     user: UserDep,
     verdict: str | None = None,
     brand: str | None = None,
@@ -80,24 +82,16 @@ async def review_queue(
 ) -> Response:
     """Scans answered likely_counterfeit or needs_review that concern the user's brands, newest first."""
     principal = user.principal
-    scope = visible_brands(principal)
     verdicts = [verdict] if verdict in FLAGGED else list(FLAGGED)
-    brands = scope
-    if brand:
-        brands = frozenset({brand}) & scope if scope is not None else frozenset({brand})
+    brands = narrowed_brands(principal, brand)
     risk_floor = _float(min_risk)
-    number = page_number(page)
     review_state = {"yes": True, "no": False}.get(reviewed or "")
     # "reviewed": by the reviewers of the brands shown (a brand's queue counts its own reviews of a shared scan)
-    query = partial(queue_scans, engine, verdicts, brands, product or None, risk_floor, review_state, PAGE_SIZE)
-    rows, total = await run_in_threadpool(query, (number - 1) * PAGE_SIZE)
-    pages = max(1, -(-total // PAGE_SIZE))
-    if number > pages:  # past the end: the last page
-        number = pages
-        rows, total = await run_in_threadpool(query, (number - 1) * PAGE_SIZE)
-    summaries = [scan_summary(redact_scan(principal, row, view_scoring(engine.model, row))) for row in rows]
-    reviews = await run_in_threadpool(latest_feedback, engine, [s["scan_id"] for s in summaries], brands)
-    catalog_products = [p for p in await run_in_threadpool(engine.catalog.list_products) if principal.owns(p.brand)]
+    query = partial(queue_scans, core, verdicts, brands, product or None, risk_floor, review_state, PAGE_SIZE)
+    shown = await page_of(query, page, PAGE_SIZE)
+    summaries = [scan_summary(redact_scan(principal, row, view_scoring(core.model, row))) for row in shown.items]
+    reviews = await run_in_threadpool(latest_feedback, core, [s["scan_id"] for s in summaries], brands)
+    catalog_products = visible(principal, await run_in_threadpool(core.catalog.list_products), lambda p: p.brand)
     filters = {"verdict": verdict if verdict in FLAGGED else "", "brand": brand or "", "product": product or "",
                "min_risk": "" if risk_floor is None else f"{risk_floor:g}",
                "reviewed": "" if review_state is None else reviewed or ""}  # fmt: skip
@@ -109,80 +103,77 @@ async def review_queue(
         "nav": "review",
         "scans": summaries,
         "reviews": reviews,
-        "total": total,
-        "page": number,
-        "pages": pages,
+        "total": shown.total,
+        "page": shown.number,
+        "pages": shown.pages,
         "page_url": page_url,
         "filters": filters,
         "bad_risk": bool(min_risk) and risk_floor is None,
-        "brand_choices": sorted({p.brand for p in catalog_products} | (scope or set())),
+        "brand_choices": brand_choices(principal, (p.brand for p in catalog_products)),
         "product_choices": sorted({p.name for p in catalog_products if not brand or p.brand == brand}),
-        "first": (number - 1) * PAGE_SIZE + 1,
+        "first": shown.first,
     }
     return render(request, "review.html", context)
 
 
-async def readable_scan(engine: ScanEngine, principal: Principal, scan_id: str) -> dict[str, Any]:
-    """The stored scan, redacted for this user; another brand's scan is a 404, like one that does not exist."""
-    access = await run_in_threadpool(engine.scans.access, scan_id)
-    record = await run_in_threadpool(engine.scans.get, scan_id) if access is not None else None
-    if access is None or record is None or not may_read_scan(principal, *access):
-        raise ConsoleError(404, "There is no such scan among your brands' scans.")
-    return redact_scan(principal, record, view_scoring(engine.model, record))
+async def readable_scan(core: ServiceCore, principal: Principal, scan_id: str) -> ScanResult:
+    """The stored scan, as this user may see it; another brand's scan is a 404, like one that does not exist."""
+    try:
+        return await run_in_threadpool(read_scan, core, principal, scan_id)
+    except NotFound as exc:
+        raise ConsoleError(404, "There is no such scan among your brands' scans.") from exc
 
 
-async def _scan_context(engine: ScanEngine, principal: Principal, scan_id: str) -> dict[str, Any]:
-    record = await readable_scan(engine, principal, scan_id)
-    feedback = await run_in_threadpool(readable_feedback, engine, principal, scan_id)
-    ids = [m["image_id"] for image in record["images"] for m in image["matches"]]
-    ids += [d["image_id"] for image in record["images"] for d in image["near_duplicates"]]
+async def _scan_context(core: ServiceCore, principal: Principal, scan_id: str) -> dict[str, Any]:
+    record = await readable_scan(core, principal, scan_id)
+    feedback = await run_in_threadpool(readable_feedback, core, principal, scan_id)
+    ids = [m.image_id for image in record.images for m in image.matches]
+    ids += [d.image_id for image in record.images for d in image.near_duplicates]
     ids += [i for f in feedback for i in f["added_image_ids"]]
-    existing = await run_in_threadpool(existing_images, engine, ids)
-    kept = [bool(record.get("photos_kept")) and engine.scan_photos.path(image["sha256"]).is_file() for image in record["images"]]
+    existing = await run_in_threadpool(existing_images, core, ids)
+    kept = [record.photos_kept and core.scan_photos.path(image.sha256).is_file() for image in record.images]
     return {
         "scan": record,
         "summary": scan_summary(record),
         "feedback": feedback,
         "existing": existing,
         "kept": kept,
-        "may_review": principal.role in ("admin", "brand"),
+        "may_review": may(principal, "feedback"),
         "reviewer_verdicts": REVIEWER_VERDICTS,
     }
 
 
-@router.get("/scans/{scan_id}")
-async def scan_page(request: Request, scan_id: str, engine: EngineDep, user: UserDep) -> Response:
-    context = await _scan_context(engine, user.principal, scan_id)
+@router.get("/scans/{scan_id}", response_class=HTMLResponse)
+async def scan_page(request: Request, scan_id: str, core: CoreDep, user: UserDep) -> Response:
+    context = await _scan_context(core, user.principal, scan_id)
     return render(request, "scan.html", {"nav": "review", **context})
 
 
-@router.get("/scans/{scan_id}/photos/{number}")
-async def scan_photo(
-    scan_id: str, number: int, engine: EngineDep, state: StateDep, user: UserDep, size: str = "large"
-) -> Response:
+@router.get("/scans/{scan_id}/photos/{number}", response_class=Response)
+async def scan_photo(scan_id: str, number: int, core: CoreDep, state: StateDep, user: UserDep, size: str = "large") -> Response:
     """A listing photo of a scan (kept for flagged scans, see keep_scan_photos), downscaled unless size=full."""
-    record = await readable_scan(engine, user.principal, scan_id)
-    if not 1 <= number <= len(record["images"]) or not record.get("photos_kept"):
+    record = await readable_scan(core, user.principal, scan_id)
+    if not 1 <= number <= len(record.images) or not record.photos_kept:
         raise ConsoleError(404, "This scan's photo was not kept.")
-    sha = str(record["images"][number - 1]["sha256"])
+    sha = record.images[number - 1].sha256
     try:
         if size == "full":
-            data = await run_in_threadpool(engine.scan_photos.get, sha)
+            data = await run_in_threadpool(core.scan_photos.get, sha)
             with Image.open(io.BytesIO(data)) as image:
                 media_type = Image.MIME.get(image.format or "", "application/octet-stream")
             return Response(data, media_type=media_type, headers=IMAGE_HEADERS)
         pixels = THUMBNAIL_SIZES.get(size, THUMBNAIL_SIZES["large"])
-        data = await run_in_threadpool(state.thumbnails(engine).get, sha, pixels, partial(engine.scan_photos.get, sha))
+        data = await run_in_threadpool(state.thumbnails(core).get, sha, pixels, partial(core.scan_photos.get, sha))
     except (OSError, ImageRejected) as exc:
         raise ConsoleError(404, "This scan's photo was not kept.") from exc
     return Response(data, media_type="image/jpeg", headers=IMAGE_HEADERS)
 
 
-@router.post("/scans/{scan_id}/feedback")
+@router.post("/scans/{scan_id}/feedback", response_class=HTMLResponse)
 async def give_feedback(
     request: Request,
     scan_id: str,
-    engine: EngineDep,
+    core: CoreDep,
     user: CsrfUserDep,
     verdict: Annotated[str, Form(max_length=40)] = "",
     note: Annotated[str, Form(max_length=MAX_NOTE + 100)] = "",
@@ -191,7 +182,7 @@ async def give_feedback(
 ) -> Response:
     """Record a reviewer's verdict exactly as POST /v1/scans/{id}/feedback does (a confirmed fake joins the catalog)."""
     principal = user.principal
-    await readable_scan(engine, principal, scan_id)
+    await readable_scan(core, principal, scan_id)
     error: str | None = None
     status = 201
     recorded: dict[str, Any] | None = None
@@ -200,20 +191,20 @@ async def give_feedback(
     elif len(note) > MAX_NOTE or len(brand.strip()) > 200 or len(product.strip()) > 200:
         error, status = f"The note takes at most {MAX_NOTE} characters, brand and product 200.", 422
     else:
-        allowed = principal.brands if principal.is_brand else None
+        allowed = feedback_brands(principal)
         try:
             recorded = await run_in_threadpool(
-                partial(engine.give_feedback, scan_id, verdict, note.strip() or None, brand.strip() or None,
+                partial(core.review.give_feedback, scan_id, verdict, note.strip() or None, brand.strip() or None,
                         product.strip() or None, actor=principal.key_id, allowed_brands=allowed)
             )  # fmt: skip
             request.app.state.metrics.feedback.labels(verdict).inc()
-        except RequestRejected as exc:
-            error, status = exc.detail, exc.status
+        except DomainError as exc:
+            error, status = str(exc), rejection_status(exc)
     if not is_htmx(request):
         if error is not None:
             raise ConsoleError(status, error)
         return redirect(f"{PREFIX}/scans/{scan_id}")
-    context = await _scan_context(engine, principal, scan_id)
+    context = await _scan_context(core, principal, scan_id)
     return render(request, "_feedback.html", {**context, "error": error, "recorded": recorded}, status=status)
 
 
@@ -222,19 +213,17 @@ def _dashboard_url(current: dict[str, Any], **change: Any) -> str:
     return f"{PREFIX}/dashboard?{urlencode(query)}"
 
 
-@router.get("/dashboard")
+@router.get("/dashboard", response_class=HTMLResponse)
 async def dashboard_page(
-    request: Request, engine: EngineDep, user: UserDep, days: str | None = None, brand: str | None = None
+    request: Request, core: CoreDep, user: UserDep, days: str | None = None, brand: str | None = None
 ) -> Response:
     principal = user.principal
     span = _int(days, 30)
     span = span if span in DASHBOARD_DAYS else 30
-    scope = visible_brands(principal)
-    catalog_brands = {b.name for b in await run_in_threadpool(engine.catalog.list_brands) if principal.owns(b.name)}
-    choices = sorted(catalog_brands | (scope or set()))
+    choices = brand_choices(principal, (b.name for b in await run_in_threadpool(core.catalog.list_brands)))
     brand = brand if brand in choices else None
-    figures = await run_in_threadpool(dashboard, engine, frozenset({brand}) if brand else scope, span)
-    model = engine.model
+    figures = await run_in_threadpool(dashboard, core, frozenset({brand}) if brand else visible_brands(principal), span)
+    model = core.model
     thresholds = model.calibrator.summary() if model.calibrator is not None else None
     context = {
         "nav": "dashboard",

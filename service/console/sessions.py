@@ -13,18 +13,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, String, delete, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
+from reference_catalog.database import Base
 from service.access.api_keys import LOCAL_ADMIN, ApiKey, Principal
 
 TOKEN_BYTES = 32
 
 
-class ConsoleSessionBase(DeclarativeBase):
-    pass
-
-
-class ConsoleSession(ConsoleSessionBase):
+class ConsoleSession(Base):
     __tablename__ = "console_sessions"
     token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     key_id: Mapped[str] = mapped_column(String(80), index=True)
@@ -51,17 +48,12 @@ def csrf_token_for(session_token: str) -> str:
     return hmac.new(session_token.encode(), b"counterfeit-scan console csrf", hashlib.sha256).hexdigest()
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands datetimes back without their zone
-
-
 class SessionStore:
     def __init__(self, engine: Engine, ttl_s: int, local_admin: bool = False) -> None:
         """`local_admin`: auth is disabled, so sessions may stand for the local admin instead of a key."""
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self.ttl = timedelta(seconds=ttl_s)
         self.local_admin = local_admin
-        ConsoleSessionBase.metadata.create_all(engine)
 
     def create(self, key_id: str) -> str:
         """A new session for `key_id`; returns its token (only its digest is stored). Drops expired sessions."""
@@ -80,7 +72,7 @@ class SessionStore:
             row = session.get(ConsoleSession, digest(token))
             if row is None:
                 return None
-            expires_at = _utc(row.expires_at)
+            expires_at = row.expires_at
             if expires_at <= datetime.now(UTC):
                 session.delete(row)
                 return None

@@ -21,7 +21,7 @@ import anyio
 
 from reference_catalog import ImageRef
 from reference_catalog.manifest import MANIFEST_COLUMNS, manifest_cells
-from service.engine import ScanEngine
+from service.core import ServiceCore
 
 ExportFormat = Literal["zip", "tar.gz"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("zip", "tar.gz")
@@ -30,9 +30,9 @@ PIPE_CHUNK = 256 * 1024
 PIPE_DEPTH = 8
 
 
-def catalog_refs(engine: ScanEngine, brand: str | None) -> list[ImageRef]:
+def catalog_refs(core: ServiceCore, brand: str | None) -> list[ImageRef]:
     """The images an export of `brand` (None: the whole catalog) holds, in a stable order."""
-    refs = [ref for ref in engine.catalog.all_images() if brand is None or ref.brand == brand]
+    refs = [ref for ref in core.catalog.all_images() if brand is None or ref.brand == brand]
     return sorted(refs, key=lambda ref: (ref.brand, ref.product, ref.created_at, ref.image_id))
 
 
@@ -53,26 +53,26 @@ def manifest_bytes(refs: Sequence[ImageRef], groups: Mapping[int, str]) -> bytes
 
 
 def write_catalog_archive(
-    engine: ScanEngine, brand: str | None, fmt: ExportFormat, out: BinaryIO, refs: Sequence[ImageRef] | None = None
+    core: ServiceCore, brand: str | None, fmt: ExportFormat, out: BinaryIO, refs: Sequence[ImageRef] | None = None
 ) -> int:
     """Write `brand`'s catalog (None: all of it) as a `fmt` archive to `out`; returns the number of images listed."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}")
-    refs = catalog_refs(engine, brand) if refs is None else refs
+    refs = catalog_refs(core, brand) if refs is None else refs
     files: dict[str, str] = {}  # archive path -> sha256: identical bytes in two products are stored once
     for ref in refs:
         files.setdefault(image_path(ref), ref.sha256)
-    manifest = manifest_bytes(refs, engine.catalog.shoot_groups())
+    manifest = manifest_bytes(refs, core.catalog.shoot_groups())
     if fmt == "zip":
         with zipfile.ZipFile(out, "w") as zf:
             zf.writestr("manifest.csv", manifest, compress_type=zipfile.ZIP_DEFLATED)
             for path, sha in files.items():
-                zf.writestr(path, engine.blobs.get(sha), compress_type=zipfile.ZIP_STORED)
+                zf.writestr(path, core.blobs.get(sha), compress_type=zipfile.ZIP_STORED)
     else:
         with tarfile.open(fileobj=out, mode="w|gz") as tf:
             _add_to_tar(tf, "manifest.csv", manifest)
             for path, sha in files.items():
-                _add_to_tar(tf, path, engine.blobs.get(sha))
+                _add_to_tar(tf, path, core.blobs.get(sha))
     return len(refs)
 
 
@@ -120,7 +120,7 @@ class _PipeWriter:
 
 
 async def stream_catalog_archive(
-    engine: ScanEngine, brand: str | None, fmt: ExportFormat, refs: Sequence[ImageRef], chunk_bytes: int = PIPE_CHUNK
+    core: ServiceCore, brand: str | None, fmt: ExportFormat, refs: Sequence[ImageRef], chunk_bytes: int = PIPE_CHUNK
 ) -> AsyncGenerator[bytes, None]:
     """The archive's bytes as they are written, with only a few chunks in memory; stops writing if the client goes."""
     chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(PIPE_DEPTH)
@@ -129,7 +129,7 @@ async def stream_catalog_archive(
 
     def produce() -> None:
         try:
-            write_catalog_archive(engine, brand, fmt, pipe, refs)  # type: ignore[arg-type]
+            write_catalog_archive(core, brand, fmt, pipe, refs)  # type: ignore[arg-type]
             pipe.flush()
             pipe.put(None)
         except _Cancelled:

@@ -10,14 +10,14 @@ from typing import Any, Literal
 from sqlalchemy import JSON, Engine, Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
-from service.scanning.records import ScanRecordBase
+from reference_catalog.database import Base
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
 UNFINISHED: tuple[str, ...] = ("queued", "running")
 MAX_REPORTED_ERRORS = 1000  # beyond it only `error_count` grows
 
 
-class ImportJobRow(ScanRecordBase):
+class ImportJobRow(Base):
     __tablename__ = "catalog_import_jobs"
     job_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     state: Mapped[str] = mapped_column(String(20), index=True)
@@ -58,7 +58,7 @@ def new_job_id() -> str:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return None if value is None else value.isoformat()
 
 
 def job_view(row: ImportJobRow) -> dict[str, Any]:
@@ -88,7 +88,6 @@ def job_view(row: ImportJobRow) -> dict[str, Any]:
 class ImportJobStore:
     def __init__(self, engine: Engine) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        ScanRecordBase.metadata.create_all(engine, tables=[ImportJobRow.__table__])  # type: ignore[list-item]
 
     def create(self, row: ImportJobRow) -> ImportJobRow:
         with self._sessions.begin() as session:

@@ -3,8 +3,9 @@
 `ImportJobs` lives on the service runtime (`request.app.state.runtime.imports`). `submit` keeps the archive under
 `<data_dir>/imports/<job_id>.archive` and a `queued` row in the catalog database, so a restart picks the job up;
 the worker thread runs jobs oldest first, resuming `running` ones where their last checkpoint left them.
-Synchronous refusals (raised as RequestRejected): an empty upload (400), bytes that are not zip or gzip (415), an
-archive over `import_max_upload_bytes` (413). Everything else about the archive is checked by the job.
+Synchronous refusals (service errors, service/errors.py): an empty upload (InvalidRequest), bytes that are not zip or
+gzip (UnsupportedFormat), an archive over `import_max_upload_bytes` (TooLarge). Everything else about the archive is
+checked by the job.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any
 from reference_catalog import AuditEvent
 from reference_catalog.text import control_character
 from service.access.api_keys import Principal
-from service.api.errors import RequestRejected, ServiceNotReady
+from service.access.policy import import_submitter, may_read_import
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
+from service.errors import InvalidRequest, InvalidValue, ServiceNotReady, TooLarge, UnsupportedFormat
 from service.imports.archive_reader import ARCHIVE_FORMATS, detect_format
 from service.imports.job_store import ImportJobRow, ImportJobStore, job_view, new_job_id
 from service.imports.runner import archive_path, imports_dir, run_import_job
@@ -36,10 +38,10 @@ MAX_FILENAME = 500
 
 
 class ImportJobs:
-    def __init__(self, settings: Settings, engine: Callable[[], ScanEngine | None]) -> None:
-        """`engine()` returns the loaded engine, or None while it loads. Nothing touches the disk before `start`."""
+    def __init__(self, settings: Settings, core: Callable[[], ServiceCore | None]) -> None:
+        """`core()` returns the loaded core, or None while it loads. Nothing touches the disk before `start`."""
         self.settings = settings
-        self._engine = engine
+        self._core = core
         self._store: ImportJobStore | None = None
         self._store_lock = threading.Lock()
         self._stop = threading.Event()
@@ -65,12 +67,12 @@ class ImportJobs:
     def _work(self) -> None:
         cleaned = False
         while not self._stop.is_set():
-            engine = self._engine()
-            if engine is None:
+            core = self._core()
+            if core is None:
                 self._stop.wait(0.2)
                 continue
             try:
-                store = self._require_store(engine)
+                store = self._require_store(core)
                 if not cleaned:
                     self._remove_leftovers(store)
                     cleaned = True
@@ -79,14 +81,14 @@ class ImportJobs:
                     self._wake.wait(IDLE_POLL_S)
                     self._wake.clear()
                     continue
-                self._run(engine, store, pending[0])
+                self._run(core, store, pending[0])
             except Exception:  # e.g. a locked database: this thread must outlive any one failure
                 log.exception("the import worker failed; retrying")
                 self._stop.wait(IDLE_POLL_S)
 
-    def _run(self, engine: ScanEngine, store: ImportJobStore, job_id: str) -> None:
+    def _run(self, core: ServiceCore, store: ImportJobStore, job_id: str) -> None:
         try:
-            run_import_job(engine, store, job_id, self._stop)
+            run_import_job(core, store, job_id, self._stop)
         except Exception as exc:
             log.exception("import job %s failed", job_id)
             if self._stop.is_set():
@@ -110,38 +112,36 @@ class ImportJobs:
             else:
                 path.unlink(missing_ok=True)
 
-    def _require_store(self, engine: ScanEngine | None = None) -> ImportJobStore:
-        engine = engine or self._engine()
-        if engine is None:
+    def _require_store(self, core: ServiceCore | None = None) -> ImportJobStore:
+        core = core or self._core()
+        if core is None:
             raise ServiceNotReady("the model and index are still loading")
         with self._store_lock:
             if self._store is None:
-                self._store = ImportJobStore(engine.db)
+                self._store = ImportJobStore(core.database)
             return self._store
 
     # --- the interface the HTTP routes and the console use ----------------------------------------------------------
     def submit(self, data: bytes, principal: Principal, filename: str | None = None, split: str | None = None) -> dict[str, Any]:
-        """Queue an import of archive bytes; returns the job. RequestRejected for what is wrong at a glance."""
+        """Queue an import of archive bytes; returns the job. A service error for what is wrong at a glance."""
         if not data:
-            raise RequestRejected("the archive is empty", 400)
+            raise InvalidRequest("the archive is empty")
         limit = self.settings.import_max_upload_bytes
         if len(data) > limit:
-            raise RequestRejected(f"the archive is larger than {limit} bytes (import_max_upload_bytes)", 413)
+            raise TooLarge(f"the archive is larger than {limit} bytes (import_max_upload_bytes)")
         fmt = detect_format(data[:8])
         if fmt is None:
-            raise RequestRejected(
-                f"not a {' or '.join(ARCHIVE_FORMATS)} archive (recognised by its first bytes, not its name)", 415
-            )
+            raise UnsupportedFormat(f"not a {' or '.join(ARCHIVE_FORMATS)} archive (recognised by its first bytes, not its name)")
         split = (split or "").strip() or None
         if split is not None and len(split) > 200:
-            raise RequestRejected("split is longer than 200 characters", 422)
+            raise InvalidValue("split is longer than 200 characters")
         for field, value in (("split", split), ("the archive's filename", filename)):
             bad = control_character(value or "")
             if bad:  # both are stored and shown with the job
-                raise RequestRejected(f"{field} contains control characters ({bad})", 422)
-        engine = self._engine()
-        store = self._require_store(engine)
-        assert engine is not None
+                raise InvalidValue(f"{field} contains control characters ({bad})")
+        core = self._core()
+        store = self._require_store(core)
+        assert core is not None
         job_id = new_job_id()
         path = archive_path(self.settings, job_id)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,22 +174,17 @@ class ImportJobs:
             raise
         brand = next(iter(principal.brands)) if len(principal.brands) == 1 else None
         details = {"filename": row.filename, "format": fmt, "bytes": len(data), "split": split}
-        engine.audit.record(AuditEvent(principal.key_id, "catalog.import.submit", job_id, brand, details))
+        core.audit.record(AuditEvent(principal.key_id, "catalog.import.submit", job_id, brand, details))
         self._wake.set()
         return job_view(row)
 
     def get(self, job_id: str, principal: Principal) -> dict[str, Any] | None:
         """The job, or None when there is none or this caller may not see it (admins see all, others their own)."""
         row = self._require_store().get(job_id)
-        if row is None or not _may_see(principal, row):
+        if row is None or not may_read_import(principal, row.created_by):
             return None
         return job_view(row)
 
     def list(self, principal: Principal, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first: every job for admins, the caller's own for other keys."""
-        created_by = None if principal.role == "admin" else principal.key_id
-        return [job_view(row) for row in self._require_store().recent(created_by, limit)]
-
-
-def _may_see(principal: Principal, row: ImportJobRow) -> bool:
-    return principal.role == "admin" or row.created_by == principal.key_id
+        return [job_view(row) for row in self._require_store().recent(import_submitter(principal), limit)]

@@ -1,18 +1,19 @@
 """Dynamic micro-batching: the photos of concurrent scans run through the model together.
 
-One `ScanBatcher` per serving engine. A scan is admitted (or refused with 429 when `queue_max_photos` photos are
+One `ScanBatcher` per service; it runs the stages of the one scan pipeline (service/scanning/pipeline.py) on its
+threads. A scan is admitted (or refused, Overloaded, when `queue_max_photos` photos are
 already in flight), decoded and preprocessed in a thread pool (`decode_workers`, JPEGs decoded straight to about the
 model's input size), then queued for the inference threads (`inference_workers` of them, each running the model on
 `threads` cores: on CPU by default one single-threaded worker per model core, `Settings.for_serving`). Each takes
 whatever is queued, up to `batch_max_size` photos and its share of the queue (queued photos / workers), waiting at
 most `batch_max_wait_ms` after the oldest one when fewer are there, and runs:
 
-    one model forward pass ─► the listings whose last photos it embedded ─► (scorer thread) one index search per
-    brand/product scope ─► score, record and answer each listing on its own future
+    one model forward pass (`embed`) ─► the listings whose last photos it embedded ─► (scorer thread) one index
+    search per brand/product scope (`search`) ─► `score`, `record` and answer each listing on its own future
 
 A listing's photos may be split between batches, so that two workers embed a four-photo listing side by side (a
 third less latency for a lone one, EfficientNet-Lite0 on 2 cores) and no batch outgrows the size at which the model
-runs fastest. Each listing is pinned to the serving model (`engine.model`) when its first photos are taken, so a
+runs fastest. Each listing is pinned to the serving model (`ModelSlot.model`) when its first photos are taken, so a
 model switch never mixes versions within a listing.
 Scoring and recording run on a second thread, overlapping the next batch's forward pass.
 `counterfeit-scan scan-batch` drives the same machinery through `submit`.
@@ -28,20 +29,20 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import faiss
 import numpy as np
 
 from embeddings.batch_sizing import CPU_BATCH_CEILING
 from embeddings.embedder import Embeddings
-from embeddings.index import IndexHit
 from embeddings.runtimes import lower_thread_priority, name_os_thread
-from service.api.errors import RequestRejected, ServiceNotReady
 from service.config import Settings
-from service.engine import ScanEngine, ServingModel
+from service.errors import Overloaded, ServiceNotReady
 from service.metrics import ServiceMetrics
+from service.models.snapshot import ModelSlot, ServingModel
 from service.scanning.photo_prep import PhotoInput, PreparedPhoto, ProcessPreparer, prepare_listing
+from service.scanning.pipeline import ScanPipeline, ScanRequest, Searched, concatenate, pixels
+from service.scanning.result import ScanResult
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +50,12 @@ log = logging.getLogger(__name__)
 UNMEASURED_BATCH_LIMIT = CPU_BATCH_CEILING  # batch_max_size 0 means "measure" (ServiceRuntime); a batcher made without measuring
 
 
-class Overloaded(RequestRejected):
-    """The scan queue is full: answered 429 with Retry-After."""
-
-    def __init__(self, detail: str, retry_after_s: int) -> None:
-        super().__init__(detail, 429, {"Retry-After": str(retry_after_s)})
-
-
 @dataclass
 class ScanJob:
     """One listing on its way through the batcher."""
 
-    photos: Sequence[PhotoInput]
-    brand: str | None
-    product: str | None
-    listing_id: str | None
-    record: bool
-    actor: str
-    future: Future[dict[str, Any]] = field(default_factory=Future)
+    request: ScanRequest
+    future: Future[ScanResult] = field(default_factory=Future)
     prepared: list[PreparedPhoto] = field(default_factory=list)
     queued_at: float = 0.0
     model: ServingModel | None = None  # pinned when its first photos are taken: every photo is embedded by it
@@ -91,49 +80,27 @@ class Piece:
         return self.stop - self.start
 
 
-def prepare_photos(engine: ScanEngine, model: ServingModel, photos: Sequence[PhotoInput]) -> list[PreparedPhoto]:
-    """Decode (JPEG in draft mode, to about the model's input size), preprocess and hash one listing's photos.
-
-    One resampling per photo: the draft decode lands near the input size and `to_pixels` resizes the centre square.
-    Raises ImageRejected naming the photo that failed.
-    """
-    return prepare_listing(photos, engine.settings.image_limits(), model.embedder.preprocess)
-
-
-def model_input(engine: ScanEngine, model: ServingModel, pieces: Sequence[Piece]) -> np.ndarray:
+def model_input(pipeline: ScanPipeline, model: ServingModel, pieces: Sequence[Piece]) -> np.ndarray:
     """Stack the pieces' model inputs; photos prepared for another model (a switch meanwhile) are prepared again."""
-    rows: list[np.ndarray] = []
+    photos: list[PreparedPhoto] = []
     for piece in pieces:
-        photos = piece.job.prepared[piece.start : piece.stop]
-        if any(photo.spec != model.embedder.preprocess for photo in photos):
-            photos = prepare_photos(engine, model, piece.job.photos[piece.start : piece.stop])
-        rows.extend(photo.pixels for photo in photos)
-    return np.stack(rows) if rows else np.empty((0, 1, 1, 3), dtype=np.uint8)
+        prepared = piece.job.prepared[piece.start : piece.stop]
+        if any(photo.spec != model.embedder.preprocess for photo in prepared):
+            prepared = pipeline.prepare(piece.job.request.photos[piece.start : piece.stop], model)
+        photos.extend(prepared)
+    return pixels(photos)
 
 
-def embed(model: ServingModel, batch: np.ndarray, max_size: int) -> Embeddings:
-    """The model's vectors and detail features for a stacked batch, in forward passes of at most `max_size` rows."""
-    if len(batch) <= max_size:
-        return model.embedder.embed_batch_with_detail(batch)
-    return concatenate([model.embedder.embed_batch_with_detail(batch[i : i + max_size]) for i in range(0, len(batch), max_size)])
-
-
-def concatenate(parts: Sequence[Embeddings]) -> Embeddings:
-    return Embeddings(np.concatenate([p.vectors for p in parts]), np.concatenate([p.details for p in parts]))
-
-
-def search_jobs(
-    engine: ScanEngine, model: ServingModel, jobs: Sequence[ScanJob], vectors: np.ndarray
-) -> list[tuple[list[list[IndexHit]], str]]:
+def search_jobs(pipeline: ScanPipeline, model: ServingModel, jobs: Sequence[ScanJob], vectors: np.ndarray) -> list[Searched]:
     """One index search per brand/product scope for the whole batch; each listing's hits and the index version."""
     offsets = np.cumsum([0, *(len(job.prepared) for job in jobs)])
     groups: dict[tuple[str | None, str | None], list[int]] = {}
     for i, job in enumerate(jobs):
-        groups.setdefault((job.brand, job.product), []).append(i)
-    out: list[tuple[list[list[IndexHit]], str]] = [([], "")] * len(jobs)
+        groups.setdefault((job.request.brand, job.request.product), []).append(i)
+    out: list[Searched] = [([], "")] * len(jobs)
     for (brand, product), members in groups.items():
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members])
-        hits, version = engine.search(model.index, vectors[rows], brand, product)
+        hits, version = pipeline.search(model, vectors[rows], brand, product)
         start = 0
         for i in members:
             count = int(offsets[i + 1] - offsets[i])
@@ -143,12 +110,12 @@ def search_jobs(
 
 
 def finish_jobs(
-    engine: ScanEngine, model: ServingModel, jobs: Sequence[ScanJob], embedded: Embeddings, metrics: ServiceMetrics | None
+    pipeline: ScanPipeline, model: ServingModel, jobs: Sequence[ScanJob], embedded: Embeddings, metrics: ServiceMetrics | None
 ) -> None:
     """Search, score, record and answer each listing of a batch embedded by `model`."""
     started = time.perf_counter()
     try:
-        searched = search_jobs(engine, model, jobs, embedded.vectors)
+        searched = search_jobs(pipeline, model, jobs, embedded.vectors)
     except Exception as exc:
         for job in jobs:
             job.fail(exc)
@@ -156,27 +123,18 @@ def finish_jobs(
     if metrics is not None:
         metrics.search_seconds.observe(time.perf_counter() - started)
     offset = 0
-    answered: list[tuple[ScanJob, dict[str, Any]]] = []
+    answered: list[tuple[ScanJob, ScanResult]] = []
     for job, found in zip(jobs, searched, strict=True):
         count = len(job.prepared)
         try:
-            result = engine.score_photos(
-                embedded.rows(offset, offset + count),
-                [photo.sha256 for photo in job.prepared],
-                [photo.phash for photo in job.prepared],
-                job.brand,
-                job.product,
-                job.listing_id,
-                model,
-                searched=found,
-            )
+            result = pipeline.score(model, job.request, job.prepared, embedded.rows(offset, offset + count), found)
         except Exception as exc:
             job.fail(exc)
         else:
             answered.append((job, result))
         offset += count
     try:  # the batch's records in one transaction: a scan is answered only once its record is stored
-        engine._record_many([(result, job.photos, job.actor) for job, result in answered if job.record])
+        pipeline.record([(result, job.request) for job, result in answered if job.request.record])
     except Exception as exc:
         for job, _ in answered:
             job.fail(exc)
@@ -201,9 +159,10 @@ def _start_finish_thread() -> None:
 class ScanBatcher:
     """Gathers concurrent scans into model batches run on inference threads; see the module docstring."""
 
-    def __init__(self, engine: ScanEngine, settings: Settings | None = None, metrics: ServiceMetrics | None = None) -> None:
-        settings = (settings or engine.settings).for_serving()  # worker counts as set, or resolved for this machine
-        self.engine = engine
+    def __init__(self, pipeline: ScanPipeline, settings: Settings | None = None, metrics: ServiceMetrics | None = None) -> None:
+        settings = (settings or pipeline.settings).for_serving()  # worker counts as set, or resolved for this machine
+        self.pipeline = pipeline
+        self.slot: ModelSlot = pipeline.slot
         self.metrics = metrics
         self.max_batch = settings.batch_max_size or UNMEASURED_BATCH_LIMIT
         self.max_wait = settings.batch_max_wait_ms / 1000.0
@@ -249,13 +208,12 @@ class ScanBatcher:
         listing_id: str | None = None,
         record: bool = True,
         actor: str = "system",
-    ) -> Future[dict[str, Any]]:
-        """Admit one listing; its future gets the scan result (or the ImageRejected / RequestRejected to answer).
+    ) -> Future[ScanResult]:
+        """Admit one listing; its future gets the scan result (or the ImageRejected / service error to answer).
 
-        Raises RequestRejected for a bad request and Overloaded when `queue_max_photos` photos are in flight.
+        Raises a service error (service/errors.py) for a bad request and Overloaded when `queue_max_photos` photos are in flight.
         """
-        brand, product = self.engine.check_scan(photos, brand, product, listing_id)
-        job = ScanJob(photos, brand, product, listing_id, record, actor)
+        job = ScanJob(self.pipeline.check(photos, brand, product, listing_id, record, actor))
         with self._lock:
             if self._closed:
                 raise ServiceNotReady("the service is shutting down")
@@ -282,7 +240,7 @@ class ScanBatcher:
         listing_id: str | None = None,
         record: bool = True,
         actor: str = "system",
-    ) -> dict[str, Any]:
+    ) -> ScanResult:
         """`submit` for the event loop: waits for the answer without holding a thread."""
         return await asyncio.wrap_future(self.submit(photos, brand, product, listing_id, record, actor))
 
@@ -303,7 +261,7 @@ class ScanBatcher:
         started = time.perf_counter()
         try:
             prepare = prepare_listing if self.preparer is None else self.preparer.prepare
-            job.prepared = prepare(job.photos, self.engine.settings.image_limits(), self.engine.model.embedder.preprocess)
+            job.prepared = self.pipeline.prepare(job.request.photos, self.slot.model, prepare)
         except Exception as exc:  # ImageRejected and anything unexpected: answered on the job's future
             job.fail(exc)
             return
@@ -352,7 +310,7 @@ class ScanBatcher:
                     self._queued_photos += rest.size
                     piece = Piece(piece.job, piece.start, rest.start)
                 if piece.job.model is None:
-                    piece.job.model = self.engine.model
+                    piece.job.model = self.slot.model
                 pieces.append(piece)
                 photos += piece.size
             if self._queue:  # what is left (a split listing's other photos): for a worker that may be idle
@@ -381,7 +339,7 @@ class ScanBatcher:
         for group in by_model.values():
             model = group[0].job.model
             assert model is not None  # pinned by _take
-            embedded = embed(model, model_input(self.engine, model, group), self.max_batch)
+            embedded = self.pipeline.embed(model, model_input(self.pipeline, model, group), self.max_batch)
             done.append((model, self._store(group, embedded)))
         if self.metrics is not None:
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
@@ -392,7 +350,7 @@ class ScanBatcher:
             if complete:
                 jobs = [job for job, _ in complete]
                 embedded = concatenate([embedded for _, embedded in complete])
-                self._finish_pool.submit(finish_jobs, self.engine, model, jobs, embedded, self.metrics)
+                self._finish_pool.submit(finish_jobs, self.pipeline, model, jobs, embedded, self.metrics)
 
     def _store(self, pieces: Sequence[Piece], embedded: Embeddings) -> list[tuple[ScanJob, Embeddings]]:
         """Put each piece's vectors and detail features in its listing; the listings whose last photos these were,

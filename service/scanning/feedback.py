@@ -1,7 +1,7 @@
 """Reviewer feedback on scans: recorded with the scan; confirmed fakes join the catalog as known fakes.
 
 Each feedback records the brand it was given for (`scan_feedback_brands`, its own table, so that databases made before
-it existed keep working: `create_all` adds it at start). A brand's reviewers see, and count, their brands' feedback
+it existed keep working: the migrations add it). A brand's reviewers see, and count, their brands' feedback
 only: several brands may review one scan that concerns them all. Feedback without a brand (an admin's on a scan that
 concerns several brands, or one given before feedback recorded its brand) is shown to a brand only on scans that
 concern no other brand.
@@ -18,10 +18,11 @@ from sqlalchemy import JSON, ColumnElement, Engine, ForeignKey, String, and_, or
 from sqlalchemy.orm import Mapped, aliased, mapped_column, sessionmaker
 
 from reference_catalog import AuditEvent
-from service.scanning.records import ScanRecordBase, ScanSubject
+from reference_catalog.database import Base
+from service.scanning.records import ScanSubject
 
 
-class ScanFeedback(ScanRecordBase):
+class ScanFeedback(Base):
     __tablename__ = "scan_feedback"
     feedback_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     scan_id: Mapped[str] = mapped_column(ForeignKey("scan_records.scan_id"), index=True)
@@ -32,7 +33,7 @@ class ScanFeedback(ScanRecordBase):
     index_version: Mapped[str | None] = mapped_column(String(80))
 
 
-class ScanFeedbackBrand(ScanRecordBase):
+class ScanFeedbackBrand(Base):
     """The brand a feedback was given for (none: an admin's on a scan of several brands, or an older feedback)."""
 
     __tablename__ = "scan_feedback_brands"
@@ -59,7 +60,6 @@ def given_for(brands: Collection[str] | None) -> ColumnElement[bool] | None:
 class FeedbackStore:
     def __init__(self, engine: Engine) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        ScanRecordBase.metadata.create_all(engine)  # creates scan_feedback_brands in databases made before it
 
     def add(
         self,
@@ -105,14 +105,13 @@ class FeedbackStore:
 
 
 def _as_dict(row: ScanFeedback, brand: str | None) -> dict[str, Any]:
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     return {
         "feedback_id": row.feedback_id,
         "scan_id": row.scan_id,
         "verdict": row.verdict,
         "note": row.note,
         "brand": brand,
-        "created_at": created.isoformat(),
+        "created_at": row.created_at.isoformat(),
         "added_image_ids": list(row.added_image_ids),
         "index_version": row.index_version,
     }

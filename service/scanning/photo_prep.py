@@ -2,12 +2,11 @@
 
 The micro-batcher (service/scanning/batching.py) prepares each listing in its decoding threads. With `decode_processes` set,
 those threads hand the work to that many worker processes instead (`ProcessPreparer`): on a machine with many cores
-the service's one interpreter lock would otherwise cap decoding. On 2 cores, two decoding threads ran 1.77 times one
-thread, so about 13% of a photo's preparation holds the lock, which by Amdahl's law caps threads near 5.4 times one
-core however many there are; processes scale with the cores (benchmarks/README.md, "Decoding in worker processes").
-The price: the processes start with the service (a fork server imports the service once, seconds; each worker then
-holds about 140 MB of its own), and photos and model inputs are copied through pipes (about 0.5 ms of CPU per photo
-on 2 cores).
+the service's one interpreter lock would otherwise cap decoding. Part of a photo's preparation holds the lock, so by
+Amdahl's law threads stop gaining at a few times one core however many cores there are; processes scale with the
+cores. The price: the processes start with the service (a fork server imports the service once; each worker then
+holds memory of its own), and photos and model inputs are copied through pipes, which costs CPU per photo. The
+measurements: benchmarks/README.md, section "GPU", "Decoding in worker processes".
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from embeddings.errors import ImageRejected
 from embeddings.perceptual_hash import perceptual_hash
 from embeddings.preprocess import PreprocessSpec, to_pixels
 from embeddings.runtimes import lower_thread_priority
-from service.api.errors import ServiceNotReady
+from service.errors import ServiceNotReady
 
 log = logging.getLogger(__name__)
 

@@ -20,20 +20,17 @@ from sqlalchemy import (
     column,
     func,
     insert,
-    inspect,
     or_,
     select,
     table,
 )
-from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
+
+from reference_catalog.database import Base
+from service.scanning.result import ScanResult
 
 
-class ScanRecordBase(DeclarativeBase):
-    pass
-
-
-class ScanRecord(ScanRecordBase):
+class ScanRecord(Base):
     __tablename__ = "scan_records"
     scan_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     listing_id: Mapped[str | None] = mapped_column(String(200), index=True)
@@ -46,7 +43,7 @@ class ScanRecord(ScanRecordBase):
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-class ScanAccess(ScanRecordBase):
+class ScanAccess(Base):
     """Who may read a scan: the key that made it, and the brands it concerns (asked for, or matched first)."""
 
     __tablename__ = "scan_access"
@@ -61,13 +58,10 @@ def _table(model: type[Any]) -> Table:
     return found
 
 
-class ScanSubjectBase(DeclarativeBase):
-    """Its own metadata: only ScanRecordStore creates this table, filling it from the records made before it existed."""
-
-
-class ScanSubject(ScanSubjectBase):
+class ScanSubject(Base):
     """One row per (brand, product) a scan concerns (the pairs behind `concerned_brands`), so that review queues and
-    dashboards find a brand's scans through an index instead of reading every record."""
+    dashboards find a brand's scans through an index instead of reading every record. A database made before this
+    table had it filled from its records by the migration that created it (service/db/migrations)."""
 
     __tablename__ = "scan_subjects"
     __table_args__ = (Index("ix_scan_subjects_brand_product", "brand", "product"),)
@@ -76,7 +70,7 @@ class ScanSubject(ScanSubjectBase):
     product: Mapped[str] = mapped_column(String(200), primary_key=True)  # "" when a scan named its brand only
 
 
-class ScanBrandView(ScanSubjectBase):
+class ScanBrandView(Base):
     """The verdict and risk one brand sees of a scan that concerns several (`service.scanning.brand_views`: computed from its own
     catalogs' evidence only), so that its review queue and dashboard select and count by what it sees. Scans that
     concern one brand, and those recorded before this table, have none: the record's own verdict is the brand's."""
@@ -127,12 +121,12 @@ FEEDBACK_TABLE = table(
 )  # service/scanning/feedback.py's table, named here to avoid an import cycle
 
 
-def scan_subjects(result: dict[str, Any]) -> list[tuple[str, str]]:
+def scan_subjects(result: ScanResult) -> list[tuple[str, str]]:
     """(brand, product) pairs of a scan: asked for, and each photo's closest matches; their brands: `concerned_brands`."""
-    pairs = {(result["brand"], result.get("product") or "")} if result.get("brand") else set()
-    for image in result["images"]:
-        pairs.update((m["brand"], m["product"]) for m in image["matches"][:3])
-        pairs.update((d["brand"], d["product"]) for d in image["near_duplicates"])
+    pairs = {(result.brand, result.product or "")} if result.brand else set()
+    for image in result.images:
+        pairs.update((m.brand, m.product) for m in image.matches[:3])
+        pairs.update((d.brand, d.product) for d in image.near_duplicates)
     return sorted(pairs)
 
 
@@ -148,41 +142,9 @@ def concerning(brands: Collection[str] | None, product: str | None = None) -> Co
     return subject.exists()
 
 
-def _create_subjects_table(engine: Engine) -> None:
-    """Create scan_subjects and fill it from existing records, in one transaction (a crash leaves no half table)."""
-    if inspect(engine).has_table(ScanSubject.__tablename__):
-        return
-    try:
-        with engine.begin() as conn:
-            ScanSubjectBase.metadata.create_all(conn)
-            last = ""
-            while True:
-                page = conn.execute(
-                    select(ScanRecord.scan_id, ScanRecord.result)
-                    .where(ScanRecord.scan_id > last)
-                    .order_by(ScanRecord.scan_id)
-                    .limit(500)
-                ).all()
-                if not page:
-                    break
-                rows = [
-                    {"scan_id": scan_id, "brand": b, "product": p} for scan_id, result in page for b, p in scan_subjects(result)
-                ]
-                if rows:
-                    conn.execute(insert(ScanSubject), rows)
-                last = page[-1][0]
-    except (OperationalError, ProgrammingError):
-        if not inspect(engine).has_table(ScanSubject.__tablename__):  # else another process created it meanwhile
-            raise
-
-
-def concerned_brands(result: dict[str, Any]) -> list[str]:
+def concerned_brands(result: ScanResult) -> list[str]:
     """The brand a scan was restricted to, and the brands of each photo's closest matches."""
-    brands = {result["brand"]} if result.get("brand") else set()
-    for image in result["images"]:
-        brands.update(m["brand"] for m in image["matches"][:3])
-        brands.update(d["brand"] for d in image["near_duplicates"])
-    return sorted(brands)
+    return sorted({brand for brand, _ in scan_subjects(result)})
 
 
 def new_scan_id() -> str:
@@ -193,15 +155,12 @@ class ScanRecordStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        ScanRecordBase.metadata.create_all(engine)
-        _create_subjects_table(engine)
-        ScanSubjectBase.metadata.create_all(engine, tables=[_table(ScanBrandView)])  # new in this release: empty at first
 
-    def save(self, result: dict[str, Any], created_at: datetime, model_fingerprint: str, created_by: str = "system") -> None:
+    def save(self, result: ScanResult, created_at: datetime, model_fingerprint: str, created_by: str = "system") -> None:
         self.save_many([(result, created_at, model_fingerprint, created_by)])
 
     def save_many(
-        self, records: Sequence[tuple[dict[str, Any], datetime, str, str]], views: dict[str, BrandViews] | None = None
+        self, records: Sequence[tuple[ScanResult, datetime, str, str]], views: dict[str, BrandViews] | None = None
     ) -> None:
         """Store (result, created_at, model fingerprint, created by) records in one transaction: all or none; `views`
         (by scan id) holds each brand's verdict and risk of the scans that concern several brands."""
@@ -217,21 +176,21 @@ class ScanRecordStore:
         for result, created_at, model_fingerprint, created_by in records:
             rows.append(
                 {
-                    "scan_id": result["scan_id"],
-                    "listing_id": result.get("listing_id"),
+                    "scan_id": result.scan_id,
+                    "listing_id": result.listing_id,
                     "created_at": created_at,
-                    "verdict": result["verdict"],
-                    "risk": result.get("risk"),
+                    "verdict": result.verdict,
+                    "risk": result.risk,
                     "model_fingerprint": model_fingerprint,
-                    "index_version": result["index_version"],
-                    "input_sha256": [image["sha256"] for image in result["images"]],
-                    "result": result,
+                    "index_version": result.index_version,
+                    "input_sha256": [image.sha256 for image in result.images],
+                    "result": result.plain(),
                 }
             )
-            access.append({"scan_id": result["scan_id"], "created_by": created_by, "brands": concerned_brands(result)})
-            subjects.extend({"scan_id": result["scan_id"], "brand": b, "product": p} for b, p in scan_subjects(result))
-        # Core executemany on the tables, one statement per table for the whole batch; the ORM's bulk path here was
-        # a sixth of the service's Python (GIL) time per scanned photo
+            access.append({"scan_id": result.scan_id, "created_by": created_by, "brands": concerned_brands(result)})
+            subjects.extend({"scan_id": result.scan_id, "brand": b, "product": p} for b, p in scan_subjects(result))
+        # Core executemany on the tables, one statement per table for the whole batch; the ORM's bulk path here took a
+        # large share of the service's Python (GIL) time per scanned photo (see benchmarks/README.md, "Served throughput")
         with self._engine.begin() as connection:
             connection.execute(insert(_table(ScanRecord)), rows)
             connection.execute(insert(_table(ScanAccess)), access)
@@ -248,10 +207,11 @@ class ScanRecordStore:
                 return row.created_by, list(row.brands)
             return ("system", []) if session.get(ScanRecord, scan_id) is not None else None
 
-    def get(self, scan_id: str) -> dict[str, Any] | None:
+    def get(self, scan_id: str) -> ScanResult | None:
+        """The stored result of a scan (records of earlier releases too: see service/scanning/result.py), or None."""
         with self._sessions() as session:
             record = session.get(ScanRecord, scan_id)
-            return dict(record.result) if record else None
+            return ScanResult.model_validate(record.result) if record else None
 
     def query(
         self,
@@ -262,7 +222,7 @@ class ScanRecordStore:
         limit: int = 25,
         offset: int = 0,
         reviewed: bool | None = None,
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[ScanResult], int]:
         """Stored results newest first, filtered by verdict, brand (None: any), product, minimum risk and whether a
         reviewer gave feedback; and how many match in all."""
         conditions: list[ColumnElement[bool]] = []
@@ -285,7 +245,7 @@ class ScanRecordStore:
                 .limit(limit)
                 .offset(offset)
             )
-            return [dict(row.result) for row in rows], total
+            return [ScanResult.model_validate(row.result) for row in rows], total
 
     def daily_counts(self, since: datetime, brands: Collection[str] | None = None) -> list[tuple[str, str, int]]:
         """(UTC day as YYYY-MM-DD, verdict, scans) since `since`, for scans that concern `brands` (None: all)."""

@@ -34,7 +34,8 @@ class Match:
     similarity: float
 
     def as_dict(self) -> dict[str, object]:
-        # Spelled out: dataclasses.asdict (a recursive deep copy) took 6.5 us per match, 0.4 this way, top_k per photo
+        # Spelled out: dataclasses.asdict (a recursive deep copy) costs many times more per match, and there are
+        # top_k matches per photo on the finishing thread (see benchmarks/README.md, "What changed on 2026-11-30")
         return {
             "image_id": self.image_id,
             "brand": self.brand,
@@ -348,8 +349,8 @@ def rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def photo_result(photo: PhotoScore, evidence: PhotoEvidence, calibrator: Calibrator | None) -> dict[str, Any]:
-    """One photo's figures and evidence as a scan result shows them (its `sha256` is the caller's)."""
+def photo_figures(photo: PhotoScore, calibrator: Calibrator | None) -> dict[str, Any]:
+    """One photo's figures as a scan result shows them (a brand's view computes them again from part of the evidence)."""
     return {
         "risk": rounded(photo_risk(photo, calibrator)),
         "score": rounded(photo.score),
@@ -358,6 +359,13 @@ def photo_result(photo: PhotoScore, evidence: PhotoEvidence, calibrator: Calibra
         "nearest_authentic": rounded(photo.nearest_authentic),
         "nearest_counterfeit": rounded(photo.nearest_counterfeit),
         "margin": rounded(photo.margin),
+    }
+
+
+def photo_result(photo: PhotoScore, evidence: PhotoEvidence, calibrator: Calibrator | None) -> dict[str, Any]:
+    """One photo's figures and evidence as a scan result shows them (its `sha256` is the caller's)."""
+    return {
+        **photo_figures(photo, calibrator),
         "near_duplicates": [d.as_dict() for d in photo.near_duplicates],
         "matches": [m.as_dict() for m in evidence.matches],
     }

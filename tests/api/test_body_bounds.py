@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from service.api.body_limit import service_body_bounds
 from service.app import create_app
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests.console.helpers import sign_in
 from tests.helpers import stored_state, tiny_settings
 from tests.test_concurrency import ThreadedServer
@@ -82,8 +82,8 @@ def test_a_keyless_huge_body_is_answered_401_unread(client: TestClient, path: st
     assert time.perf_counter() - started < 2.0
 
 
-def test_a_key_without_the_role_is_answered_403_unread(client: TestClient, engine: ScanEngine) -> None:
-    token = engine.keys.create("scanner", [], "pipeline")[1]
+def test_a_key_without_the_role_is_answered_403_unread(client: TestClient, core: ServiceCore) -> None:
+    token = core.keys.create("scanner", [], "pipeline")[1]
     body = Body(HUGE)
     headers = {**body.headers("multipart/form-data; boundary=xyz"), "Authorization": f"Bearer {token}"}
     response = client.post("/v1/catalog/imports", content=body, headers=headers)
@@ -101,11 +101,11 @@ def test_health_checks_stay_open_and_metrics_keeps_its_key(client: TestClient) -
 
 
 def test_over_a_socket_the_401_comes_before_the_body_is_sent(
-    make_engine: Callable[[Settings], ScanEngine], settings: Settings
+    make_core: Callable[[Settings], ServiceCore], settings: Settings
 ) -> None:
     """The review's case through uvicorn: 120 MB of JSON announced, 64 KiB sent; the answer must not wait for the rest."""
-    engine = make_engine(settings)
-    with ThreadedServer(create_app(settings, engine=engine)) as server:
+    core = make_core(settings)
+    with ThreadedServer(create_app(settings, core=core)) as server:
         host, port = server.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             head = (
@@ -169,9 +169,9 @@ def test_a_too_big_json_body_with_a_valid_key_is_refused_before_parsing(bounded:
     assert 'counterfeit_scan_rejected_total{status="413"} 2.0' in bounded.get("/metrics").text
 
 
-def test_every_route_that_takes_a_body_is_in_the_table(bounded_settings: Settings, engine: ScanEngine) -> None:
+def test_every_route_that_takes_a_body_is_in_the_table(bounded_settings: Settings, core: ServiceCore) -> None:
     """A new upload route must say how much it takes, not fall back to the small default."""
-    app = create_app(bounded_settings, engine=engine)
+    app = create_app(bounded_settings, core=core)
     table = {(bound.method, bound.path) for bound in service_body_bounds(bounded_settings).bounds}
     routes = {
         (method, route.path_format)
@@ -186,8 +186,8 @@ def test_every_route_that_takes_a_body_is_in_the_table(bounded_settings: Setting
 
 # --- the console --------------------------------------------------------------------------------------------------
 @pytest.fixture
-def console(bounded_settings: Settings, engine: ScanEngine) -> Iterator[TestClient]:
-    with TestClient(create_app(bounded_settings, engine=engine), base_url="https://testserver") as web:
+def console(bounded_settings: Settings, core: ServiceCore) -> Iterator[TestClient]:
+    with TestClient(create_app(bounded_settings, core=core), base_url="https://testserver") as web:
         yield web
 
 
@@ -211,8 +211,8 @@ def test_console_posts_need_a_session_before_their_body_is_read(console: TestCli
 
 
 @pytest.mark.parametrize(("path", "bound"), CONSOLE_BOUNDS)
-def test_each_console_route_has_its_own_bound(console: TestClient, engine: ScanEngine, path: str, bound: int) -> None:
-    assert sign_in(console, engine.keys.create("admin", [], "console")[1]).status_code == 303
+def test_each_console_route_has_its_own_bound(console: TestClient, core: ServiceCore, path: str, bound: int) -> None:
+    assert sign_in(console, core.keys.create("admin", [], "console")[1]).status_code == 303
     over = Body(bound + 1)
     response = console.post(path, content=over, headers=over.headers("multipart/form-data; boundary=xyz"))
     assert response.status_code == 413, response.text

@@ -15,7 +15,7 @@ import anyio
 import pytest
 from fastapi.testclient import TestClient
 
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.imports.export import catalog_refs, stream_catalog_archive, write_catalog_archive
 from tests import imaging
 from tests.api.imports_helpers import catalog_rows, import_archive
@@ -64,11 +64,11 @@ def test_export_then_import_into_a_fresh_service_gives_the_same_catalog(
     assert ("Acme", "runner", "authentic", sha256(imaging.jpeg(1)), "studio shoot") in original
 
 
-def test_brand_keys_export_their_own_brands_only(client: TestClient, engine: ScanEngine) -> None:
+def test_brand_keys_export_their_own_brands_only(client: TestClient, core: ServiceCore) -> None:
     seed(client)
-    _, acme = engine.keys.create("brand", ["Acme"], "acme")
-    _, both = engine.keys.create("brand", ["Acme", "Globex"], "holding")
-    _, scanner = engine.keys.create("scanner", [], "pipeline")
+    _, acme = core.keys.create("brand", ["Acme"], "acme")
+    _, both = core.keys.create("brand", ["Acme", "Globex"], "holding")
+    _, scanner = core.keys.create("scanner", [], "pipeline")
 
     def export(token: str, query: str = "") -> tuple[int, dict[str, bytes]]:
         response = client.get(f"/v1/catalog/export{query}", headers={"Authorization": f"Bearer {token}"})
@@ -93,28 +93,28 @@ def test_brand_keys_export_their_own_brands_only(client: TestClient, engine: Sca
     assert {(entry["brand"], entry["details"]["images"]) for entry in audit} >= {("Acme", 4), ("Globex", 1), (None, 5)}
 
 
-def test_write_catalog_archive_to_a_file(client: TestClient, engine: ScanEngine, tmp_path: Path) -> None:
+def test_write_catalog_archive_to_a_file(client: TestClient, core: ServiceCore, tmp_path: Path) -> None:
     seed(client)
     target = tmp_path / "globex.tar.gz"
     with open(target, "wb") as out:
-        assert write_catalog_archive(engine, "Globex", "tar.gz", out) == 1
+        assert write_catalog_archive(core, "Globex", "tar.gz", out) == 1
     members = members_of(target.read_bytes(), "tar.gz")
     assert members[f"images/{sha256(imaging.jpeg(4))}.jpg"] == imaging.jpeg(4)
 
 
-def test_an_empty_brand_exports_just_a_manifest(client: TestClient, engine: ScanEngine) -> None:
+def test_an_empty_brand_exports_just_a_manifest(client: TestClient, core: ServiceCore) -> None:
     added = add_reference(client, imaging.jpeg(5), "Initech", "stapler", "authentic")
     client.delete(f"/v1/catalog/images/{added['image_id']}")
     members = members_of(client.get("/v1/catalog/export?brand=Initech").content, "zip")
     assert members == {"manifest.csv": b"path,brand,product,label,source,group\n"}
 
 
-def test_an_export_the_client_abandons_stops_writing(client: TestClient, engine: ScanEngine) -> None:
+def test_an_export_the_client_abandons_stops_writing(client: TestClient, core: ServiceCore) -> None:
     seed(client)
-    refs = catalog_refs(engine, "Acme")
+    refs = catalog_refs(core, "Acme")
 
     async def first_chunk_then_leave() -> bytes:
-        stream = stream_catalog_archive(engine, "Acme", "zip", refs, chunk_bytes=512)
+        stream = stream_catalog_archive(core, "Acme", "zip", refs, chunk_bytes=512)
         first = await anext(stream)
         await stream.aclose()  # what the server does when the client goes away
         return first

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests import imaging
 from tests.api.imports_helpers import catalog_revision, folder_members, import_archive, leftovers, photos, submit, wait_for
 from tests.archives import (
@@ -159,8 +159,8 @@ def test_a_member_bigger_than_an_image_may_be_is_a_row_error(make_client: Callab
         assert "more than the 20000 bytes an image may have" in job["errors"][0]["reason"]
 
 
-def test_a_brand_key_cannot_smuggle_rows_through_names(client: TestClient, engine: ScanEngine, data_dir: Path) -> None:
-    _, acme = engine.keys.create("brand", ["Acme"], "acme")
+def test_a_brand_key_cannot_smuggle_rows_through_names(client: TestClient, core: ServiceCore, data_dir: Path) -> None:
+    _, acme = core.keys.create("brand", ["Acme"], "acme")
     members = [*GOOD, ("Acme/../Globex/boot/authentic/x.jpg", imaging.jpeg(9))]
     job = wait_for(client, submit(client, zip_bytes(members), token=acme)["job_id"], token=acme)
     assert job["state"] == "failed" and "escapes the archive" in job["failure"]

@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 
 from service.access.api_keys import Principal
 from service.app import create_app
+from service.catalog.writer import ImportRow
 from service.config import Settings
-from service.engine import ImportRow, ScanEngine
+from service.core import ServiceCore
 from service.imports.job_store import ImportJobStore, Progress
 from service.imports.jobs import ImportJobs
 from service.scanning.photo_prep import PhotoInput
@@ -223,11 +224,11 @@ def test_missing_archive_field_is_422(client: TestClient) -> None:
 
 # --- who may import what, and see which jobs ---------------------------------------------------------------------------
 def test_brand_keys_import_into_their_own_brands_only_and_see_their_own_jobs(
-    client: TestClient, engine: ScanEngine, data_dir: Path
+    client: TestClient, core: ServiceCore, data_dir: Path
 ) -> None:
-    acme_key, acme = engine.keys.create("brand", ["Acme"], "acme team")
-    _, other_acme = engine.keys.create("brand", ["Acme"], "another acme key")
-    _, scanner = engine.keys.create("scanner", [], "pipeline")
+    acme_key, acme = core.keys.create("brand", ["Acme"], "acme team")
+    _, other_acme = core.keys.create("brand", ["Acme"], "another acme key")
+    _, scanner = core.keys.create("scanner", [], "pipeline")
     mine, theirs = photos(2), photos(2, start=20)
     members = folder_members("Acme", "runner", "authentic", mine) + folder_members("Globex", "boot", "authentic", theirs)
     job = wait_for(client, submit(client, zip_bytes(members), token=acme)["job_id"], token=acme)
@@ -266,43 +267,43 @@ def test_brand_keys_import_into_their_own_brands_only_and_see_their_own_jobs(
 
 # --- restarts ---------------------------------------------------------------------------------------------------------
 def test_a_job_queued_before_a_stop_runs_at_the_next_start(
-    make_client: Callable[..., TestClient], make_engine: Callable[[Settings], ScanEngine], settings: Settings
+    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], settings: Settings
 ) -> None:
-    engine = make_engine(settings)
+    core = make_core(settings)
     images = photos(5)
-    not_started = ImportJobs(settings, lambda: engine)  # a service that accepted the upload and stopped at once
+    not_started = ImportJobs(settings, lambda: core)  # a service that accepted the upload and stopped at once
     archive = zip_bytes(folder_members("Acme", "runner", "authentic", images))
-    key, _ = engine.keys.create("admin", [], "importer")  # a job acts for a key that exists and is not revoked
+    key, _ = core.keys.create("admin", [], "importer")  # a job acts for a key that exists and is not revoked
     queued = not_started.submit(archive, Principal(key["key_id"], "admin", frozenset()))
     assert queued["state"] == "queued"
     assert leftovers(settings.data_dir, settle_s=0) == [f"{queued['job_id']}.archive"]
 
-    client = make_client(settings, engine)  # the next start picks it up
+    client = make_client(settings, core)  # the next start picks it up
     job = wait_for(client, queued["job_id"])
     assert (job["state"], job["images_added"], job["rows_done"], job["rows_total"]) == ("succeeded", 5, 5, 5)
     assert leftovers(settings.data_dir) == []
 
 
 def test_a_job_interrupted_mid_way_resumes_without_importing_anything_twice(
-    make_client: Callable[..., TestClient], make_engine: Callable[[Settings], ScanEngine], settings: Settings
+    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], settings: Settings
 ) -> None:
-    engine = make_engine(settings)
+    core = make_core(settings)
     images = photos(6)
     members = folder_members("Acme", "runner", "authentic", images)
-    interrupted = ImportJobs(settings, lambda: engine)
-    key, _ = engine.keys.create("admin", [], "importer")
+    interrupted = ImportJobs(settings, lambda: core)
+    key, _ = core.keys.create("admin", [], "importer")
     job_id = interrupted.submit(zip_bytes(members), Principal(key["key_id"], "admin", frozenset()))["job_id"]
     # What a crash leaves: rows 0-2 committed to the catalog, but the last checkpoint says 2 rows done.
     rows = [
         ImportRow(str(i), PhotoInput(data), "Acme", "runner", "authentic", path) for i, (path, data) in enumerate(members[:3])
     ]
-    assert engine.import_rows(rows).added == 3
-    store = ImportJobStore(engine.db)
+    assert core.writer.import_rows(rows).added == 3
+    store = ImportJobStore(core.database)
     store.start(job_id)
     store.planned(job_id, "folders", 6, [])
     store.advance(job_id, Progress(rows=2, position=2, added=2, duplicates=0, errors=[]))
 
-    client = make_client(settings, engine)
+    client = make_client(settings, core)
     job = wait_for(client, job_id)
     assert job["state"] == "succeeded", job
     assert (job["rows_done"], job["rows_total"], job["images_added"], job["duplicates_skipped"]) == (6, 6, 5, 1)
@@ -313,17 +314,17 @@ def test_a_job_interrupted_mid_way_resumes_without_importing_anything_twice(
 
 
 def test_a_restarted_service_finishes_what_a_stopped_one_began(
-    make_client: Callable[..., TestClient], make_engine: Callable[[Settings], ScanEngine], data_dir: Path
+    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
     settings = tiny_settings(data_dir, import_chunk_rows=1)
     images = photos(12)
-    engine = make_engine(settings)
-    _, token = engine.keys.create("admin", [], "tests")
-    with TestClient(create_app(settings, engine=engine)) as first:
+    core = make_core(settings)
+    _, token = core.keys.create("admin", [], "tests")
+    with TestClient(create_app(settings, core=core)) as first:
         job_id = submit(first, zip_bytes(folder_members("Acme", "runner", "authentic", images)), token=token)["job_id"]
     # the app stopped whatever the job's progress: after the chunk in flight, leaving the job to the next start
 
-    second = make_client(settings, make_engine(settings))
+    second = make_client(settings, make_core(settings))
     job = wait_for(second, job_id)
     assert (job["state"], job["rows_done"], job["images_added"] + job["duplicates_skipped"]) == ("succeeded", 12, 12)
     assert sorted(r[3] for r in catalog_rows(data_dir)) == sorted(sha256(d) for d in images)

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.access.rate_limit import RateLimit, RateLimiter, retry_after_header, role_limits
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests.helpers import tiny_settings
 
 
@@ -86,8 +86,8 @@ def limited(make_client: Callable[..., TestClient], data_dir: Path) -> TestClien
 
 
 def key(engine_client: TestClient, role: str, brands: tuple[str, ...] = ()) -> dict[str, str]:
-    engine: ScanEngine = engine_client.app.state.runtime.engine  # type: ignore[attr-defined]
-    return {"Authorization": f"Bearer {engine.keys.create(role, list(brands), role)[1]}"}
+    core: ServiceCore = engine_client.app.state.runtime.core  # type: ignore[attr-defined]
+    return {"Authorization": f"Bearer {core.keys.create(role, list(brands), role)[1]}"}
 
 
 def test_a_key_over_its_limit_gets_429_with_retry_after_then_recovers(limited: TestClient) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import add_reference, scan
@@ -46,11 +46,11 @@ def test_relabel_takes_effect_for_the_next_scan_and_is_audited(client: TestClien
     assert (entries[0]["details"]["from"], entries[0]["details"]["to"]) == ("authentic", "counterfeit")
 
 
-def test_relabel_is_brand_scoped_and_checked(client: TestClient, engine: ScanEngine) -> None:
+def test_relabel_is_brand_scoped_and_checked(client: TestClient, core: ServiceCore) -> None:
     acme_image = add_reference(client, imaging.jpeg(1), "Acme", "runner", "authentic")
     globex_image = add_reference(client, imaging.jpeg(2), "Globex", "boot", "authentic")
-    acme_key, acme = engine.keys.create("brand", ["Acme"], "acme")
-    _, scanner = engine.keys.create("scanner", [], "pipeline")
+    acme_key, acme = core.keys.create("brand", ["Acme"], "acme")
+    _, scanner = core.keys.create("scanner", [], "pipeline")
 
     assert relabel(client, acme_image["image_id"], "counterfeit", acme)["label"] == "counterfeit"
     assert relabel(client, globex_image["image_id"], "counterfeit", acme, expect=404)["detail"].startswith("no reference")  # type: ignore[attr-defined]
@@ -64,14 +64,14 @@ def test_relabel_is_brand_scoped_and_checked(client: TestClient, engine: ScanEng
 
 
 def test_engine_relabel_reference_persists_across_a_restart(
-    engine: ScanEngine, make_engine: Callable[[Settings], ScanEngine], settings: Settings, data_dir: Path
+    core: ServiceCore, make_core: Callable[[Settings], ServiceCore], settings: Settings, data_dir: Path
 ) -> None:
-    ref = engine.add_reference(PhotoInput(imaging.jpeg(3)), "Acme", "runner", "counterfeit").ref
-    updated = engine.relabel_reference(ref.image_id, "authentic", actor="console")
+    ref = core.writer.add_reference(PhotoInput(imaging.jpeg(3)), "Acme", "runner", "counterfeit").ref
+    updated = core.writer.relabel_reference(ref.image_id, "authentic", actor="console")
     assert updated is not None and updated.label == "authentic" and updated.image_id == ref.image_id
-    assert engine.relabel_reference("ref_missing", "authentic") is None
-    engine.close()
-    reopened = make_engine(settings)
+    assert core.writer.relabel_reference("ref_missing", "authentic") is None
+    core.close()
+    reopened = make_core(settings)
     assert reopened.catalog.get_image(ref.image_id).label == "authentic"  # type: ignore[union-attr]
-    result = reopened.scan([PhotoInput(imaging.jpeg(3))], record=False)
+    result = reopened.pipeline.scan([PhotoInput(imaging.jpeg(3))], record=False).model_dump()
     assert result["images"][0]["matches"][0]["label"] == "authentic"

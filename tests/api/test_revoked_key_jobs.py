@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.access.api_keys import LOCAL_ADMIN, ApiKeyStore, Principal
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.imports.job_store import ImportJobStore, job_view
 from service.imports.jobs import ImportJobs
 from service.imports.runner import run_import_job
@@ -21,9 +21,9 @@ from tests.archives import zip_bytes
 from tests.helpers import sha256, tiny_settings
 
 
-def _brand_key(engine: ScanEngine) -> Principal:
-    record, token = engine.keys.create("brand", ["Acme"], "acme team")
-    principal = engine.keys.authenticate(token)
+def _brand_key(core: ServiceCore) -> Principal:
+    record, token = core.keys.create("brand", ["Acme"], "acme team")
+    principal = core.keys.authenticate(token)
     assert principal is not None and principal.key_id == record["key_id"]
     return principal
 
@@ -34,18 +34,18 @@ def _added_by(client: TestClient, key_id: str) -> int:
 
 
 def test_a_queued_job_of_a_key_revoked_before_a_restart_fails_and_adds_nothing(
-    make_client: Callable[..., TestClient], make_engine: Callable[[Settings], ScanEngine], data_dir: Path
+    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
     settings = tiny_settings(data_dir, import_chunk_rows=2)
-    engine = make_engine(settings)
-    acme = _brand_key(engine)
-    stopped = ImportJobs(settings, lambda: engine)  # a service that accepted the upload, then stopped
+    core = make_core(settings)
+    acme = _brand_key(core)
+    stopped = ImportJobs(settings, lambda: core)  # a service that accepted the upload, then stopped
     archive = zip_bytes(folder_members("Acme", "runner", "authentic", photos(6)))
     queued = stopped.submit(archive, acme)
     assert queued["state"] == "queued"
-    ApiKeyStore(engine.db).revoke(acme.key_id)  # `counterfeit-scan keys revoke`, another process
+    ApiKeyStore(core.database).revoke(acme.key_id)  # `counterfeit-scan keys revoke`, another process
 
-    client = make_client(settings, engine)  # the next start picks the job up, and must not run it
+    client = make_client(settings, core)  # the next start picks the job up, and must not run it
     job = wait_for(client, queued["job_id"])
     assert job["state"] == "failed", job
     assert f"the key {acme.key_id} that submitted it was revoked at" in job["failure"], job["failure"]
@@ -59,16 +59,16 @@ def test_a_queued_job_of_a_key_revoked_before_a_restart_fails_and_adds_nothing(
 
 
 def test_a_revocation_between_two_chunks_stops_the_job_after_the_chunk_in_flight(
-    make_engine: Callable[[Settings], ScanEngine], data_dir: Path
+    make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
     settings = tiny_settings(data_dir, import_chunk_rows=2)
-    engine = make_engine(settings)
-    acme = _brand_key(engine)
+    core = make_core(settings)
+    acme = _brand_key(core)
     images = photos(6)
-    job_id = ImportJobs(settings, lambda: engine).submit(zip_bytes(folder_members("Acme", "runner", "authentic", images)), acme)[
+    job_id = ImportJobs(settings, lambda: core).submit(zip_bytes(folder_members("Acme", "runner", "authentic", images)), acme)[
         "job_id"
     ]
-    other_process = ApiKeyStore(engine.db)
+    other_process = ApiKeyStore(core.database)
 
     class RevokedAfterFirstChunk(threading.Event):
         """The worker's stop flag, read once before each chunk; the key is revoked just before the second chunk."""
@@ -82,8 +82,8 @@ def test_a_revocation_between_two_chunks_stops_the_job_after_the_chunk_in_flight
             return super().is_set()
 
     stop = RevokedAfterFirstChunk()
-    store = ImportJobStore(engine.db)
-    run_import_job(engine, store, job_id, stop)
+    store = ImportJobStore(core.database)
+    run_import_job(core, store, job_id, stop)
     row = store.get(job_id)
     assert row is not None
     job = job_view(row)
@@ -92,20 +92,20 @@ def test_a_revocation_between_two_chunks_stops_the_job_after_the_chunk_in_flight
     assert (job["rows_total"], job["rows_done"], job["images_added"]) == (6, 2, 2)
     stored = catalog_rows(data_dir)
     assert len(stored) == 2 and {r[3] for r in stored} <= {sha256(d) for d in images}
-    assert len(engine.audit.query(actor=acme.key_id, action="catalog.add")) == 2
+    assert len(core.audit.query(actor=acme.key_id, action="catalog.add")) == 2
 
 
 def test_jobs_of_unknown_keys_and_of_the_local_admin_once_auth_is_on_fail(
-    make_client: Callable[..., TestClient], make_engine: Callable[[Settings], ScanEngine], data_dir: Path
+    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
     settings = tiny_settings(data_dir)
-    engine = make_engine(settings)
-    stopped = ImportJobs(settings, lambda: engine)
+    core = make_core(settings)
+    stopped = ImportJobs(settings, lambda: core)
     archive = zip_bytes(folder_members("Acme", "runner", "authentic", photos(2)))
     ghost = stopped.submit(archive, Principal("key_0123456789abcdef", "admin", frozenset()))["job_id"]
     local = stopped.submit(archive, LOCAL_ADMIN)["job_id"]  # accepted while auth was disabled
 
-    client = make_client(settings, engine)  # auth on
+    client = make_client(settings, core)  # auth on
     ghost_job, local_job = wait_for(client, ghost), wait_for(client, local)
     assert (ghost_job["state"], local_job["state"]) == ("failed", "failed")
     assert "does not exist" in ghost_job["failure"]
@@ -114,14 +114,14 @@ def test_jobs_of_unknown_keys_and_of_the_local_admin_once_auth_is_on_fail(
 
 
 def test_a_job_of_the_local_admin_runs_while_auth_stays_disabled(
-    make_client: Callable[..., TestClient], make_engine: Callable[[Settings], ScanEngine], data_dir: Path
+    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
     settings = tiny_settings(data_dir, auth_disabled=True)
-    engine = make_engine(settings)
+    core = make_core(settings)
     images = photos(2)
-    job_id = ImportJobs(settings, lambda: engine).submit(
+    job_id = ImportJobs(settings, lambda: core).submit(
         zip_bytes(folder_members("Acme", "runner", "authentic", images)), LOCAL_ADMIN
     )["job_id"]
-    job = wait_for(make_client(settings, engine), job_id)
+    job = wait_for(make_client(settings, core), job_id)
     assert (job["state"], job["images_added"]) == ("succeeded", 2), job
     assert sorted(r[3] for r in catalog_rows(data_dir)) == sorted(sha256(d) for d in images)

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests import imaging
 from tests.helpers import add_reference, tiny_settings
 
@@ -32,16 +32,16 @@ class SharedScan:
     acme_fake: str
 
 
-def bearer(engine: ScanEngine, role: str, *brands: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {engine.keys.create(role, list(brands), role)[1]}"}
+def bearer(core: ServiceCore, role: str, *brands: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {core.keys.create(role, list(brands), role)[1]}"}
 
 
-def seed_shared_scan(client: TestClient, engine: ScanEngine) -> SharedScan:
+def seed_shared_scan(client: TestClient, core: ServiceCore) -> SharedScan:
     add_reference(client, imaging.jpeg(11), brand="Nike", product="air-force-1")
     add_reference(client, imaging.jpeg(12), brand="Nike", product="air-force-1", label="counterfeit")
     add_reference(client, imaging.jpeg(13), brand="Acme", product="runner")
     acme_fake = add_reference(client, imaging.jpeg(14), brand="Acme", product="runner", label="counterfeit")["image_id"]
-    scanner = bearer(engine, "scanner")
+    scanner = bearer(core, "scanner")
     files = [("images", ("nike.jpg", imaging.jpeg(11, quality=70), "image/jpeg")),
              ("images", ("acme.jpg", imaging.jpeg(14), "image/jpeg"))]  # fmt: skip
     response = client.post("/v1/scan", headers=scanner, files=files)
@@ -50,7 +50,7 @@ def seed_shared_scan(client: TestClient, engine: ScanEngine) -> SharedScan:
     # The setting the issue describes: each photo's evidence (top_k=1) is its own brand's; the scan is kept.
     assert [[m["brand"] for m in image["matches"]] for image in result["images"]] == [["Nike"], ["Acme"]]
     assert result["images"][1]["near_duplicates"][0]["label"] == "counterfeit" and result["photos_kept"]
-    return SharedScan(result, bearer(engine, "brand", "Nike"), bearer(engine, "brand", "Acme"), scanner, acme_fake)
+    return SharedScan(result, bearer(core, "brand", "Nike"), bearer(core, "brand", "Acme"), scanner, acme_fake)
 
 
 @pytest.fixture
@@ -59,15 +59,15 @@ def shared_settings(data_dir: Any) -> Settings:
 
 
 @pytest.fixture
-def shared_client(make_client: Callable[..., TestClient], make_engine: Callable[[Settings], ScanEngine],
-                  shared_settings: Settings) -> tuple[TestClient, ScanEngine]:  # fmt: skip
-    engine = make_engine(shared_settings)
-    return make_client(shared_settings, engine), engine
+def shared_client(make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore],
+                  shared_settings: Settings) -> tuple[TestClient, ServiceCore]:  # fmt: skip
+    core = make_core(shared_settings)
+    return make_client(shared_settings, core), core
 
 
-def test_each_brand_sees_and_gives_only_its_own_feedback(shared_client: tuple[TestClient, ScanEngine]) -> None:
-    client, engine = shared_client
-    shared = seed_shared_scan(client, engine)
+def test_each_brand_sees_and_gives_only_its_own_feedback(shared_client: tuple[TestClient, ServiceCore]) -> None:
+    client, core = shared_client
+    shared = seed_shared_scan(client, core)
     scan_id = shared.scan["scan_id"]
     url = f"/v1/scans/{scan_id}"
 
@@ -101,7 +101,7 @@ def test_each_brand_sees_and_gives_only_its_own_feedback(shared_client: tuple[Te
     assert notes(shared.acme) == ["acme saw it"]
     assert notes(shared.nike) == [NIKE_NOTE]
     assert notes() == [NIKE_NOTE, "acme saw it"]  # admin: all of it
-    assert [f["brand"] for f in engine.feedback.for_scan(scan_id)] == ["Nike", "Acme"]
+    assert [f["brand"] for f in core.feedback.for_scan(scan_id)] == ["Nike", "Acme"]
 
     # Adding photos to another brand's catalog stays forbidden, in words that name no other brand.
     sneaky = client.post(f"{url}/feedback", headers=shared.acme,
@@ -110,9 +110,9 @@ def test_each_brand_sees_and_gives_only_its_own_feedback(shared_client: tuple[Te
     assert notes(shared.acme) == ["acme saw it"]
 
 
-def test_a_brand_sees_figures_computed_from_its_own_evidence(shared_client: tuple[TestClient, ScanEngine]) -> None:
-    client, engine = shared_client
-    shared = seed_shared_scan(client, engine)
+def test_a_brand_sees_figures_computed_from_its_own_evidence(shared_client: tuple[TestClient, ServiceCore]) -> None:
+    client, core = shared_client
+    shared = seed_shared_scan(client, core)
     url = f"/v1/scans/{shared.scan['scan_id']}"
     full = client.get(url).json()
     assert full["features"]["near_dup_fake"] == 1.0 and full["images"][1]["nearest_counterfeit"] == 1.0  # admin: all
@@ -144,21 +144,22 @@ def test_a_brand_sees_figures_computed_from_its_own_evidence(shared_client: tupl
 
 
 def test_feedback_from_before_brands_were_recorded(
-    make_client: Callable[..., TestClient], make_engine: Callable[[Settings], ScanEngine], shared_settings: Settings
+    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], shared_settings: Settings
 ) -> None:
     """A database made by the previous release (no scan_feedback_brands table) keeps working: its feedback, which names
     no brand, is shown to a brand on scans of its own only."""
-    engine = make_engine(shared_settings)
-    client = make_client(shared_settings, engine)
-    shared = seed_shared_scan(client, engine)
+    core = make_core(shared_settings)
+    client = make_client(shared_settings, core)
+    shared = seed_shared_scan(client, core)
     own = client.post("/v1/scan", headers=shared.acme, files=[("images", ("a.jpg", imaging.jpeg(14), "image/jpeg"))]).json()
     for scan_id in (shared.scan["scan_id"], own["scan_id"]):
         assert client.post(f"/v1/scans/{scan_id}/feedback", json={"verdict": "not_applicable", "note": "old"}).status_code == 201
-    engine.close()
+    core.close()
     with sqlite3.connect(shared_settings.data_dir / "catalog.sqlite3") as db:
         db.execute("drop table scan_feedback_brands")
+        db.execute("drop table alembic_version")  # that release had no migrations either
 
-    reopened = make_engine(shared_settings)
+    reopened = make_core(shared_settings)
     again = make_client(shared_settings, reopened)
     assert [f["note"] for f in again.get(f"/v1/scans/{own['scan_id']}", headers=shared.acme).json()["feedback"]] == ["old"]
     assert again.get(f"/v1/scans/{shared.scan['scan_id']}", headers=shared.acme).json()["feedback"] == []
@@ -170,11 +171,11 @@ def test_feedback_from_before_brands_were_recorded(
 
 
 def test_each_brands_queue_and_dashboard_select_a_shared_scan_by_the_verdict_it_sees(
-    shared_client: tuple[TestClient, ScanEngine],
+    shared_client: tuple[TestClient, ServiceCore],
 ) -> None:
-    client, engine = shared_client
-    shared = seed_shared_scan(client, engine)
-    scan_id, stored = shared.scan["scan_id"], engine.scans.get(shared.scan["scan_id"])
+    client, core = shared_client
+    shared = seed_shared_scan(client, core)
+    scan_id, stored = shared.scan["scan_id"], core.scans.get(shared.scan["scan_id"])
     assert stored is not None
     nike = client.get(f"/v1/scans/{scan_id}", headers=shared.nike).json()
     acme = client.get(f"/v1/scans/{scan_id}", headers=shared.acme).json()
@@ -182,23 +183,23 @@ def test_each_brands_queue_and_dashboard_select_a_shared_scan_by_the_verdict_it_
     # the whole record, as an admin sees it, sits between.
     assert (nike["verdict"], nike["risk"]) == ("needs_review", 0.0)
     assert (acme["verdict"], acme["risk"]) == ("likely_counterfeit", 1.0)
-    assert (stored["verdict"], stored["risk"]) == ("needs_review", 0.5)
+    assert (stored.verdict, stored.risk) == ("needs_review", 0.5)
 
     def found(verdicts: tuple[str, ...], brands: set[str] | None, min_risk: float | None = None) -> int:
-        return engine.scans.query(verdicts=verdicts, brands=brands, min_risk=min_risk)[1]
+        return core.scans.query(verdicts=verdicts, brands=brands, min_risk=min_risk)[1]
 
     assert found(("likely_counterfeit",), {"Acme"}) == 1 and found(("likely_counterfeit",), {"Nike"}) == 0
     assert found(("needs_review",), {"Nike"}, min_risk=0.3) == 0  # Nike's queue is not raised by Acme's evidence
     assert found(("needs_review",), None, min_risk=0.3) == 1  # the admin's, by the whole record
     since = datetime.now(UTC) - timedelta(days=1)
-    assert [v for _, v, _ in engine.scans.daily_counts(since, {"Nike"})] == ["needs_review"]
-    assert [v for _, v, _ in engine.scans.daily_counts(since, {"Acme"})] == ["likely_counterfeit"]
-    assert [v for _, v, _ in engine.scans.daily_counts(since)] == [stored["verdict"]]
+    assert [v for _, v, _ in core.scans.daily_counts(since, {"Nike"})] == ["needs_review"]
+    assert [v for _, v, _ in core.scans.daily_counts(since, {"Acme"})] == ["likely_counterfeit"]
+    assert [v for _, v, _ in core.scans.daily_counts(since)] == [stored.verdict]
 
 
-def test_the_scanner_reads_each_brands_verdict_but_not_its_note(shared_client: tuple[TestClient, ScanEngine]) -> None:
-    client, engine = shared_client
-    shared = seed_shared_scan(client, engine)
+def test_the_scanner_reads_each_brands_verdict_but_not_its_note(shared_client: tuple[TestClient, ServiceCore]) -> None:
+    client, core = shared_client
+    shared = seed_shared_scan(client, core)
     url = f"/v1/scans/{shared.scan['scan_id']}"
     given = client.post(f"{url}/feedback", headers=shared.nike, json={
         "verdict": "confirmed_counterfeit", "note": NIKE_NOTE, "brand": "Nike", "product": "air-force-1"})  # fmt: skip

@@ -1,4 +1,4 @@
-"""Fixtures for the console tests: the real app on a tiny engine, reached over https://testserver (Secure cookies)."""
+"""Fixtures for the console tests: the real app on a tiny core, reached over https://testserver (Secure cookies)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests.console.helpers import TwoBrands, seed_two_brands
 
 
 @pytest.fixture
-def console_app(settings: Settings, engine: ScanEngine) -> FastAPI:
-    return create_app(settings, engine=engine)
+def console_app(settings: Settings, core: ServiceCore) -> FastAPI:
+    return create_app(settings, core=core)
 
 
 @pytest.fixture
@@ -27,5 +27,5 @@ def web(console_app: FastAPI) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def brands(engine: ScanEngine) -> TwoBrands:
-    return seed_two_brands(engine)
+def brands(core: ServiceCore) -> TwoBrands:
+    return seed_two_brands(core)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import httpx2
 from fastapi.testclient import TestClient
 
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 
@@ -49,19 +49,21 @@ class TwoBrands:
     bolt_scan: str
 
 
-def seed_two_brands(engine: ScanEngine) -> TwoBrands:
+def seed_two_brands(core: ServiceCore) -> TwoBrands:
     images: dict[str, list[str]] = {"Acme": [], "Bolt": []}
     for seed in range(8):
         brand = "Acme" if seed < 4 else "Bolt"
         label = "counterfeit" if seed % 2 == 0 else "authentic"
-        added = engine.add_reference(PhotoInput(imaging.jpeg(seed)), brand, "runner" if seed < 4 else "boot", label, "tests")
+        added = core.writer.add_reference(PhotoInput(imaging.jpeg(seed)), brand, "runner" if seed < 4 else "boot", label, "tests")
         images[brand].append(added.ref.image_id)
     scans = {}
     for brand, seed in (("Acme", 0), ("Bolt", 4)):  # each a copy of a known fake of its brand: flagged
-        result = engine.scan([PhotoInput(imaging.jpeg(seed))], brand=brand, listing_id=f"{brand}-listing", actor="tests")
+        result = core.pipeline.scan(
+            [PhotoInput(imaging.jpeg(seed))], brand=brand, listing_id=f"{brand}-listing", actor="tests"
+        ).model_dump()
         assert result["verdict"] in ("likely_counterfeit", "needs_review"), result["verdict"]
         scans[brand] = result["scan_id"]
-    keys = engine.keys
+    keys = core.keys
     return TwoBrands(
         acme_key=keys.create("brand", ["Acme"], "acme team")[1],
         bolt_key=keys.create("brand", ["Bolt"], "bolt team")[1],

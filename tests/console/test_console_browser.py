@@ -24,7 +24,7 @@ import uvicorn
 
 from embeddings import ImageEmbedder
 from service.app import create_app
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests import imaging
 from tests.archives import manifest, zip_bytes
 from tests.helpers import REPO_ROOT, pick_sneakers, read_rows, shared_set, tiny_settings
@@ -53,7 +53,7 @@ if not CHROMIUM:
 @dataclass
 class LiveConsole:
     url: str
-    engine: ScanEngine
+    core: ServiceCore
     admin_key: str
     nike_key: str
     acme_key: str
@@ -70,12 +70,12 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_embedder: ImageEmbedder)
     sneakers = shared_set("sneakers")
     settings = tiny_settings(tmp_path_factory.mktemp("console") / "data", import_chunk_rows=4)
     assert settings.console_cookie_secure  # Chromium keeps Secure cookies on http://127.0.0.1: no setting change
-    engine = ScanEngine(settings, tiny_embedder)
-    engine.sync_index()
-    keys = engine.keys
+    core = ServiceCore(settings, tiny_embedder)
+    core.index_keeper.sync()
+    keys = core.keys
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), log_level="warning", timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, core=core), log_level="warning", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -85,7 +85,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_embedder: ImageEmbedder)
     try:
         yield LiveConsole(
             url=f"http://127.0.0.1:{sock.getsockname()[1]}",
-            engine=engine,
+            core=core,
             admin_key=keys.create("admin", [], "admin")[1],
             nike_key=keys.create("brand", ["Nike"], "nike brand protection")[1],
             acme_key=keys.create("brand", ["Acme"], "acme team")[1],
@@ -96,7 +96,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_embedder: ImageEmbedder)
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
-        engine.close()
+        core.close()
 
 
 @pytest.fixture(scope="module")

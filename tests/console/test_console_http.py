@@ -19,7 +19,7 @@ from service.config import Settings
 from service.console.queries import catalog_images
 from service.console.sessions import ConsoleSession, SessionStore, digest
 from service.console.thumbnails import THUMBNAIL_SIZES, Thumbnails
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.archives import zip_bytes
@@ -43,7 +43,7 @@ def test_pages_need_a_session(web: TestClient) -> None:
     assert web.get("/console", follow_redirects=False).headers["location"] == "/console/review"
 
 
-def test_sign_in_sets_a_hardened_session_cookie(web: TestClient, engine: ScanEngine, brands: TwoBrands, data_dir: Path) -> None:
+def test_sign_in_sets_a_hardened_session_cookie(web: TestClient, core: ServiceCore, brands: TwoBrands, data_dir: Path) -> None:
     page = web.get("/console/sign-in")
     assert page.status_code == 200 and 'type="password"' in page.text and '<label for="api-key">' in page.text
     assert "default-src 'none'" in page.headers["content-security-policy"] and page.headers["x-frame-options"] == "DENY"
@@ -62,11 +62,11 @@ def test_sign_in_sets_a_hardened_session_cookie(web: TestClient, engine: ScanEng
     assert home.status_code == 200 and "acme team" in home.text and "Sign out" in home.text
 
 
-def test_cookie_secure_flag_follows_the_setting(make_engine: Callable[[Settings], ScanEngine], tmp_path: Path) -> None:
+def test_cookie_secure_flag_follows_the_setting(make_core: Callable[[Settings], ServiceCore], tmp_path: Path) -> None:
     settings = tiny_settings(tmp_path / "data", console_cookie_secure=False)
-    engine = make_engine(settings)
-    key = engine.keys.create("admin", [], "dev")[1]
-    with TestClient(create_app(settings, engine=engine)) as client:  # plain http://testserver
+    core = make_core(settings)
+    key = core.keys.create("admin", [], "dev")[1]
+    with TestClient(create_app(settings, core=core)) as client:  # plain http://testserver
         response = sign_in(client, key)
         assert response.status_code == 303
         assert "secure" not in cookie_header(response, "cs_console").lower()
@@ -101,7 +101,7 @@ def test_next_cannot_leave_the_console(web: TestClient, brands: TwoBrands) -> No
         web.cookies.clear()
 
 
-def test_posts_without_the_csrf_token_are_refused(web: TestClient, engine: ScanEngine, brands: TwoBrands) -> None:
+def test_posts_without_the_csrf_token_are_refused(web: TestClient, core: ServiceCore, brands: TwoBrands) -> None:
     sign_in(web, brands.acme_key)
     image_id = brands.acme_images[0]
     assert web.post(f"/console/catalog/images/{image_id}/delete").status_code == 403
@@ -114,12 +114,12 @@ def test_posts_without_the_csrf_token_are_refused(web: TestClient, engine: ScanE
     other_site = web.post(f"/console/catalog/images/{image_id}/delete", data={"csrf_token": token},
                           headers={"Origin": "https://evil.example"})  # fmt: skip
     assert other_site.status_code == 403
-    assert engine.catalog.get_image(image_id) is not None and engine.feedback.for_scan(brands.acme_scan) == []
+    assert core.catalog.get_image(image_id) is not None and core.feedback.for_scan(brands.acme_scan) == []
     ok = web.post(f"/console/catalog/images/{image_id}/delete", headers={"X-CSRF-Token": token, "HX-Request": "true"})
-    assert ok.status_code == 200 and "Deleted" in ok.text and engine.catalog.get_image(image_id) is None
+    assert ok.status_code == 200 and "Deleted" in ok.text and core.catalog.get_image(image_id) is None
 
 
-def test_sign_out_and_revocation_end_sessions(web: TestClient, engine: ScanEngine, brands: TwoBrands) -> None:
+def test_sign_out_and_revocation_end_sessions(web: TestClient, core: ServiceCore, brands: TwoBrands) -> None:
     sign_in(web, brands.acme_key)
     token = page_csrf(web)
     out = web.post("/console/sign-out", data={"csrf_token": token}, follow_redirects=False)
@@ -130,25 +130,25 @@ def test_sign_out_and_revocation_end_sessions(web: TestClient, engine: ScanEngin
 
     sign_in(web, brands.acme_key)
     assert web.get("/console/review").status_code == 200
-    acme_key_id = next(k["key_id"] for k in engine.keys.list() if k["name"] == "acme team")
-    engine.keys.revoke(acme_key_id)
+    acme_key_id = next(k["key_id"] for k in core.keys.list() if k["name"] == "acme team")
+    core.keys.revoke(acme_key_id)
     assert web.get("/console/review", follow_redirects=False).status_code == 303  # at once, at the next request
-    assert SessionStore(engine.db, 60).count_for_key(acme_key_id) == 0
+    assert SessionStore(core.database, 60).count_for_key(acme_key_id) == 0
 
 
-def test_sessions_expire(engine: ScanEngine, brands: TwoBrands) -> None:
-    store = SessionStore(engine.db, 3600)
-    key_id = next(k["key_id"] for k in engine.keys.list() if k["name"] == "bolt team")
+def test_sessions_expire(core: ServiceCore, brands: TwoBrands) -> None:
+    store = SessionStore(core.database, 3600)
+    key_id = next(k["key_id"] for k in core.keys.list() if k["name"] == "bolt team")
     token = store.create(key_id)
     signed_in = store.resolve(token)
     assert signed_in is not None and signed_in.principal.brands == frozenset({"Bolt"})
     assert store.resolve(token + "x") is None and store.resolve("") is None
-    with sessionmaker(engine.db).begin() as session:
+    with sessionmaker(core.database).begin() as session:
         session.execute(update(ConsoleSession).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     assert store.resolve(token) is None and store.count_for_key(key_id) == 0
 
 
-def test_a_brand_user_sees_only_its_brand(web: TestClient, engine: ScanEngine, brands: TwoBrands) -> None:
+def test_a_brand_user_sees_only_its_brand(web: TestClient, core: ServiceCore, brands: TwoBrands) -> None:
     sign_in(web, brands.acme_key)
     queue = web.get("/console/review").text
     assert brands.acme_scan in queue and brands.bolt_scan not in queue and "Bolt" not in queue
@@ -173,7 +173,7 @@ def test_a_brand_user_sees_only_its_brand(web: TestClient, engine: ScanEngine, b
         (f"/console/scans/{brands.bolt_scan}/feedback", {"verdict": "confirmed_authentic"}),
     ):
         assert web.post(path, data={"csrf_token": token, **data}).status_code == 404, path
-    assert engine.catalog.get_image(brands.bolt_images[0]) is not None and engine.feedback.for_scan(brands.bolt_scan) == []
+    assert core.catalog.get_image(brands.bolt_images[0]) is not None and core.feedback.for_scan(brands.bolt_scan) == []
     dashboard = web.get("/console/dashboard").text
     assert 'data-figure="scans">1<' in dashboard and "Bolt" not in dashboard
     assert 'data-figure="scans">1<' in web.get("/console/dashboard?brand=Bolt").text  # not theirs: their own figures
@@ -192,7 +192,7 @@ def test_admin_sees_every_brand(web: TestClient, brands: TwoBrands) -> None:
     assert 'data-figure="scans">2<' in web.get("/console/dashboard?brand=Nobody").text  # unknown: all brands
 
 
-def test_upload_relabel_and_feedback(web: TestClient, engine: ScanEngine, brands: TwoBrands) -> None:
+def test_upload_relabel_and_feedback(web: TestClient, core: ServiceCore, brands: TwoBrands) -> None:
     sign_in(web, brands.acme_key)
     token = page_csrf(web)
     htmx = {"X-CSRF-Token": token, "HX-Request": "true"}
@@ -213,25 +213,25 @@ def test_upload_relabel_and_feedback(web: TestClient, engine: ScanEngine, brands
     image_id = brands.acme_images[1]  # authentic
     relabelled = web.post(f"/console/catalog/images/{image_id}/label", data={"label": "counterfeit"}, headers=htmx)
     assert relabelled.status_code == 200 and 'data-label="counterfeit"' in relabelled.text
-    ref = engine.catalog.get_image(image_id)
+    ref = core.catalog.get_image(image_id)
     assert ref is not None and ref.label == "counterfeit"
 
-    before = len(engine.catalog.all_images())
+    before = len(core.catalog.all_images())
     feedback = web.post(f"/console/scans/{brands.acme_scan}/feedback", data={"verdict": "confirmed_counterfeit", "note": "logo"},
                         headers=htmx)  # fmt: skip
     assert feedback.status_code == 201 and "Recorded: confirmed counterfeit" in feedback.text, feedback.text
-    (recorded,) = engine.feedback.for_scan(brands.acme_scan)
+    (recorded,) = core.feedback.for_scan(brands.acme_scan)
     assert recorded["verdict"] == "confirmed_counterfeit" and recorded["note"] == "logo"
     # the scan's photo is a copy of an Acme known fake already in the catalog: that image, nothing new
-    assert recorded["added_image_ids"] == [brands.acme_images[0]] and len(engine.catalog.all_images()) == before
+    assert recorded["added_image_ids"] == [brands.acme_images[0]] and len(core.catalog.all_images()) == before
     page = web.get(f"/console/scans/{brands.acme_scan}").text
     assert 'data-verdict="confirmed_counterfeit"' in page
     invalid = web.post(f"/console/scans/{brands.acme_scan}/feedback", data={"verdict": "maybe"}, headers=htmx)
     assert invalid.status_code == 422
 
 
-def test_feedback_on_a_new_photo_adds_it_to_the_catalog(web: TestClient, engine: ScanEngine, brands: TwoBrands) -> None:
-    result = engine.scan([PhotoInput(imaging.jpeg(77))], brand="Acme", product="runner", actor="tests")
+def test_feedback_on_a_new_photo_adds_it_to_the_catalog(web: TestClient, core: ServiceCore, brands: TwoBrands) -> None:
+    result = core.pipeline.scan([PhotoInput(imaging.jpeg(77))], brand="Acme", product="runner", actor="tests").model_dump()
     if result["verdict"] not in ("likely_counterfeit", "needs_review"):
         pytest.skip(f"random weights answered {result['verdict']}")
     sign_in(web, brands.acme_key)
@@ -240,17 +240,17 @@ def test_feedback_on_a_new_photo_adds_it_to_the_catalog(web: TestClient, engine:
     form = {"verdict": "confirmed_counterfeit", "csrf_token": token}
     response = web.post(f"/console/scans/{scan_id}/feedback", data=form, follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == f"/console/scans/{scan_id}"
-    (recorded,) = engine.feedback.for_scan(scan_id)
+    (recorded,) = core.feedback.for_scan(scan_id)
     (new_id,) = recorded["added_image_ids"]
-    ref = engine.catalog.get_image(new_id)
+    ref = core.catalog.get_image(new_id)
     assert ref is not None and (ref.brand, ref.product, ref.label) == ("Acme", "runner", "counterfeit")
     assert ref.source == f"scan:{scan_id}"
     assert new_id in web.get("/console/catalog?brand=Acme&product=runner&label=counterfeit").text
 
 
-def test_auth_disabled_signs_in_as_local_admin(make_engine: Callable[[Settings], ScanEngine], tmp_path: Path) -> None:
+def test_auth_disabled_signs_in_as_local_admin(make_core: Callable[[Settings], ServiceCore], tmp_path: Path) -> None:
     settings = tiny_settings(tmp_path / "data", auth_disabled=True)
-    with TestClient(create_app(settings, engine=make_engine(settings)), base_url="https://testserver") as client:
+    with TestClient(create_app(settings, core=make_core(settings)), base_url="https://testserver") as client:
         page = client.get("/console/sign-in")
         assert "Authentication is disabled" in page.text and 'name="api_key"' not in page.text
         response = sign_in(client, "")
@@ -258,9 +258,9 @@ def test_auth_disabled_signs_in_as_local_admin(make_engine: Callable[[Settings],
         assert "local admin" in client.get("/console/review").text
 
 
-def test_console_can_be_turned_off(make_engine: Callable[[Settings], ScanEngine], tmp_path: Path) -> None:
+def test_console_can_be_turned_off(make_core: Callable[[Settings], ServiceCore], tmp_path: Path) -> None:
     settings = tiny_settings(tmp_path / "data", console_enabled=False)
-    with TestClient(create_app(settings, engine=make_engine(settings))) as client:
+    with TestClient(create_app(settings, core=make_core(settings))) as client:
         assert client.get("/console/sign-in").status_code == 404
         assert client.get("/console/static/htmx.min.js").status_code == 404
 
@@ -273,17 +273,17 @@ def test_static_files_and_htmx_licence(web: TestClient) -> None:
     assert web.get("/console/static/console.css").status_code == 200
 
 
-def test_catalog_pages_are_scoped_and_paged_in_sql(engine: ScanEngine, brands: TwoBrands) -> None:
+def test_catalog_pages_are_scoped_and_paged_in_sql(core: ServiceCore, brands: TwoBrands) -> None:
     acme = frozenset({"Acme"})
-    first, total = catalog_images(engine, acme, "Acme", None, None, limit=3, offset=0)
-    rest, _ = catalog_images(engine, acme, "Acme", None, None, limit=3, offset=3)
+    first, total = catalog_images(core, acme, "Acme", None, None, limit=3, offset=0)
+    rest, _ = catalog_images(core, acme, "Acme", None, None, limit=3, offset=3)
     assert total == 4 and len(first) == 3 and len(rest) == 1
     assert {r.image_id for r in first + rest} == set(brands.acme_images)
     assert [r.created_at for r in first] == sorted((r.created_at for r in first), reverse=True)
-    assert catalog_images(engine, acme, "Bolt", None, None) == ([], 0)  # another brand: nothing, whatever is asked
-    fakes, n = catalog_images(engine, None, "Bolt", "boot", "counterfeit")
+    assert catalog_images(core, acme, "Bolt", None, None) == ([], 0)  # another brand: nothing, whatever is asked
+    fakes, n = catalog_images(core, None, "Bolt", "boot", "counterfeit")
     assert n == 2 and {r.label for r in fakes} == {"counterfeit"} and {r.brand for r in fakes} == {"Bolt"}
-    ref = engine.catalog.get_image(first[0].image_id)
+    ref = core.catalog.get_image(first[0].image_id)
     assert ref == first[0]
 
 
@@ -302,13 +302,13 @@ def test_import_job_pages(web: TestClient, brands: TwoBrands) -> None:
     assert web.get("/console/catalog/imports/imp_doesnotexist").status_code == 404
 
 
-def test_deleting_an_image_deletes_its_thumbnails(web: TestClient, engine: ScanEngine, brands: TwoBrands, data_dir: Path) -> None:
+def test_deleting_an_image_deletes_its_thumbnails(web: TestClient, core: ServiceCore, brands: TwoBrands, data_dir: Path) -> None:
     sign_in(web, brands.acme_key)
     image_id = brands.acme_images[2]
     for size in ("small", "large"):
         shown = web.get(f"/console/catalog/images/{image_id}/thumbnail", params={"size": size})
         assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
-    ref = engine.catalog.get_image(image_id)
+    ref = core.catalog.get_image(image_id)
     assert ref is not None
     cached = sorted(path for path in (data_dir / "console_thumbnails").rglob(ref.sha256))
     assert len(cached) == 2
@@ -323,16 +323,16 @@ def test_deleting_an_image_deletes_its_thumbnails(web: TestClient, engine: ScanE
 
 
 def test_an_api_delete_removes_thumbnails_before_the_console_is_opened(
-    settings: Settings, engine: ScanEngine, brands: TwoBrands, data_dir: Path
+    settings: Settings, core: ServiceCore, brands: TwoBrands, data_dir: Path
 ) -> None:
-    ref = engine.catalog.get_image(brands.acme_images[3])
+    ref = core.catalog.get_image(brands.acme_images[3])
     assert ref is not None
     made_earlier = Thumbnails(data_dir / "console_thumbnails", settings.image_limits())  # e.g. by the last process
-    made_earlier.get(ref.sha256, THUMBNAIL_SIZES["small"], partial(engine.blobs.get, ref.sha256))
+    made_earlier.get(ref.sha256, THUMBNAIL_SIZES["small"], partial(core.blobs.get, ref.sha256))
     cached = list((data_dir / "console_thumbnails").rglob(ref.sha256))
     assert len(cached) == 1
 
-    with TestClient(create_app(settings, engine=engine)) as api:  # no console page is requested
+    with TestClient(create_app(settings, core=core)) as api:  # no console page is requested
         deleted = api.delete(f"/v1/catalog/images/{ref.image_id}", headers={"authorization": f"Bearer {brands.acme_key}"})
         assert deleted.status_code == 200, deleted.text
     assert not cached[0].exists()

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests.api.test_shared_scans import NIKE_NOTE, SharedScan, seed_shared_scan
 from tests.console.helpers import page_csrf, sign_in
 from tests.helpers import tiny_settings
@@ -20,10 +20,10 @@ def settings(data_dir: Path) -> Settings:
 
 
 @pytest.fixture
-def shared(web: TestClient, engine: ScanEngine) -> SharedScan:
-    web.headers["Authorization"] = f"Bearer {engine.keys.create('admin', [], 'seeding')[1]}"
+def shared(web: TestClient, core: ServiceCore) -> SharedScan:
+    web.headers["Authorization"] = f"Bearer {core.keys.create('admin', [], 'seeding')[1]}"
     try:
-        return seed_shared_scan(web, engine)
+        return seed_shared_scan(web, core)
     finally:
         del web.headers["Authorization"]
 
@@ -32,14 +32,14 @@ def console_key(headers: dict[str, str]) -> str:
     return headers["Authorization"].removeprefix("Bearer ")
 
 
-def test_each_brand_reviews_a_shared_scan_in_the_console(web: TestClient, engine: ScanEngine, shared: SharedScan) -> None:
+def test_each_brand_reviews_a_shared_scan_in_the_console(web: TestClient, core: ServiceCore, shared: SharedScan) -> None:
     scan_id = shared.scan["scan_id"]
     page = f"/console/scans/{scan_id}"
     assert sign_in(web, console_key(shared.nike)).status_code == 303
     form = {"csrf_token": page_csrf(web, page), "verdict": "confirmed_counterfeit", "note": NIKE_NOTE,
             "brand": "Nike", "product": "air-force-1"}  # fmt: skip
     assert web.post(f"{page}/feedback", data=form, follow_redirects=False).status_code == 303
-    (nike_fb,) = engine.feedback.for_scan(scan_id)
+    (nike_fb,) = core.feedback.for_scan(scan_id)
     assert nike_fb["brand"] == "Nike" and len(nike_fb["added_image_ids"]) == 1
     nike_page = web.get(page).text
     acme_photo = nike_page.split('id="photo-2-title"')[1].split("</article>")[0]
@@ -60,6 +60,6 @@ def test_each_brand_reviews_a_shared_scan_in_the_console(web: TestClient, engine
     answer = web.post(f"{page}/feedback", data=form, headers={"HX-Request": "true"})
     assert answer.status_code == 201, answer.text
     assert "Nike" not in answer.text and "acme saw it" in answer.text and NIKE_NOTE not in answer.text
-    assert [f["brand"] for f in engine.feedback.for_scan(scan_id)] == ["Nike", "Acme"]
+    assert [f["brand"] for f in core.feedback.for_scan(scan_id)] == ["Nike", "Acme"]
     assert f"/console/scans/{scan_id}" in web.get("/console/review?reviewed=yes").text
     assert 'data-figure="reviewed">1<' in web.get("/console/dashboard").text

@@ -6,28 +6,52 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
-from reference_catalog import CatalogRepository, create_catalog_engine
+from reference_catalog import create_catalog_engine
+from service.db.migrate import upgrade, upgrade_if_behind
 from service.scanning.feedback import FeedbackStore
 from service.scanning.records import ScanRecordStore, concerned_brands, scan_subjects
+from service.scanning.result import NearDuplicateOut, ScanResult
+
+MODEL = {
+    "architecture": "tiny",
+    "weights": "random",
+    "fingerprint": "f" * 64,
+    "dim": 8,
+    "runtime": "onnx",
+    "random_weights": True,
+}
 
 
-def result(number: int, brand: str, verdict: str, risk: float | None, product: str = "runner", **extra: Any) -> dict[str, Any]:
+def result(number: int, brand: str, verdict: str, risk: float | None, product: str = "runner", **extra: Any) -> ScanResult:
     match = {"image_id": f"ref_{number}", "brand": brand, "product": product, "label": "authentic", "similarity": 0.9}
-    image = {"sha256": f"{number:064x}", "matches": [match], "near_duplicates": []}
-    return {"scan_id": f"scan_{number:03d}", "verdict": verdict, "risk": risk, "index_version": "v1", "images": [image], **extra}
+    figures = dict.fromkeys(("risk", "score", "nearest_authentic", "nearest_counterfeit", "margin"), None)
+    image = {"sha256": f"{number:064x}", **figures, "in_catalog": True, "matches": [match], "near_duplicates": []}
+    return ScanResult.model_validate({
+        "scan_id": f"scan_{number:03d}", "listing_id": None, "created_at": "2026-12-05T00:00:00+00:00", "verdict": verdict,
+        "risk": risk, "score": risk, "calibrated": False, "calibration": None, "features": {}, "brand": None, "product": None,
+        "model": MODEL, "index_version": "v1", "images": [image], "reasons": [], "photos_kept": False, **extra,
+    })  # fmt: skip
+
+
+def migrated(path: Path) -> Engine:
+    """A database at the schema's head, as a starting service leaves it."""
+    engine = create_catalog_engine(f"sqlite:///{path}")
+    upgrade_if_behind(engine)
+    return engine
 
 
 def test_subjects_are_the_pairs_behind_concerned_brands() -> None:
-    scan = {**result(1, "Acme", "needs_review", 0.5), "brand": "Zed", "product": None}
-    scan["images"][0]["near_duplicates"] = [{"image_id": "ref_9", "brand": "Other", "product": "bag", "label": "counterfeit"}]
+    scan = result(1, "Acme", "needs_review", 0.5).model_copy(update={"brand": "Zed"})
+    other = {"image_id": "ref_9", "brand": "Other", "product": "bag", "label": "counterfeit", "distance": 3}
+    scan.images[0].near_duplicates = [NearDuplicateOut.model_validate(other)]
     assert scan_subjects(scan) == [("Acme", "runner"), ("Other", "bag"), ("Zed", "")]
     assert sorted({b for b, _ in scan_subjects(scan)}) == concerned_brands(scan)
 
 
 def test_query_filters_scope_and_order(tmp_path: Path) -> None:
-    store = ScanRecordStore(create_catalog_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}"))
+    store = ScanRecordStore(migrated(tmp_path / "db.sqlite3"))
     now = datetime.now(UTC)
     verdicts = ["needs_review", "likely_counterfeit", "likely_authentic"]
     for n in range(12):
@@ -36,42 +60,43 @@ def test_query_filters_scope_and_order(tmp_path: Path) -> None:
                    now - timedelta(hours=n), "fp", "key_x")  # fmt: skip
     flagged = ["needs_review", "likely_counterfeit"]
     rows, total = store.query(verdicts=flagged, brands={"Acme"})
-    assert total == len(rows) == 4 and all(r["images"][0]["matches"][0]["brand"] == "Acme" for r in rows)
-    assert [r["scan_id"] for r in rows] == ["scan_001", "scan_003", "scan_007", "scan_009"]  # newest first
+    assert total == len(rows) == 4 and all(r.images[0].matches[0].brand == "Acme" for r in rows)
+    assert [r.scan_id for r in rows] == ["scan_001", "scan_003", "scan_007", "scan_009"]  # newest first
     assert store.query(verdicts=flagged, brands=set())[1] == 0
     assert store.query(verdicts=flagged, brands=None)[1] == 8
-    assert {r["scan_id"] for r in store.query(brands={"Acme"}, product="boot")[0]} == {"scan_001", "scan_005", "scan_009"}
-    assert {r["scan_id"] for r in store.query(brands={"Bolt"}, product="boot")[0]} == set()
-    assert [r["scan_id"] for r in store.query(min_risk=0.75)[0]] == ["scan_009", "scan_010", "scan_011"]
+    assert {r.scan_id for r in store.query(brands={"Acme"}, product="boot")[0]} == {"scan_001", "scan_005", "scan_009"}
+    assert {r.scan_id for r in store.query(brands={"Bolt"}, product="boot")[0]} == set()
+    assert [r.scan_id for r in store.query(min_risk=0.75)[0]] == ["scan_009", "scan_010", "scan_011"]
     page, total = store.query(limit=5, offset=10)
-    assert total == 12 and [r["scan_id"] for r in page] == ["scan_010", "scan_011"]
+    assert total == 12 and [r.scan_id for r in page] == ["scan_010", "scan_011"]
     counts = store.daily_counts(now - timedelta(days=2), {"Acme"})
     assert sum(n for _, _, n in counts) == 6 and {v for _, v, _ in counts} == set(verdicts)
 
 
 def test_subjects_of_older_records_are_back_filled(tmp_path: Path) -> None:
-    engine = create_catalog_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    engine = migrated(tmp_path / "db.sqlite3")
     store = ScanRecordStore(engine)
     for n in range(3):
         store.save(result(n, "Acme", "needs_review", 0.5), datetime.now(UTC), "fp")
-    with engine.begin() as conn:  # as in a database from before the table existed
+    with engine.begin() as conn:  # as in a database from before the table (and before migrations) existed
         conn.execute(text("DROP TABLE scan_subjects"))
+        conn.execute(text("DROP TABLE alembic_version"))
+    upgrade_if_behind(engine)  # the migration that creates the table fills it
     reopened = ScanRecordStore(engine)
     assert reopened.query(brands={"Acme"})[1] == 3
-    ScanRecordStore(engine)  # only the first opening fills it
+    upgrade(engine)  # only the first upgrade fills it
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM scan_subjects")).scalar() == 3
 
 
 def test_query_by_review_state(tmp_path: Path) -> None:
-    engine = create_catalog_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    CatalogRepository(engine).create_schema()  # the audit log, which feedback writes to
+    engine = migrated(tmp_path / "db.sqlite3")  # with the audit log, which feedback writes to
     store, feedback = ScanRecordStore(engine), FeedbackStore(engine)
     for n in range(4):
         store.save(result(n, "Acme", "needs_review", 0.5), datetime.now(UTC) - timedelta(minutes=n), "fp")
     feedback.add("scan_001", "confirmed_authentic", None, [], None)
     feedback.add("scan_001", "confirmed_counterfeit", None, [], None)  # reviewed twice: still one scan
     feedback.add("scan_003", "not_applicable", None, [], None)
-    assert [r["scan_id"] for r in store.query(reviewed=True)[0]] == ["scan_001", "scan_003"]
-    assert [r["scan_id"] for r in store.query(reviewed=False)[0]] == ["scan_000", "scan_002"]
+    assert [r.scan_id for r in store.query(reviewed=True)[0]] == ["scan_001", "scan_003"]
+    assert [r.scan_id for r in store.query(reviewed=False)[0]] == ["scan_000", "scan_002"]
     assert store.query(reviewed=None)[1] == 4

@@ -1,21 +1,29 @@
 """Evaluation plots as PNG files: ROC curve, score histograms, reliability diagram, truth x verdict confusion.
 
 Figures are built with matplotlib's object API (no pyplot), which renders with Agg and leaves the global backend
-and figure registry alone, so plotting is safe in servers, threads and tests.
+and figure registry alone, so plotting is safe in servers, threads and tests. matplotlib is the optional `plots`
+extra (`training.plotting`): it is imported only when a figure is drawn, and without it `write_plots` draws nothing
+and warns, so the report's figures and tables are still written.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from training.evaluation.metrics import FPR_BOUNDS, operating_point, reliability_bins, roc_points, verdict_counts
 from training.evaluation.records import TRUTHS, VERDICTS, EvalRecord
+from training.plotting import plots_available, plots_missing
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
 
 PLOT_FILES: Final = {
     "roc": "roc.png",
@@ -25,12 +33,19 @@ PLOT_FILES: Final = {
 }
 _COLOURS: Final = {"authentic": "#1b7837", "counterfeit": "#c51b7d", "unrelated": "#7f7f7f"}
 _SIZE: Final = (5.6, 4.4)
-_DPI: Final = 100  # ~40 KB per PNG: small enough to embed four of them in the HTML report
+_DPI: Final = 100  # screen resolution: the four PNGs stay small enough to embed in the HTML report as data URIs
 
 
 def write_plots(out_dir: Path, records: Sequence[EvalRecord], metrics: Mapping[str, Any]) -> list[Path]:
-    """Write the four PNGs (names in PLOT_FILES) into `out_dir` and return their paths in that order."""
+    """Write the four PNGs (names in PLOT_FILES) into `out_dir` and return their paths in that order.
+
+    Without matplotlib (the optional `plots` extra) nothing is drawn: a warning says how to install it and the list is
+    empty, so that an evaluation's numbers never depend on a plotting library.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not plots_available():
+        log.warning("%s", plots_missing("evaluation plots"))
+        return []
     figures = {
         "roc": roc_figure(records, metrics),
         "score_histograms": score_histogram_figure(records),
@@ -147,6 +162,8 @@ def confusion_figure(records: Sequence[EvalRecord]) -> Figure:
 
 
 def _figure(size: tuple[float, float] = _SIZE) -> tuple[Figure, Axes]:
+    from matplotlib.figure import Figure  # the optional plots extra: imported where a figure is drawn
+
     figure = Figure(figsize=size, layout="constrained")
     return figure, figure.add_subplot()
 

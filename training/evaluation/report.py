@@ -13,6 +13,7 @@ from training.evaluation.mistakes import KIND_TITLES, Mistake, worst_mistakes
 from training.evaluation.plots import write_plots
 from training.evaluation.records import TRUTHS, VERDICTS, EvalRecord
 from training.evaluation.thumbnails import file_thumbnail_data_uri, png_data_uri, thumbnail_data_uri
+from training.plotting import plots_missing
 
 REPORT_FILE: Final = "report.html"
 METRICS_FILE: Final = "metrics.json"
@@ -65,7 +66,8 @@ def write_report(
     """Write `metrics.json`, the plots and `report.html` into `out_dir`; return the path of `report.html`.
 
     `reference_image(image_id)` gives a matched reference image's bytes, or None when it cannot (a placeholder is
-    shown). `notes` are shown at the top, e.g. "the model has random weights: these scores are meaningless".
+    shown). `notes` are shown at the top, e.g. "the model has random weights: these scores are meaningless". Without
+    matplotlib (the optional `plots` extra) the page says so where the plots would be; everything else is the same.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     # allow_nan=False: a NaN would make the file unreadable to strict JSON parsers; figures use null instead.
@@ -79,7 +81,7 @@ def write_report(
         _figures_table(metrics),
         '<h2>Plots</h2><div class="plots">',
         *(_plot(path) for path in plots),
-        "</div>",
+        "</div>" if plots else f'<p class="note">{escape(plots_missing("Plots"))}</p></div>',
         _verdict_table(metrics),
         _mistakes_section(mistakes, reference_image),
     ]

@@ -1,14 +1,20 @@
-"""What a run writes besides checkpoints: the metrics log (JSON lines), the training curves PNG and report.json."""
+"""What a run writes besides checkpoints: the metrics log (JSON lines), the training curves PNG and report.json.
+
+The curves need matplotlib, the optional `plots` extra (`training.plotting`), imported only when they are drawn:
+without it a run skips the PNG with a warning, and the metrics log and report carry the same figures.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from training.plotting import plots_available, plots_missing
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE: Final = "metrics.jsonl"
 CURVES_FILE: Final = "training_curves.png"
@@ -34,8 +40,17 @@ def read_metrics_log(out_dir: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def write_curves(out_dir: Path, history: Sequence[dict[str, Any]], best_epoch: int | None) -> Path:
-    """Training loss and validation figures per epoch, the best epoch marked, as a PNG (matplotlib's Agg, no pyplot)."""
+def write_curves(out_dir: Path, history: Sequence[dict[str, Any]], best_epoch: int | None) -> Path | None:
+    """Training loss and validation figures per epoch, the best epoch marked, as a PNG (matplotlib's Agg, no pyplot).
+
+    None, with a warning, when matplotlib is not installed: the curves are a view of metrics.jsonl, not a result.
+    """
+    if not plots_available():
+        log.warning("%s", plots_missing(f"training curves ({CURVES_FILE})"))
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     figure = Figure(figsize=(10, 4), dpi=100)
     loss_axes, metric_axes = figure.subplots(1, 2)
     trained = [entry for entry in history if entry.get("train_loss") is not None]

@@ -63,7 +63,7 @@ def finetune(
     stop_after_epoch: int | None = None,
 ) -> FinetuneResult:
     """Fine-tune `base_spec`'s vision tower on the manifests' photos and write best.pt, last.pt, metrics.jsonl,
-    training_curves.png and report.json into `out_dir`.
+    training_curves.png (with the optional plots extra) and report.json into `out_dir`.
 
     With `resume`, training continues from `out_dir/last.pt` (model, optimiser, schedule, epoch, RNG states); the
     manifests must be unchanged. `stop_after_epoch` ends the session after that epoch as an interruption would

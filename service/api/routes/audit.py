@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import AdminKey
-from service.api.deps import EngineDep
+from service.api.deps import CoreDep
 from service.api.schemas import AuditLogOut, error_responses
 
 router = APIRouter(prefix="/v1", tags=["audit"])
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1", tags=["audit"])
 
 @router.get("/audit", response_model=AuditLogOut, responses=error_responses(401, 403, 422, 429, 503))
 async def audit_log(
-    engine: EngineDep,
+    core: CoreDep,
     _: AdminKey,
     actor: Annotated[str | None, Query(max_length=80, description="Key id")] = None,
     action: Annotated[str | None, Query(max_length=60, description="e.g. catalog.add, key.revoke")] = None,
@@ -32,5 +32,5 @@ async def audit_log(
 
     `since`/`until` compare instants: `2026-12-05T04:32:00+05:00` is `2026-12-04T23:32:00Z`; a time without an offset
     is UTC."""
-    entries = await run_in_threadpool(partial(engine.audit.query, actor, action, brand, since, until, limit, before_id))
+    entries = await run_in_threadpool(partial(core.audit.query, actor, action, brand, since, until, limit, before_id))
     return {"entries": entries}

@@ -8,11 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from reference_catalog import ImageRef
-from service.access.api_keys import Principal
+from service.access.policy import check_catalog_write, visible, visible_brands
+from service.access.reads import readable_image
 from service.api.auth import CatalogKey
-from service.api.deps import EngineDep, MetricsDep, read_upload
-from service.api.errors import RequestRejected
+from service.api.deps import CoreDep, MetricsDep, read_upload
 from service.api.schemas import (
     AddedImageOut,
     BrandsOut,
@@ -25,7 +24,7 @@ from service.api.schemas import (
     RelabelIn,
     error_responses,
 )
-from service.engine import ScanEngine
+from service.errors import NotFound
 
 router = APIRouter(prefix="/v1/catalog", tags=["catalog"])
 
@@ -36,13 +35,6 @@ IMAGE_BYTES = {
 }
 
 
-async def _owned_image(engine: ScanEngine, principal: Principal, image_id: str) -> ImageRef:
-    ref = await run_in_threadpool(engine.catalog.get_image, image_id)
-    if ref is None or not principal.owns(ref.brand):
-        raise RequestRejected(f"no reference image {image_id!r}", 404)  # the same answer whether it exists or not
-    return ref
-
-
 @router.post(
     "/images",
     status_code=201,
@@ -50,7 +42,7 @@ async def _owned_image(engine: ScanEngine, principal: Principal, image_id: str) 
     responses={200: DUPLICATE_UPLOAD, **error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503)},
 )
 async def add_image(
-    engine: EngineDep,
+    core: CoreDep,
     metrics: MetricsDep,
     principal: CatalogKey,
     response: Response,
@@ -61,10 +53,11 @@ async def add_image(
     source: Annotated[str | None, Form(max_length=500)] = None,
 ) -> dict[str, Any]:
     """Add a reference image; it is searchable when this returns. A repeat upload answers 200 with the original."""
-    if not principal.owns(brand.strip()):
-        raise RequestRejected(f"this key may not add to the catalog of {brand!r}", 403)
-    photo = await read_upload(file, engine.settings.max_image_bytes)
-    added = await run_in_threadpool(partial(engine.add_reference, photo, brand, product, label, source, actor=principal.key_id))
+    check_catalog_write(principal, brand.strip())
+    photo = await read_upload(file, core.settings.max_image_bytes)
+    added = await run_in_threadpool(
+        partial(core.writer.add_reference, photo, brand, product, label, source, actor=principal.key_id)
+    )
     if not added.created:
         response.status_code = 200
     metrics.catalog_changes.labels("add" if added.created else "duplicate").inc()
@@ -73,7 +66,7 @@ async def add_image(
 
 @router.get("/images", response_model=ImagesOut, responses=error_responses(401, 403, 422, 429, 503))
 async def list_images(
-    engine: EngineDep,
+    core: CoreDep,
     principal: CatalogKey,
     brand: str | None = None,
     product: str | None = None,
@@ -81,20 +74,16 @@ async def list_images(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    refs = [
-        ref
-        for ref in await run_in_threadpool(engine.catalog.all_images)
-        if principal.owns(ref.brand)
-        and (brand is None or ref.brand == brand)
-        and (product is None or ref.product == product)
-        and (label is None or ref.label == label)
-    ]
-    return {"images": [ref.as_dict() for ref in refs[offset : offset + limit]], "total": len(refs)}
+    """The reference images this key may see, oldest first, narrowed to a brand, product and label; one page of them
+    (paged in SQL) and how many match in all."""
+    query = partial(core.catalog.image_page, visible_brands(principal), brand, product, label, limit, offset)
+    refs, total = await run_in_threadpool(query)
+    return {"images": [ref.as_dict() for ref in refs], "total": total}
 
 
 @router.get("/images/{image_id}", response_model=ReferenceImageOut, responses=error_responses(401, 403, 404, 422, 429, 503))
-async def get_image(image_id: str, engine: EngineDep, principal: CatalogKey) -> dict[str, Any]:
-    return (await _owned_image(engine, principal, image_id)).as_dict()
+async def get_image(image_id: str, core: CoreDep, principal: CatalogKey) -> dict[str, Any]:
+    return (await run_in_threadpool(readable_image, core, principal, image_id)).as_dict()
 
 
 @router.get(
@@ -102,9 +91,9 @@ async def get_image(image_id: str, engine: EngineDep, principal: CatalogKey) -> 
     response_class=Response,
     responses={200: IMAGE_BYTES, **error_responses(401, 403, 404, 422, 429, 503)},
 )
-async def get_image_content(image_id: str, engine: EngineDep, principal: CatalogKey) -> Response:
-    ref = await _owned_image(engine, principal, image_id)
-    data = await run_in_threadpool(engine.blobs.get, ref.sha256)
+async def get_image_content(image_id: str, core: CoreDep, principal: CatalogKey) -> Response:
+    ref = await run_in_threadpool(readable_image, core, principal, image_id)
+    data = await run_in_threadpool(core.blobs.get, ref.sha256)
     return Response(data, media_type=ref.media_type)
 
 
@@ -112,41 +101,40 @@ async def get_image_content(image_id: str, engine: EngineDep, principal: Catalog
     "/images/{image_id}", response_model=RelabeledImageOut, responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503)
 )
 async def relabel_image(
-    image_id: str, body: RelabelIn, engine: EngineDep, metrics: MetricsDep, principal: CatalogKey
+    image_id: str, body: RelabelIn, core: CoreDep, metrics: MetricsDep, principal: CatalogKey
 ) -> dict[str, Any]:
     """Change a reference image's label (authentic or counterfeit); scans use the new label at once."""
-    await _owned_image(engine, principal, image_id)
-    ref = await run_in_threadpool(partial(engine.relabel_reference, image_id, body.label, actor=principal.key_id))
+    await run_in_threadpool(readable_image, core, principal, image_id)
+    ref = await run_in_threadpool(partial(core.writer.relabel_reference, image_id, body.label, actor=principal.key_id))
     if ref is None:
-        raise RequestRejected(f"no reference image {image_id!r}", 404)
+        raise NotFound(f"no reference image {image_id!r}")
     metrics.catalog_changes.labels("relabel").inc()
-    return {**ref.as_dict(), "index_version": engine.index.version}
+    return {**ref.as_dict(), "index_version": core.model.index.version}
 
 
 @router.delete("/images/{image_id}", response_model=DeletedImageOut, responses=error_responses(401, 403, 404, 422, 429, 503))
-async def delete_image(image_id: str, engine: EngineDep, metrics: MetricsDep, principal: CatalogKey) -> dict[str, Any]:
+async def delete_image(image_id: str, core: CoreDep, metrics: MetricsDep, principal: CatalogKey) -> dict[str, Any]:
     """Remove a reference image from the catalog and the index."""
-    await _owned_image(engine, principal, image_id)
-    ref = await run_in_threadpool(partial(engine.delete_reference, image_id, actor=principal.key_id))
+    await run_in_threadpool(readable_image, core, principal, image_id)
+    ref = await run_in_threadpool(partial(core.writer.delete_reference, image_id, actor=principal.key_id))
     if ref is None:
-        raise RequestRejected(f"no reference image {image_id!r}", 404)
+        raise NotFound(f"no reference image {image_id!r}")
     metrics.catalog_changes.labels("delete").inc()
-    return {"deleted": ref.image_id, "index_version": engine.index.version}
+    return {"deleted": ref.image_id, "index_version": core.model.index.version}
 
 
 @router.get("/brands", response_model=BrandsOut, responses=error_responses(401, 403, 429, 503))
-async def list_brands(engine: EngineDep, principal: CatalogKey) -> dict[str, Any]:
-    brands = await run_in_threadpool(engine.catalog.list_brands)
-    return {"brands": [{"name": b.name, "products": b.products, "images": b.images} for b in brands if principal.owns(b.name)]}
+async def list_brands(core: CoreDep, principal: CatalogKey) -> dict[str, Any]:
+    shown = visible(principal, await run_in_threadpool(core.catalog.list_brands), lambda b: b.name)
+    return {"brands": [{"name": b.name, "products": b.products, "images": b.images} for b in shown]}
 
 
 @router.get("/products", response_model=ProductsOut, responses=error_responses(401, 403, 422, 429, 503))
-async def list_products(engine: EngineDep, principal: CatalogKey, brand: str | None = None) -> dict[str, Any]:
-    products = await run_in_threadpool(engine.catalog.list_products, brand)
+async def list_products(core: CoreDep, principal: CatalogKey, brand: str | None = None) -> dict[str, Any]:
+    products = await run_in_threadpool(core.catalog.list_products, brand)
     return {
         "products": [
             {"brand": p.brand, "name": p.name, "authentic": p.authentic, "counterfeit": p.counterfeit}
-            for p in products
-            if principal.owns(p.brand)
+            for p in visible(principal, products, lambda p: p.brand)
         ]
     }

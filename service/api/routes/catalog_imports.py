@@ -11,8 +11,9 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from reference_catalog import AuditEvent
+from service.access.policy import check_catalog_brand, default_brand
 from service.api.auth import CatalogKey
-from service.api.deps import EngineDep, RuntimeDep
+from service.api.deps import CoreDep, RuntimeDep
 from service.api.errors import RequestRejected
 from service.api.schemas import ImportJobOut, ImportJobsOut, error_responses
 from service.imports.export import ExportFormat, catalog_refs, stream_catalog_archive
@@ -73,28 +74,24 @@ async def get_import(job_id: str, runtime: RuntimeDep, principal: CatalogKey) ->
     },
 )
 async def export_catalog(
-    engine: EngineDep,
+    core: CoreDep,
     principal: CatalogKey,
     brand: Annotated[str | None, Query(max_length=200, description="Default: the key's brand; admins: everything")] = None,
     format: Annotated[ExportFormat, Query(description="zip or tar.gz")] = "zip",
 ) -> StreamingResponse:
     """A brand's reference images with a manifest.csv, as an archive POST /v1/catalog/imports reads back."""
-    if brand is None and principal.is_brand:
-        if len(principal.brands) != 1:
-            raise RequestRejected("this key covers several brands: say which one with 'brand'", 422)
-        brand = next(iter(principal.brands))
+    brand = default_brand(principal, brand)
     if brand is not None:
-        known = {summary.name for summary in await run_in_threadpool(engine.catalog.list_brands)}
-        if brand not in known or not principal.owns(brand):
-            raise RequestRejected(f"no brand {brand!r} in the catalog", 404)  # the same answer for another's brand
-    refs = await run_in_threadpool(catalog_refs, engine, brand)
+        known = {summary.name for summary in await run_in_threadpool(core.catalog.list_brands)}
+        check_catalog_brand(principal, brand, known)  # 404, the same answer for another's brand
+    refs = await run_in_threadpool(catalog_refs, core, brand)
     await run_in_threadpool(
-        engine.audit.record, AuditEvent(principal.key_id, "catalog.export", brand, brand, {"format": format, "images": len(refs)})
+        core.audit.record, AuditEvent(principal.key_id, "catalog.export", brand, brand, {"format": format, "images": len(refs)})
     )
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", brand or "all").strip("-") or "catalog"
     suffix = "zip" if format == "zip" else "tar.gz"
     return StreamingResponse(
-        stream_catalog_archive(engine, brand, format, refs),
+        stream_catalog_archive(core, brand, format, refs),
         media_type="application/zip" if format == "zip" else "application/gzip",
         headers={"Content-Disposition": f'attachment; filename="catalog-{name}.{suffix}"'},
     )

@@ -26,16 +26,16 @@ def healthz() -> dict[str, str]:
 )
 def readyz(runtime: RuntimeDep) -> JSONResponse | dict[str, object]:
     """Ready only when the model and the index are loaded."""
-    engine = runtime.engine
-    if engine is None:
+    core = runtime.core
+    if core is None:
         detail = runtime.error or "loading model and index"
         return JSONResponse({"status": "not_ready", "detail": detail}, status_code=503)
     return {
         "status": "ready",
         "auth": "disabled" if runtime.settings.auth_disabled else "api-keys",
-        "model": engine.embedder.info.as_dict(),
-        "index_version": engine.index.version,
-        "index_size": len(engine.index),
+        "model": core.model.embedder.info.as_dict(),
+        "index_version": core.model.index.version,
+        "index_size": len(core.model.index),
     }
 
 
@@ -48,6 +48,6 @@ def readyz(runtime: RuntimeDep) -> JSONResponse | dict[str, object]:
     },
 )
 def metrics(runtime: RuntimeDep, service_metrics: MetricsDep, _: AnyKey) -> Response:
-    if runtime.engine is not None:
-        service_metrics.catalog_images.set(len(runtime.engine.index))
+    if runtime.core is not None:
+        service_metrics.catalog_images.set(len(runtime.core.model.index))
     return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from service.api.auth import ScanKey, redact_scan, scan_scope
-from service.api.deps import EngineDep, MetricsDep, RuntimeDep, read_upload
-from service.api.schemas import ScanOut, error_responses
+from service.access.policy import redact_scan, scan_scope
+from service.api.auth import ScanKey
+from service.api.deps import CoreDep, MetricsDep, RuntimeDep, read_upload
+from service.api.schemas import error_responses
 from service.scanning.batching import ScanBatcher
+from service.scanning.result import ScanResult
 
 router = APIRouter(prefix="/v1", tags=["scan"])
 
@@ -23,9 +25,9 @@ async def get_batcher(runtime: RuntimeDep) -> ScanBatcher:
 BatcherDep = Annotated[ScanBatcher, Depends(get_batcher)]
 
 
-@router.post("/scan", response_model=ScanOut, responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503))
+@router.post("/scan", response_model=ScanResult, responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503))
 async def scan(
-    engine: EngineDep,
+    core: CoreDep,
     metrics: MetricsDep,
     batcher: BatcherDep,
     principal: ScanKey,
@@ -33,16 +35,16 @@ async def scan(
     brand: Annotated[str | None, Form(max_length=200)] = None,
     product: Annotated[str | None, Form(max_length=200)] = None,
     listing_id: Annotated[str | None, Form(max_length=200)] = None,
-) -> dict[str, Any]:
+) -> ScanResult:
     """Scan a listing's photos against the reference catalog (restricted to `brand`/`product` when given).
 
     The photos join those of concurrent scans in one model batch; 429 with Retry-After when the queue is full.
     """
     started = time.perf_counter()
-    photos = [await read_upload(upload, engine.settings.max_image_bytes) for upload in images]
+    photos = [await read_upload(upload, core.settings.max_image_bytes) for upload in images]
     scope = scan_scope(principal, brand or None)
     result = await batcher.scan(photos, scope, product or None, listing_id or None, actor=principal.key_id)
-    metrics.scans.labels(result["verdict"]).inc()
+    metrics.scans.labels(result.verdict).inc()
     metrics.photos.inc(len(photos))
     metrics.scan_seconds.observe(time.perf_counter() - started)
     return redact_scan(principal, result)

@@ -13,13 +13,13 @@ from fastapi.testclient import TestClient
 from cli.main import cli
 from service.access.api_keys import ApiKeyStore
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, add_reference, scan
 
 
-def as_key(client: TestClient, engine: ScanEngine, role: str, brands: tuple[str, ...] = ()) -> dict[str, str]:
-    return {"Authorization": f"Bearer {engine.keys.create(role, list(brands), role)[1]}"}
+def as_key(client: TestClient, core: ServiceCore, role: str, brands: tuple[str, ...] = ()) -> dict[str, str]:
+    return {"Authorization": f"Bearer {core.keys.create(role, list(brands), role)[1]}"}
 
 
 @pytest.fixture
@@ -71,19 +71,19 @@ def test_health_checks_need_no_key(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["auth"] == "api-keys"
 
 
-def test_x_api_key_header_and_revocation(client: TestClient, engine: ScanEngine) -> None:
-    record, token = engine.keys.create("scanner", [], "pipeline")
+def test_x_api_key_header_and_revocation(client: TestClient, core: ServiceCore) -> None:
+    record, token = core.keys.create("scanner", [], "pipeline")
     assert client.post("/v1/scan", headers={"Authorization": "", "X-API-Key": token},
                        files=[("images", ("a.jpg", imaging.jpeg(1), "image/jpeg"))]).status_code == 200  # fmt: skip
-    engine.keys.revoke(record["key_id"])
+    core.keys.revoke(record["key_id"])
     headers = {"Authorization": f"Bearer {token}"}
     assert (
         client.post("/v1/scan", headers=headers, files=[("images", ("a.jpg", imaging.jpeg(1), "image/jpeg"))]).status_code == 401
     )
 
 
-def test_scanner_scans_but_cannot_read_catalogs(client: TestClient, engine: ScanEngine, two_brands: dict[str, Any]) -> None:
-    scanner = as_key(client, engine, "scanner")
+def test_scanner_scans_but_cannot_read_catalogs(client: TestClient, core: ServiceCore, two_brands: dict[str, Any]) -> None:
+    scanner = as_key(client, core, "scanner")
     result = client.post("/v1/scan", headers=scanner, files=[("images", ("a.jpg", imaging.jpeg(3), "image/jpeg"))]).json()
     # Evidence from every brand, as ids only: the bytes are not reachable with this key.
     assert {m["brand"] for m in result["images"][0]["matches"]} == {"Acme", "Zeta"}
@@ -92,7 +92,7 @@ def test_scanner_scans_but_cannot_read_catalogs(client: TestClient, engine: Scan
     for path in ("/v1/catalog/brands", "/v1/catalog/images", "/v1/audit", "/v1/admin/model"):
         assert client.get(path, headers=scanner).status_code == 403
     assert client.get(f"/v1/scans/{result['scan_id']}", headers=scanner).status_code == 200  # its own scan
-    other_scanner = as_key(client, engine, "scanner")
+    other_scanner = as_key(client, core, "scanner")
     assert client.get(f"/v1/scans/{result['scan_id']}", headers=other_scanner).status_code == 404
     assert (
         client.post(f"/v1/scans/{result['scan_id']}/feedback", headers=scanner, json={"verdict": "not_applicable"}).status_code
@@ -100,8 +100,8 @@ def test_scanner_scans_but_cannot_read_catalogs(client: TestClient, engine: Scan
     )
 
 
-def test_brand_key_sees_and_changes_only_its_brand(client: TestClient, engine: ScanEngine, two_brands: dict[str, Any]) -> None:
-    acme = as_key(client, engine, "brand", ("Acme",))
+def test_brand_key_sees_and_changes_only_its_brand(client: TestClient, core: ServiceCore, two_brands: dict[str, Any]) -> None:
+    acme = as_key(client, core, "brand", ("Acme",))
     assert client.get("/v1/catalog/brands", headers=acme).json()["brands"] == [{"name": "Acme", "products": 1, "images": 2}]
     assert {p["brand"] for p in client.get("/v1/catalog/products", headers=acme).json()["products"]} == {"Acme"}
     assert client.get("/v1/catalog/products?brand=Zeta", headers=acme).json()["products"] == []
@@ -127,9 +127,9 @@ def test_brand_key_sees_and_changes_only_its_brand(client: TestClient, engine: S
 
 
 def test_brand_scans_are_scoped_and_evidence_is_redacted(
-    client: TestClient, engine: ScanEngine, two_brands: dict[str, Any]
+    client: TestClient, core: ServiceCore, two_brands: dict[str, Any]
 ) -> None:
-    acme = as_key(client, engine, "brand", ("Acme",))
+    acme = as_key(client, core, "brand", ("Acme",))
     own = client.post("/v1/scan", headers=acme, files=[("images", ("q.jpg", imaging.jpeg(3), "image/jpeg"))]).json()
     assert own["brand"] == "Acme" and {m["brand"] for m in own["images"][0]["matches"]} == {"Acme"}
     forbidden = client.post("/v1/scan", headers=acme, data={"brand": "Zeta"},
@@ -137,7 +137,7 @@ def test_brand_scans_are_scoped_and_evidence_is_redacted(
     assert forbidden.status_code == 403
 
     # A scanner's scan whose top evidence is Zeta's photo: Acme may read it (it concerns Acme too) but sees Acme only.
-    scanner = as_key(client, engine, "scanner")
+    scanner = as_key(client, core, "scanner")
     both = client.post("/v1/scan", headers=scanner, files=[("images", ("q.jpg", imaging.jpeg(4), "image/jpeg"))]).json()
     zeta_ids = {two_brands["zeta-a"]["image_id"], two_brands["zeta-c"]["image_id"]}
     assert zeta_ids & {m["image_id"] for m in both["images"][0]["matches"]}
@@ -149,12 +149,12 @@ def test_brand_scans_are_scoped_and_evidence_is_redacted(
         assert not any(d["brand"] == "Zeta" for d in body["images"][0]["near_duplicates"])
     else:
         assert seen.status_code == 404
-    nike = as_key(client, engine, "brand", ("Nike",))
+    nike = as_key(client, core, "brand", ("Nike",))
     assert client.get(f"/v1/scans/{both['scan_id']}", headers=nike).status_code == 404  # concerns neither brand
 
 
-def test_brand_feedback_stays_in_its_brand(client: TestClient, engine: ScanEngine, two_brands: dict[str, Any]) -> None:
-    acme = as_key(client, engine, "brand", ("Acme",))
+def test_brand_feedback_stays_in_its_brand(client: TestClient, core: ServiceCore, two_brands: dict[str, Any]) -> None:
+    acme = as_key(client, core, "brand", ("Acme",))
     flagged = scan(client, [imaging.jpeg(11)], brand="Zeta", product="slide")
     assert client.post(f"/v1/scans/{flagged['scan_id']}/feedback", headers=acme,
                        json={"verdict": "not_applicable"}).status_code == 404  # fmt: skip
@@ -167,14 +167,14 @@ def test_brand_feedback_stays_in_its_brand(client: TestClient, engine: ScanEngin
     assert fb.status_code == 201
 
 
-def test_non_admins_cannot_roll_models_or_read_the_audit(client: TestClient, engine: ScanEngine) -> None:
-    acme = as_key(client, engine, "brand", ("Acme",))
+def test_non_admins_cannot_roll_models_or_read_the_audit(client: TestClient, core: ServiceCore) -> None:
+    acme = as_key(client, core, "brand", ("Acme",))
     for method, path in (("GET", "/v1/admin/model"), ("POST", "/v1/admin/model/rollback"), ("GET", "/v1/audit")):
         assert client.request(method, path, headers=acme).status_code == 403
 
 
-def test_audit_log_records_who_did_what(client: TestClient, engine: ScanEngine) -> None:
-    record, token = engine.keys.create("brand", ["Acme"], "acme team")
+def test_audit_log_records_who_did_what(client: TestClient, core: ServiceCore) -> None:
+    record, token = core.keys.create("brand", ["Acme"], "acme team")
     acme = {"Authorization": f"Bearer {token}"}
     added = client.post("/v1/catalog/images", headers=acme, files={"file": ("a.jpg", imaging.jpeg(21), "image/jpeg")},
                         data={"brand": "Acme", "product": "runner", "label": "authentic"}).json()  # fmt: skip
@@ -244,11 +244,11 @@ def test_keys_cli(settings: Settings) -> None:
     assert run("keys", "revoke", "key_nope").exit_code != 0
 
 
-def test_key_cache_ends_with_revocation(settings: Settings, engine: ScanEngine) -> None:
+def test_key_cache_ends_with_revocation(settings: Settings, core: ServiceCore) -> None:
     """A key checked once is trusted for `api_key_cache_s`: revoked here it stops at once, revoked by another process
     (another store on the same database) within the cache time; unknown tokens are never cached."""
-    store = ApiKeyStore(engine.db, cache_s=0.3)
-    other_process = ApiKeyStore(engine.db)
+    store = ApiKeyStore(core.database, cache_s=0.3)
+    other_process = ApiKeyStore(core.database)
     first, token = store.create("scanner", [], "pipeline")
     second, token2 = store.create("scanner", [], "pipeline 2")
     assert store.authenticate(token) is not None and store.authenticate(token2) is not None

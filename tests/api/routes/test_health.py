@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.engine import ScanEngine
+from service.core import ServiceCore
 from tests import imaging
 from tests.helpers import add_reference, admin_token, scan, sha256, tiny_settings
 
@@ -24,12 +24,12 @@ def test_healthz(client: TestClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
-def test_readyz_reports_model_and_index(client: TestClient, engine: ScanEngine) -> None:
+def test_readyz_reports_model_and_index(client: TestClient, core: ServiceCore) -> None:
     body = client.get("/readyz").json()
     assert body["status"] == "ready"
     assert body["index_size"] == 0
-    assert body["index_version"] == engine.index.version
-    assert body["model"]["fingerprint"] == engine.embedder.info.fingerprint
+    assert body["index_version"] == core.model.index.version
+    assert body["model"]["fingerprint"] == core.model.embedder.info.fingerprint
     add_reference(client, imaging.jpeg(1))
     assert client.get("/readyz").json()["index_size"] == 1
 
@@ -127,22 +127,22 @@ def test_docs_and_openapi(client: TestClient) -> None:
 
 
 def test_catalog_and_index_survive_an_app_restart(
-    make_client: Callable[..., TestClient], make_engine: Callable[[Settings], ScanEngine], settings: Settings
+    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], settings: Settings
 ) -> None:
     first = make_client(settings)
     added = [add_reference(first, imaging.jpeg(seed)) for seed in (1, 2, 3)]
     version = first.get("/readyz").json()["index_version"]
     first.__exit__(None, None, None)  # lifespan shutdown saves the index
 
-    second = make_client(settings, make_engine(settings))
+    second = make_client(settings, make_core(settings))
     ready = second.get("/readyz").json()
     assert (ready["index_version"], ready["index_size"]) == (version, 3)
     for seed, ref in zip((1, 2, 3), added, strict=True):
         assert scan(second, [imaging.jpeg(seed)])["images"][0]["matches"][0]["image_id"] == ref["image_id"]
 
 
-def test_real_uvicorn_server_on_loopback(engine: ScanEngine, settings: Settings) -> None:
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=0, log_level="warning"))
+def test_real_uvicorn_server_on_loopback(core: ServiceCore, settings: Settings) -> None:
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, core=core), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -151,7 +151,7 @@ def test_real_uvicorn_server_on_loopback(engine: ScanEngine, settings: Settings)
             assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.02)
         port = server.servers[0].sockets[0].getsockname()[1]
-        token = engine.keys.create("admin", [], "tests")[1]
+        token = core.keys.create("admin", [], "tests")[1]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
             assert http.get("/healthz").json() == {"status": "ok"}
             data = imaging.jpeg(7)

@@ -1,0 +1,212 @@
+"""Every change to the reference catalog: add one image, import many, relabel, delete.
+
+Each write checks its input first (service/catalog/validation.py; a refusal writes nothing), embeds the photo, then
+commits rows, vectors, detail features and audit entries in one transaction and tells the index keeper
+(service/catalog/index_keeper.py), under the write lock, so that the image is searchable when the call returns.
+Refusals are service errors (service/errors.py): `InvalidValue` for a bad name or label, `Conflict` for bytes already
+catalogued under the other label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from tqdm import tqdm
+
+from embeddings import DecodedImage, ImageRejected
+from embeddings.embedder import Embeddings
+from embeddings.perceptual_hash import perceptual_hash
+from reference_catalog import LABELS, BlobStore, CatalogRepository, ImageRef, NewImage
+from reference_catalog.repository import DetailFeatures, DuplicateLabelConflict
+from service.catalog.index_keeper import IndexKeeper
+from service.catalog.validation import MAX_SOURCE_LENGTH, check_label, check_text, clean_name, clean_source
+from service.config import Settings
+from service.errors import Conflict, DomainError, InvalidValue
+from service.models.snapshot import ModelSlot
+from service.scanning.photo_prep import PhotoInput, decode_photo
+
+IMPORT_CHUNK = 32  # rows checked, embedded and committed together by `import_rows`
+
+
+@dataclass(frozen=True)
+class AddedImage:
+    ref: ImageRef
+    created: bool
+    index_version: str
+
+
+class ImportRow(NamedTuple):
+    """One photo to import: the row's name (for errors), its bytes and what it is; `group` is its photo shoot."""
+
+    name: str
+    photo: PhotoInput
+    brand: str
+    product: str
+    label: str
+    source: str | None
+    group: str | None = None
+
+
+@dataclass
+class ImportSummary:
+    added: int = 0
+    duplicates: int = 0
+    errors: list[tuple[str, str]] | None = None
+
+
+class CatalogWriter:
+    def __init__(
+        self, settings: Settings, catalog: CatalogRepository, blobs: BlobStore, slot: ModelSlot, index_keeper: IndexKeeper
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.blobs = blobs
+        self.slot = slot
+        self.index_keeper = index_keeper
+        self.lock = slot.lock
+        # Called with an image file's sha256 once the file is deleted, to drop what was derived from it (thumbnails).
+        self.blob_deleted: list[Callable[[str], None]] = []
+
+    def decode(self, photo: PhotoInput, draft_size: int | None = None) -> DecodedImage:
+        """Check the declared type and decode; JPEGs decode straight to about `draft_size` (the model's input)."""
+        size = draft_size if draft_size is not None else self.slot.model.embedder.input_size
+        return decode_photo(photo, self.settings.image_limits(), size)
+
+    def add_reference(
+        self,
+        photo: PhotoInput,
+        brand: str,
+        product: str,
+        label: str,
+        source: str | None = None,
+        actor: str = "system",
+        group: str | None = None,
+    ) -> AddedImage:
+        """Add one reference image; it is searchable when this returns. Nothing is written if it is rejected."""
+        brand, product = clean_name(brand, "brand"), clean_name(product, "product")
+        check_label(label)
+        if source is not None:
+            check_text(source, "source", MAX_SOURCE_LENGTH)
+        decoded = self.decode(photo)
+        new = _new_image(decoded, brand, product, label, source, group)
+        with self.lock:
+            model = self.slot.model
+            existing = self.catalog.find_duplicate(brand, product, decoded.sha256)
+            if existing is not None:
+                if existing.label != label:
+                    raise Conflict(str(DuplicateLabelConflict(existing)))
+                return AddedImage(existing, False, model.index.version)
+            embedded = model.embedder.embed_images_with_detail([decoded.image])
+            self.blobs.put(decoded.sha256, photo.data)
+            ((ref, created),) = self._commit_rows([new], embedded, actor)  # False: another process added it meanwhile
+            return AddedImage(ref, created, self.slot.model.index.version)
+
+    def _commit_rows(self, images: Sequence[NewImage], embedded: Embeddings, actor: str) -> list[tuple[ImageRef, bool]]:
+        """Write rows, vectors, detail features and audit entries in one transaction, then make them searchable; for
+        each row its ref and whether it was written now (False: another writer had added it meanwhile)."""
+        embedder = self.slot.model.embedder
+        details = DetailFeatures(embedder.detail_layout, embedded.details)
+        written = self.catalog.insert_images(images, embedded.vectors, embedder.info.fingerprint, actor, details)
+        self.index_keeper.added([ref for ref, _ in written], embedded.vectors, [image.phash for image in images])
+        return written
+
+    def _commit_counted(
+        self, images: Sequence[NewImage], embedded: Embeddings, actor: str, names: Sequence[str], summary: ImportSummary
+    ) -> None:
+        """Commit a batch and count what was written; when another writer added one of its photos under the other
+        label meanwhile, commit row by row so that only that row fails (reported with its name)."""
+        try:
+            written = self._commit_rows(images, embedded, actor)
+        except DuplicateLabelConflict:
+            if len(images) == 1:
+                raise
+            for i, name in enumerate(names):
+                try:
+                    self._commit_counted([images[i]], embedded.rows(i, i + 1), actor, [name], summary)
+                except DuplicateLabelConflict as exc:
+                    assert summary.errors is not None
+                    summary.errors.append((name, str(exc)))
+            return
+        created = sum(1 for _, was_created in written if was_created)
+        summary.added += created
+        summary.duplicates += len(written) - created
+
+    def import_rows(self, rows: Sequence[ImportRow], show_progress: bool = False, actor: str = "system") -> ImportSummary:
+        """Import rows (`ImportRow`); bad rows are reported, good ones kept."""
+        summary = ImportSummary(errors=[])
+        assert summary.errors is not None
+        bar = tqdm(total=len(rows), desc="importing", unit="img", disable=not show_progress)
+        for start in range(0, len(rows), IMPORT_CHUNK):
+            batch: list[tuple[NewImage, DecodedImage, bytes]] = []
+            names: list[str] = []
+            seen: dict[tuple[str, str, str], str] = {}
+            with self.lock:
+                for name, photo, brand, product, label, source, group in rows[start : start + IMPORT_CHUNK]:
+                    try:
+                        brand, product = clean_name(brand, "brand"), clean_name(product, "product")
+                        if label not in LABELS:
+                            raise InvalidValue(f"unknown label {label!r}")
+                        source, group = clean_source(source, "source"), clean_source(group, "group")
+                        decoded = self.decode(photo)
+                        key = (brand, product, decoded.sha256)
+                        existing = self.catalog.find_duplicate(*key)
+                        if existing is not None and existing.label != label:
+                            raise Conflict(str(DuplicateLabelConflict(existing)))
+                        if key in seen and seen[key] != label:
+                            raise Conflict(f"the same image is listed earlier as {seen[key]} for {brand}/{product}")
+                        if existing is not None or key in seen:
+                            summary.duplicates += 1
+                            continue
+                        seen[key] = label
+                        batch.append((_new_image(decoded, brand, product, label, source, group), decoded, photo.data))
+                        names.append(name)
+                    except (ImageRejected, DomainError) as exc:
+                        summary.errors.append((name, str(exc)))
+                if batch:
+                    embedded = self.slot.model.embedder.embed_images_with_detail([decoded.image for _, decoded, _ in batch])
+                    for new, _, data in batch:
+                        self.blobs.put(new.sha256, data)
+                    # Another writer (an HTTP upload, another process) may have added some rows since the checks
+                    # above: those were not written here, so they count as duplicates, not as added.
+                    self._commit_counted([new for new, _, _ in batch], embedded, actor, names, summary)
+            bar.update(min(IMPORT_CHUNK, len(rows) - start))
+        bar.close()
+        return summary
+
+    def relabel_reference(self, image_id: str, label: str, actor: str = "system") -> ImageRef | None:
+        """Change a reference image's label (None: no such image); the next scan sees the new label."""
+        check_label(label)
+        with self.lock:
+            changed = self.catalog.relabel_image(image_id, label, actor)
+            if changed is None:
+                return None
+            ref, relabelled = changed
+            if relabelled:
+                self.index_keeper.relabelled(ref)
+        return ref
+
+    def delete_reference(self, image_id: str, actor: str = "system") -> ImageRef | None:
+        """Remove a reference image from the catalog and the index (None: no such image); its file goes too when no
+        other product's row uses the same bytes."""
+        with self.lock:
+            deleted = self.catalog.delete_image(image_id, actor)
+            if deleted is None:
+                return None
+            ref, blob_unused = deleted
+            self.index_keeper.removed(ref)
+            if blob_unused:  # inside the lock: an upload of the same bytes cannot slip in between
+                self.blobs.delete(ref.sha256)
+                for listener in self.blob_deleted:
+                    listener(ref.sha256)
+        return ref
+
+
+def _new_image(
+    decoded: DecodedImage, brand: str, product: str, label: str, source: str | None, group: str | None = None
+) -> NewImage:
+    return NewImage(
+        brand, product, label, decoded.sha256, decoded.media_type, decoded.width, decoded.height, source,
+        perceptual_hash(decoded.image), group or None,
+    )  # fmt: skip
