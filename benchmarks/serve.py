@@ -299,7 +299,7 @@ def main() -> None:
         print(f"  batch {size:3d}: {raw[size][0]:7.1f} photos/s ({raw[size][1]})")
     fastest = max(v[0] for v in raw.values())
 
-    workers = settings.for_serving().inference_workers
+    workers = settings.for_serving().throughput.inference_workers
     single = results[0] if levels[0] == 1 else None
     if single is not None:
         base = percentile(single.latencies, 50)

@@ -151,8 +151,8 @@ def scan_batch(listings_csv: Path, out: Path, record: bool, workers: int | None,
             "listings": len(listings), "skipped": len(listings) - len(todo), "scanned": 0, "errors": 0, "photos": 0
         }  # fmt: skip
         # The model batch is --batch-size; enough listings are kept in flight to fill the next batches while one runs.
-        window = 4 * settings.batch_size + 2 * settings.decode_workers  # resolved by for_serving
-        settings = settings.updated(**{"batch_max_size": settings.batch_size, "queue_max_photos": window + 1024})
+        window = 4 * settings.embedder.batch_size + 2 * settings.throughput.decode_workers  # resolved by for_serving
+        settings = settings.updated(**{"batch_max_size": settings.embedder.batch_size, "queue_max_photos": window + 1024})
         with open_core(settings) as core, ScanBatcher(core.pipeline, settings) as batcher:
             started = time.perf_counter()  # scanning only, not loading the model and index
             bar = tqdm(total=sum(len(x.paths) for x in todo), desc="scanning", unit="photo", disable=not sys.stderr.isatty())

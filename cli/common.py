@@ -32,7 +32,7 @@ def open_database(settings: Settings) -> Iterator[Engine]:
     """The catalog database of a data directory, migrated first if it is behind (as the service does at start)."""
     from reference_catalog import create_catalog_engine
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     db = create_catalog_engine(settings.resolved_database_url)
     try:
         try:

@@ -32,7 +32,7 @@ def db_upgrade(**flags: Any) -> None:
     from service.db.migrate import UnknownRevision, upgrade
 
     settings = make_settings(**flags)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_catalog_engine(settings.resolved_database_url)
     try:
         before, after = upgrade(engine)

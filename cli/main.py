@@ -46,11 +46,11 @@ def serve(**flags: Any) -> None:
     logging.getLogger().setLevel(logging.INFO)
     uvicorn.run(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        http=settings.http_parser,
-        loop=settings.event_loop,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        http=settings.server.http_parser,
+        loop=settings.server.event_loop,
     )
 
 
@@ -234,7 +234,7 @@ def model_list(**flags: Any) -> None:
 
     from service.models.registry import ModelRegistry
 
-    registry = ModelRegistry(make_settings(**flags).data_dir)
+    registry = ModelRegistry(make_settings(**flags).storage.data_dir)
     active = registry.active()
     click.echo(json.dumps({"active": asdict(active) if active else None,
                            "history": [asdict(record) for record in registry.history()]}, indent=2))  # fmt: skip
@@ -249,7 +249,7 @@ def model_rollback(**flags: Any) -> None:
     from service.models.registry import ModelRegistry, NothingToRollBack
 
     try:
-        record = ModelRegistry(make_settings(**flags).data_dir).rollback()
+        record = ModelRegistry(make_settings(**flags).storage.data_dir).rollback()
     except NothingToRollBack as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"active": asdict(record)}, indent=2))

@@ -140,7 +140,7 @@ def evaluate(
         metrics["manifests"] = [str(m) for m in manifests]
         metrics["split"] = split
         metrics["errors"] = [{"row": row, "reason": reason} for row, reason in errors]
-        out = out_dir or settings.data_dir / "reports" / datetime.now(UTC).strftime("eval-%Y%m%dT%H%M%SZ")
+        out = out_dir or settings.storage.data_dir / "reports" / datetime.now(UTC).strftime("eval-%Y%m%dT%H%M%SZ")
         report = write_report(out, records, metrics, reference_image(core))
         with open(out / "records.jsonl", "w", encoding="utf-8") as fh:  # one line per listing, for error analysis
             fh.writelines(json.dumps(dataclasses.asdict(record)) + "\n" for record in records)
@@ -258,8 +258,8 @@ def calibrate(manifests: tuple[Path, ...], split: str | None, seed: int, **flags
                 np.array(rows, dtype=np.float64).reshape(-1, len(FEATURES)),
                 FEATURES,
                 np.array(truths, dtype=bool),
-                target_fpr=settings.target_fpr,
-                target_miss_rate=settings.target_miss_rate,
+                target_fpr=settings.calibration.target_fpr,
+                target_miss_rate=settings.calibration.target_miss_rate,
                 seed=seed,
                 groups=groups,
             )

@@ -210,14 +210,14 @@ def _finetune(
             if manifests and [m.resolve() for m in manifests] != [m.resolve() for m in saved_manifests]:
                 raise click.UsageError("--resume continues the run's own manifests; leave MANIFESTS out")
             if device_given:
-                given["device"] = settings.device
+                given["device"] = settings.embedder.device
             config = FinetuneConfig.from_dict({**saved.as_dict(), **given})
             used, used_split = saved_manifests, saved_split
             result = finetune(config, base_spec, saved_manifests, saved_split, resume_dir, resume=True)
         else:
             if not manifests:
                 raise click.UsageError("give at least one MANIFEST (or --resume RUN_DIR)")
-            config = FinetuneConfig(**{**given, "device": settings.device})
+            config = FinetuneConfig(**{**given, "device": settings.embedder.device})
             out = out_dir or _default_out(settings)
             base_spec, used, used_split = settings.model_spec(), list(manifests), split
             result = finetune(config, base_spec, used, used_split, out)
@@ -284,7 +284,7 @@ def _attach_head(
 
 
 def _default_out(settings: Settings) -> Path:
-    return settings.data_dir / "training" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return settings.storage.data_dir / "training" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _echo_problems(warnings: list[str], skipped: list[str]) -> None:

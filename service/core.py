@@ -42,17 +42,17 @@ class ServiceCore:
     def __init__(self, settings: Settings, embedder: ImageEmbedder) -> None:
         """Wire the parts around `embedder`, with an empty index: `open` (or `index_keeper.sync`) fills it."""
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
         self.database = create_catalog_engine(settings.resolved_database_url)
         self.catalog = CatalogRepository(self.database)
         upgrade_if_behind(self.database)  # the schema is the migrations' (service/db): an older database is migrated at start
         self.scans = ScanRecordStore(self.database)
         self.feedback = FeedbackStore(self.database)
-        self.keys = ApiKeyStore(self.database, settings.api_key_cache_s)
+        self.keys = ApiKeyStore(self.database, settings.access.api_key_cache_s)
         self.audit = AuditLog(self.database)
         self.blobs = BlobStore(settings.blob_dir)
-        self.scan_photos = BlobStore(settings.data_dir / "scan_photos")
-        self.registry = ModelRegistry(settings.data_dir)
+        self.scan_photos = BlobStore(settings.storage.data_dir / "scan_photos")
+        self.registry = ModelRegistry(settings.storage.data_dir)
         self.heads = HeadKeeper(settings, self.catalog)
         self.write_lock = threading.RLock()
         empty = ServingModel(embedder, IndexKeeper.empty_index(settings, embedder), None, scoring_for(settings, embedder))
@@ -66,11 +66,11 @@ class ServiceCore:
     @classmethod
     def open(cls, settings: Settings, show_progress: bool = False, fit_heads: bool = True) -> ServiceCore:
         """Load the model (the activated one, if any), the catalog and the index, repairing a stale index."""
-        active = ModelRegistry(settings.data_dir).active()
+        active = ModelRegistry(settings.storage.data_dir).active()
         if active:
             log.warning("serving %s, activated %s (%s); the model settings apply again after `model rollback` "
                         "past it or removing that file", active.weights, active.activated_at,
-                        settings.data_dir / "models" / "active.json")  # fmt: skip
+                        settings.storage.data_dir / "models" / "active.json")  # fmt: skip
         core = cls(settings, load_embedder(serving_spec(settings), settings.export_dir))
         core.index_keeper.sync(show_progress)
         core.models.refresh_heads(fit_heads)  # a service passes False: readiness need not wait for a fit

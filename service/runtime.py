@@ -33,11 +33,11 @@ class ServiceRuntime:
         self.imports = ImportJobs(settings, lambda: self.core)  # bulk catalog imports (POST /v1/catalog/imports)
         # Called with the core once it serves (given, or loaded in the background), before any request reaches it.
         self.on_core: list[Callable[[ServiceCore], object]] = []
-        self.batch_max_size = settings.batch_max_size  # 0: measured once the core is ready
+        self.batch_max_size = settings.throughput.batch_max_size  # 0: measured once the core is ready
         self.batch_limit_model: str | None = None  # fingerprint of the model `batch_max_size` was measured on
 
     def start(self) -> None:
-        if self.settings.auth_disabled:
+        if self.settings.access.auth_disabled:
             log.warning("!" * 80)
             log.warning("AUTHENTICATION IS DISABLED (COUNTERFEIT_SCAN_AUTH_DISABLED): every request acts as admin.")
             log.warning("Use this for local demos only; never expose this service.")
@@ -71,9 +71,9 @@ class ServiceRuntime:
             self.error = f"{type(exc).__name__}: {exc}"
 
     def _core_ready(self, core: ServiceCore) -> None:
-        if self.settings.batch_max_size == 0:
+        if self.settings.throughput.batch_max_size == 0:
             self._measure_batch_limit(core)
-        if self.settings.decode_processes:  # started (seconds) before the service reports ready, not at the first scan
+        if self.settings.throughput.decode_processes:  # started (seconds) before the service reports ready, not at the first scan
             self._start_batcher(core)
         for callback in self.on_core:
             callback(core)
@@ -95,11 +95,11 @@ class ServiceRuntime:
 
     def _follow_batch_limit(self, core: ServiceCore) -> None:
         """Measure again when the served model is no longer the one measured (activated, rolled back)."""
-        if self.settings.batch_max_size == 0 and core.model.embedder.info.fingerprint != self.batch_limit_model:
+        if self.settings.throughput.batch_max_size == 0 and core.model.embedder.info.fingerprint != self.batch_limit_model:
             self._measure_batch_limit(core)
 
     def _save_periodically(self) -> None:
-        while not self._stop.wait(self.settings.index_save_interval_s):
+        while not self._stop.wait(self.settings.server.index_save_interval_s):
             core = self.core
             if core is not None:
                 try:

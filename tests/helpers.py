@@ -32,7 +32,7 @@ def tiny_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 def admin_token(settings: Settings) -> str:
     """An admin API key in the data directory's database (for apps the fixtures do not build)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     db = create_catalog_engine(settings.resolved_database_url)
     try:
         upgrade_if_behind(db)  # as a starting service or CLI command would

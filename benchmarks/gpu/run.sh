@@ -3,7 +3,7 @@
 #   run(command="bash benchmarks/gpu/run.sh", carry=[".gpu-carry"], timeout_s=560)
 # One call, about 8 minutes, each step time-boxed so that the others still run; everything goes to $OUT/gpu.txt:
 #   0. the machine; the carried wheels installed (no network there);
-#   1. the GPU tests (tests/test_gpu.py: fp16, channels-last, pinned staging, torch.compile, the service over HTTP);
+#   1. the GPU tests (tests/embeddings/test_gpu.py: fp16, channels-last, pinned staging, torch.compile, the service over HTTP);
 #   2. benchmarks/gpu.py: the model alone by batch size, CPU decode/resize/hash by threads and processes, nvJPEG;
 #   3. benchmarks/scan_batch.py: scan-batch end to end (ViT-B-32, random weights) against the raw model; decoding in
 #      threads, then in worker processes (the service's lock against the cores: which feeds the GPU faster);
@@ -36,7 +36,7 @@ fi
 "$PYTHON" -c "import torch, torchvision, faiss, open_clip, fastapi; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())"
 
 step "1. GPU tests"
-timeout 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_serving_layout.py
+timeout 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests/embeddings/test_gpu.py tests/service/test_serving_layout.py
 echo "pytest exit: $?"
 
 step "2. where the time goes (benchmarks/gpu.py)"

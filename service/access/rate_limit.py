@@ -34,9 +34,9 @@ class RateLimit:
 
 def role_limits(settings: Settings) -> dict[str, RateLimit]:
     return {
-        "admin": RateLimit(settings.rate_limit_admin_per_s, settings.rate_limit_admin_burst),
-        "brand": RateLimit(settings.rate_limit_brand_per_s, settings.rate_limit_brand_burst),
-        "scanner": RateLimit(settings.rate_limit_scanner_per_s, settings.rate_limit_scanner_burst),
+        "admin": RateLimit(settings.rate_limits.admin_per_s, settings.rate_limits.admin_burst),
+        "brand": RateLimit(settings.rate_limits.brand_per_s, settings.rate_limits.brand_burst),
+        "scanner": RateLimit(settings.rate_limits.scanner_per_s, settings.rate_limits.scanner_burst),
     }
 
 

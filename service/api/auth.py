@@ -31,7 +31,7 @@ async def get_principal(request: Request) -> Principal:
 
 async def _authenticate(request: Request) -> Principal:
     runtime = request.app.state.runtime
-    if runtime.settings.auth_disabled:
+    if runtime.settings.access.auth_disabled:
         return LOCAL_ADMIN
     header = request.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")

@@ -67,7 +67,7 @@ def _template_regex(template: str) -> re.Pattern[str]:
 def service_body_bounds(settings: Settings) -> BodyBounds:
     """The service's routes and their bounds. `max_request_bytes` (when set) caps all but archive imports."""
     scans = settings.request_byte_limit
-    image = min(settings.max_image_bytes + FORM_SLACK_BYTES, scans)
+    image = min(settings.limits.max_image_bytes + FORM_SLACK_BYTES, scans)
     archive = settings.import_request_byte_limit
     return BodyBounds(
         [

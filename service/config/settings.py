@@ -105,13 +105,6 @@ class Settings(BaseSettings):
         groups = {name: getattr(self, name).model_copy(update=fields) for name, fields in nested.items()}
         return self.model_copy(update=groups)
 
-    def __getattr__(self, name: str) -> Any:
-        # Transition only (removed once every reader uses the groups): `settings.top_k` reads `settings.scoring.top_k`.
-        path = FLAT_PATHS.get(name)
-        if path is not None:
-            return getattr(getattr(self, path[0]), path[1])
-        return super().__getattr__(name)  # type: ignore[misc]
-
     # --- derived values ---------------------------------------------------------------------------------------
     @property
     def resolved_database_url(self) -> str:

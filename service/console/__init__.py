@@ -32,7 +32,7 @@ CONSOLE_IMPORTS_PATH = f"{PREFIX}/catalog/imports"  # archive uploads: the bigge
 
 def mount_console(app: FastAPI, settings: Settings) -> None:
     """Serve the console on `app` (unless console_enabled is off): pages, static files, and their error pages."""
-    if not settings.console_enabled:
+    if not settings.console.enabled:
         return
     app.state.console = state = ConsoleState(settings)
     # Thumbnails follow deletions made through this service (API, console) from the core's first moment on,

@@ -47,7 +47,7 @@ def _sign_in_page(request: Request, state: StateDep, next_url: str, error: str |
     token = secrets.token_urlsafe(24)
     settings = state.settings
     insecure_transport = (
-        settings.console_cookie_secure and request.url.scheme == "http" and not _loopback(request.url.hostname or "")
+        settings.console.cookie_secure and request.url.scheme == "http" and not _loopback(request.url.hostname or "")
     )
     notice = "You are signed out." if request.query_params.get("signed_out") else None
     response = render(
@@ -57,7 +57,7 @@ def _sign_in_page(request: Request, state: StateDep, next_url: str, error: str |
         status=status,
     )
     response.set_cookie(
-        SIGN_IN_COOKIE, token, max_age=SIGN_IN_TOKEN_MAX_AGE_S, path=PREFIX, secure=settings.console_cookie_secure,
+        SIGN_IN_COOKIE, token, max_age=SIGN_IN_TOKEN_MAX_AGE_S, path=PREFIX, secure=settings.console.cookie_secure,
         httponly=True, samesite="strict",
     )  # fmt: skip
     return response
@@ -90,7 +90,7 @@ async def sign_in(
     if not expected or not hmac.compare_digest(expected.encode(), csrf_token.encode()) or not same_origin(request):
         return _sign_in_page(request, state, next_url, "This sign-in form had expired. Please try again.", 403)
     settings = state.settings
-    if settings.auth_disabled:
+    if settings.access.auth_disabled:
         key_id = LOCAL_ADMIN.key_id
     else:
         principal = await run_in_threadpool(core.keys.authenticate, api_key.strip())
@@ -106,10 +106,10 @@ async def sign_in(
     token = await run_in_threadpool(state.sessions(core).create, key_id)
     response = redirect(next_url)
     response.set_cookie(
-        SESSION_COOKIE, token, max_age=settings.console_session_ttl_s, path=PREFIX, secure=settings.console_cookie_secure,
+        SESSION_COOKIE, token, max_age=settings.console.session_ttl_s, path=PREFIX, secure=settings.console.cookie_secure,
         httponly=True, samesite="strict",
     )  # fmt: skip
-    response.delete_cookie(SIGN_IN_COOKIE, path=PREFIX, secure=settings.console_cookie_secure, httponly=True, samesite="strict")
+    response.delete_cookie(SIGN_IN_COOKIE, path=PREFIX, secure=settings.console.cookie_secure, httponly=True, samesite="strict")
     return response
 
 
@@ -120,6 +120,6 @@ async def sign_out(request: Request, state: StateDep, core: CoreDep, _user: Csrf
     response = redirect(f"{PREFIX}/sign-in?signed_out=1")
     response.headers["Clear-Site-Data"] = '"cache"'  # images this user viewed leave the browser's cache with them
     response.delete_cookie(
-        SESSION_COOKIE, path=PREFIX, secure=state.settings.console_cookie_secure, httponly=True, samesite="strict"
+        SESSION_COOKIE, path=PREFIX, secure=state.settings.console.cookie_secure, httponly=True, samesite="strict"
     )
     return response

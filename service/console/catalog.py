@@ -159,7 +159,7 @@ async def upload_images(
             try:
                 if (upload.filename or "").lower().endswith(ARCHIVE_SUFFIXES):
                     raise UnsupportedFormat("this is an archive: import it with the archive form")
-                photo = await read_upload(upload, core.settings.max_image_bytes)
+                photo = await read_upload(upload, core.settings.limits.max_image_bytes)
                 added = await run_in_threadpool(
                     partial(
                         core.writer.add_reference, photo, brand, product, label, source.strip() or None, actor=principal.key_id

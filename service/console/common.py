@@ -76,8 +76,8 @@ class ConsoleState:
         with self._lock:
             entry = self._stores.get(id(core))
             if entry is None or entry[0] is not core:
-                sessions = SessionStore(core.database, self.settings.console_session_ttl_s, self.settings.auth_disabled)
-                thumbnails = Thumbnails(self.settings.data_dir / "console_thumbnails", self.settings.image_limits())
+                sessions = SessionStore(core.database, self.settings.console.session_ttl_s, self.settings.access.auth_disabled)
+                thumbnails = Thumbnails(self.settings.storage.data_dir / "console_thumbnails", self.settings.image_limits())
                 core.writer.blob_deleted.append(thumbnails.discard)
                 entry = self._stores[id(core)] = (core, sessions, thumbnails)
             return entry
@@ -211,7 +211,7 @@ def render(
         "user": user,
         "csrf_token": user.csrf_token if user else "",
         "random_weights": bool(core is not None and core.model.embedder.info.random_weights),
-        "auth_disabled": state.settings.auth_disabled,
+        "auth_disabled": state.settings.access.auth_disabled,
         **(context or {}),
     }
     response = state.templates.TemplateResponse(request, template, full, status_code=status)

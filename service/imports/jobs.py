@@ -126,7 +126,7 @@ class ImportJobs:
         """Queue an import of archive bytes; returns the job. A service error for what is wrong at a glance."""
         if not data:
             raise InvalidRequest("the archive is empty")
-        limit = self.settings.import_max_upload_bytes
+        limit = self.settings.imports.max_upload_bytes
         if len(data) > limit:
             raise TooLarge(f"the archive is larger than {limit} bytes (import_max_upload_bytes)")
         fmt = detect_format(data[:8])

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def imports_dir(settings: Settings) -> Path:
-    return settings.data_dir / "imports"
+    return settings.storage.data_dir / "imports"
 
 
 def archive_path(settings: Settings, job_id: str) -> Path:
@@ -46,9 +46,9 @@ def job_principal(job: ImportJobRow) -> Principal:
 
 def archive_limits(settings: Settings) -> ArchiveLimits:
     return ArchiveLimits(
-        max_expanded_bytes=settings.import_max_expanded_bytes,
-        max_members=settings.import_max_members,
-        max_member_bytes=settings.max_image_bytes,
+        max_expanded_bytes=settings.imports.max_expanded_bytes,
+        max_members=settings.imports.max_members,
+        max_member_bytes=settings.limits.max_image_bytes,
     )
 
 
@@ -56,7 +56,7 @@ def key_refusal(core: ServiceCore, job: ImportJobRow) -> str | None:
     """Why the job may not import anything more (None: it may). A job acts for its key: once the key is revoked or
     gone, it stops. One submitted with auth disabled acts for the local admin, as long as auth stays disabled."""
     if job.created_by == LOCAL_ADMIN.key_id:
-        if core.settings.auth_disabled:
+        if core.settings.access.auth_disabled:
             return None
         return "stopped: it was submitted while auth was disabled, and auth is now on; submit it again with a key"
     refusal = core.keys.refusal(job.created_by)
@@ -87,7 +87,7 @@ def run_import_job(core: ServiceCore, store: ImportJobStore, job_id: str, stop: 
         return
     if job.rows_total is None:
         job = store.planned(job_id, plan.layout, len(plan.rows) + len(plan.errors), [e.as_dict() for e in plan.errors])
-    step = settings.import_chunk_rows
+    step = settings.imports.chunk_rows
     for start in range(job.position, len(plan.rows), step):
         if stop.is_set():
             return

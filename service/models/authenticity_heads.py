@@ -29,7 +29,7 @@ class HeadKeeper:
     def __init__(self, settings: Settings, catalog: CatalogRepository) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.directory = settings.data_dir / "heads"
+        self.directory = settings.storage.data_dir / "heads"
         self.fits = 0  # fits made by this process (the debounce test counts them)
         self._seen_revision: int | None = None
         self._last_change = 0.0
@@ -38,7 +38,7 @@ class HeadKeeper:
 
     @property
     def enabled(self) -> bool:
-        return self.settings.head_enabled
+        return self.settings.heads.enabled
 
     def path_for(self, embedder: ImageEmbedder) -> Path:
         """One file per model and set of extra photos: a `train` output with the base model's weights has its own."""
@@ -116,8 +116,8 @@ class HeadKeeper:
             self._seen_revision, self._last_change = revision, now
             self._pending_since = self._pending_since or now
         pending = self._pending_since or now
-        quiet = now - self._last_change >= self.settings.head_refit_delay_s
-        return quiet or now - pending >= self.settings.head_refit_max_delay_s
+        quiet = now - self._last_change >= self.settings.heads.refit_delay_s
+        return quiet or now - pending >= self.settings.heads.refit_max_delay_s
 
     def missing_reason(
         self, heads: HeadSet | None, revision: int, evidence: Sequence[PhotoEvidence], brand: str | None

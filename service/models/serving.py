@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def serving_spec(settings: Settings) -> ModelSpec:
     """The model a data directory serves: the activated one if any (model activate/rollback), else the settings'."""
-    active = ModelRegistry(settings.data_dir).active()
+    active = ModelRegistry(settings.storage.data_dir).active()
     return active.spec(settings.model_spec()) if active else settings.model_spec()
 
 
@@ -50,7 +50,7 @@ class ServingModels:
 
     # --- calibration ------------------------------------------------------------------------------------------------
     def calibrator_path_for(self, fingerprint: str) -> Path:
-        return calibrator_path(self.settings.data_dir / "calibration", fingerprint)
+        return calibrator_path(self.settings.storage.data_dir / "calibration", fingerprint)
 
     @property
     def calibrator_path(self) -> Path:

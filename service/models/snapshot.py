@@ -34,14 +34,14 @@ class ServingModel:
 
 def scoring_for(settings: Settings, embedder: ImageEmbedder) -> ScoringParams:
     """The scoring parameters for `embedder`: the settings', with the model's own match threshold unless one is set."""
-    threshold = settings.match_threshold
+    threshold = settings.scoring.match_threshold
     if threshold is None:
         threshold = embedder.default_match_threshold or DEFAULT_MATCH_THRESHOLD
     return ScoringParams(
         match_threshold=threshold,
-        counterfeit_threshold=settings.counterfeit_threshold,
-        authentic_threshold=settings.authentic_threshold,
-        vote_temperature=settings.vote_temperature,
+        counterfeit_threshold=settings.scoring.counterfeit_threshold,
+        authentic_threshold=settings.scoring.authentic_threshold,
+        vote_temperature=settings.scoring.vote_temperature,
     )
 
 

@@ -164,24 +164,28 @@ class ScanBatcher:
         self.pipeline = pipeline
         self.slot: ModelSlot = pipeline.slot
         self.metrics = metrics
-        self.max_batch = settings.batch_max_size or UNMEASURED_BATCH_LIMIT
-        self.max_wait = settings.batch_max_wait_ms / 1000.0
-        self.queue_limit = settings.queue_max_photos
-        self.retry_after_s = settings.retry_after_s
-        self.decode_workers = settings.decode_workers
+        self.max_batch = settings.throughput.batch_max_size or UNMEASURED_BATCH_LIMIT
+        self.max_wait = settings.throughput.batch_max_wait_ms / 1000.0
+        self.queue_limit = settings.throughput.queue_max_photos
+        self.retry_after_s = settings.throughput.retry_after_s
+        self.decode_workers = settings.throughput.decode_workers
         # Decoding runs a little below the model (`decode_nice`): on cores both want, a photo already decoded is
         # embedded before the next one is decoded, so bursts queue in order instead of slowing everything in flight.
         self._decode_pool = ThreadPoolExecutor(
             self.decode_workers,
             thread_name_prefix="scan-decode",
             initializer=_start_decode_thread,
-            initargs=(settings.decode_nice,),
+            initargs=(settings.throughput.decode_nice,),
         )
         # FAISS searches from this thread run single-threaded: a batch's search is small, and OpenMP workers that
         # spin or wait for a time slice cost more than they save on a machine whose cores the model already uses.
         self._finish_pool = ThreadPoolExecutor(1, thread_name_prefix="scan-finish", initializer=_start_finish_thread)
         # With `decode_processes`, the decoding threads only wait for worker processes that do the work.
-        self.preparer = ProcessPreparer(settings.decode_processes, settings.decode_nice) if settings.decode_processes else None
+        self.preparer = (
+            ProcessPreparer(settings.throughput.decode_processes, settings.throughput.decode_nice)
+            if settings.throughput.decode_processes
+            else None
+        )
         self._queue: deque[Piece] = deque()
         self._queued_photos = 0
         self._in_flight = 0  # photos admitted and not yet answered
@@ -189,7 +193,8 @@ class ScanBatcher:
         self._ready = threading.Condition(self._lock)
         self._closed = False
         self._threads = [
-            threading.Thread(target=self._run, name=f"scan-inference-{i}", daemon=True) for i in range(settings.inference_workers)
+            threading.Thread(target=self._run, name=f"scan-inference-{i}", daemon=True)
+            for i in range(settings.throughput.inference_workers)
         ]
         for thread in self._threads:
             thread.start()

@@ -156,7 +156,7 @@ class ScanPipeline:
         """Validate a scan request before any work (photo count, names); the request with its names cleaned."""
         if not photos:
             raise InvalidRequest("send at least one photo in the 'images' field")
-        limit = self.settings.max_photos_per_scan
+        limit = self.settings.limits.max_photos_per_scan
         if len(photos) > limit:
             raise InvalidRequest(f"{len(photos)} photos sent; a scan takes at most {limit}")
         brand = clean_name(brand, "brand") if brand else None
@@ -185,7 +185,7 @@ class ScanPipeline:
         """One index search for photos that share a brand/product scope: top-k hits per row, and the index version."""
         index = model.index
         index_version = index.version
-        return index.search(vectors, self.settings.top_k, self.index_keeper.scope(brand, product)), index_version
+        return index.search(vectors, self.settings.scoring.top_k, self.index_keeper.scope(brand, product)), index_version
 
     def score(
         self,
@@ -255,7 +255,7 @@ class ScanPipeline:
         refs = self.index_keeper.refs
         scope = self.index_keeper.scope(brand, product)
         allowed = None if scope is None else set(scope.tolist())
-        max_bits = self.settings.near_duplicate_max_bits
+        max_bits = self.settings.scoring.near_duplicate_max_bits
         evidence = []
         for row, phash, details in zip(searched[0], phashes, embedded.details, strict=True):
             matches = [
@@ -278,7 +278,7 @@ class ScanPipeline:
     def record(self, scans: Sequence[tuple[ScanResult, ScanRequest]]) -> None:
         """Store scans (each result with its request) in one transaction; keep their photos when the policy says so, so
         that feedback can add them to the catalog. A scan is answered only once its record is stored."""
-        policy = self.settings.keep_scan_photos
+        policy = self.settings.scoring.keep_scan_photos
         for result, request in scans:
             if policy == "all" or (policy == "flagged" and result.verdict in FLAGGED):
                 for image, photo in zip(result.images, request.photos, strict=True):

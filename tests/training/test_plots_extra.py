@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import REPO_ROOT
 from tests.training.factory import record
 from training.evaluation import compute_metrics
 from training.evaluation.plots import PLOT_FILES, write_plots
@@ -18,7 +19,7 @@ from training.evaluation.report import write_report
 from training.finetune.outputs import CURVES_FILE, write_curves
 from training.plotting import PLOTS_EXTRA_INSTALL, plots_available
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 
 
 def test_service_cli_and_report_modules_do_not_import_matplotlib() -> None:

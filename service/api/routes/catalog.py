@@ -54,7 +54,7 @@ async def add_image(
 ) -> dict[str, Any]:
     """Add a reference image; it is searchable when this returns. A repeat upload answers 200 with the original."""
     check_catalog_write(principal, brand.strip())
-    photo = await read_upload(file, core.settings.max_image_bytes)
+    photo = await read_upload(file, core.settings.limits.max_image_bytes)
     added = await run_in_threadpool(
         partial(core.writer.add_reference, photo, brand, product, label, source, actor=principal.key_id)
     )

@@ -40,7 +40,7 @@ async def submit_import(
     split: Annotated[str | None, Form(max_length=200, description="Import only manifest rows of this split")] = None,
 ) -> dict[str, Any]:
     """Queue an import; poll the job at the Location header. A brand key imports into its own brands only."""
-    limit = runtime.settings.import_max_upload_bytes
+    limit = runtime.settings.imports.max_upload_bytes
     data = await archive.read(limit + 1)
     if len(data) > limit:
         raise RequestRejected(f"the archive is larger than {limit} bytes (import_max_upload_bytes)", 413)

@@ -32,7 +32,7 @@ def readyz(runtime: RuntimeDep) -> JSONResponse | dict[str, object]:
         return JSONResponse({"status": "not_ready", "detail": detail}, status_code=503)
     return {
         "status": "ready",
-        "auth": "disabled" if runtime.settings.auth_disabled else "api-keys",
+        "auth": "disabled" if runtime.settings.access.auth_disabled else "api-keys",
         "model": core.model.embedder.info.as_dict(),
         "index_version": core.model.index.version,
         "index_size": len(core.model.index),

@@ -41,7 +41,7 @@ async def scan(
     The photos join those of concurrent scans in one model batch; 429 with Retry-After when the queue is full.
     """
     started = time.perf_counter()
-    photos = [await read_upload(upload, core.settings.max_image_bytes) for upload in images]
+    photos = [await read_upload(upload, core.settings.limits.max_image_bytes) for upload in images]
     scope = scan_scope(principal, brand or None)
     result = await batcher.scan(photos, scope, product or None, listing_id or None, actor=principal.key_id)
     metrics.scans.labels(result.verdict).inc()

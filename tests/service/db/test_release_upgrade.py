@@ -1,0 +1,90 @@
+"""Upgrading databases made before migrations (the release of 2026-12-05, and an older one), and two upgraders at once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cli.main import cli
+from reference_catalog import create_catalog_engine
+from service.db.migrate import current_revision, head_revision
+from tests.helpers import REPO_ROOT
+from tests.service.db.release import RELEASE_TABLES, copy_release, differences, row_counts, schema_sql, tables
+
+
+def test_db_upgrade_on_the_release_keeps_every_row(tmp_path: Path) -> None:
+    path, _ = copy_release(tmp_path / "data")
+    before, release_tables, release_sql = row_counts(path), tables(path), schema_sql(path)
+    assert set(before) == {*RELEASE_TABLES, "sqlite_sequence"} and all(before.values())  # every table holds rows
+    result = CliRunner().invoke(cli, ["db", "upgrade", "--data-dir", str(tmp_path / "data")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"from_revision": None, "to_revision": head_revision(), "upgraded": True}
+    assert row_counts(path) == {**before, "alembic_version": 1}
+    assert tables(path) == [*release_tables, "alembic_version"]
+    assert {name: sql for name, sql in schema_sql(path).items() if name != "alembic_version"} == release_sql  # unchanged
+    engine = create_catalog_engine(f"sqlite:///{path}")
+    assert current_revision(engine) == head_revision() and differences(engine) == []
+
+
+def test_an_older_database_gets_the_newer_tables_and_its_scans_subjects(tmp_path: Path) -> None:
+    """Before scan_subjects, scan_brand_views, scan_feedback_brands, image_details and image_groups: the migration
+    creates them, fills scan_subjects from the scan records (as the release did at start) and leaves the rest empty."""
+    path, info = copy_release(tmp_path / "data")
+    newer = ["scan_subjects", "scan_brand_views", "scan_feedback_brands", "image_details", "image_groups"]
+    with sqlite3.connect(path) as db:
+        subjects = sorted(db.execute("SELECT scan_id, brand, product FROM scan_subjects").fetchall())
+        for name in newer:
+            db.execute(f"DROP TABLE {name}")
+        db.execute("DROP INDEX ix_scan_records_verdict")  # and an index it would have had
+    before = row_counts(path)
+    engine = create_catalog_engine(f"sqlite:///{path}")
+    assert current_revision(engine) is None
+    result = CliRunner().invoke(cli, ["db", "upgrade", "--data-dir", str(path.parent)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    after = row_counts(path)
+    assert {name: after[name] for name in before} == before
+    assert {name: after[name] for name in newer} == {**dict.fromkeys(newer, 0), "scan_subjects": len(subjects)}
+    with sqlite3.connect(path) as db:
+        assert sorted(db.execute("SELECT scan_id, brand, product FROM scan_subjects").fetchall()) == subjects
+    assert {scan_id for scan_id, _, _ in subjects} == set(info["scan_ids"])
+    assert differences(engine) == []
+
+
+UPGRADER = """
+import sys, time
+from pathlib import Path
+from reference_catalog import create_catalog_engine
+from service.db.migrate import upgrade
+ready, go = Path(sys.argv[2]), Path(sys.argv[3])
+engine = create_catalog_engine("sqlite:///" + sys.argv[1])
+ready.touch()
+while not go.exists():
+    time.sleep(0.005)
+print(upgrade(engine)[0])
+"""
+
+
+def test_two_processes_upgrading_one_new_database_at_once(tmp_path: Path) -> None:
+    """A service and a CLI command starting together: one migrates, the other waits for it and finds the head."""
+    path, go = tmp_path / "catalog.sqlite3", tmp_path / "go"
+    ready = [tmp_path / f"ready{n}" for n in range(2)]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", UPGRADER, str(path), str(flag), str(go)], cwd=REPO_ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for flag in ready
+    ]  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:  # both imported, engines made
+        time.sleep(0.01)
+    go.touch()
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert sorted(stdout.strip() for stdout, _ in outputs) == sorted(["None", head_revision()])  # one migrated
+    engine = create_catalog_engine(f"sqlite:///{path}")
+    assert current_revision(engine) == head_revision() and differences(engine) == []
