@@ -25,6 +25,7 @@ from service.api.errors import domain_error_status
 from service.errors import DomainError
 from service.scanning.batching import ScanBatcher
 from service.scanning.photo_prep import PhotoInput
+from service.scanning.pipeline import ScanRequest
 from service.scanning.result import ScanResult
 
 
@@ -152,7 +153,7 @@ def scan_batch(listings_csv: Path, out: Path, record: bool, workers: int | None,
         }  # fmt: skip
         # The model batch is --batch-size; enough listings are kept in flight to fill the next batches while one runs.
         window = 4 * settings.embedder.batch_size + 2 * settings.throughput.decode_workers  # resolved by for_serving
-        settings = settings.updated(**{"batch_max_size": settings.embedder.batch_size, "queue_max_photos": window + 1024})
+        settings = settings.updated(batch_max_size=settings.embedder.batch_size, queue_max_photos=window + 1024)
         with open_core(settings) as core, ScanBatcher(core.pipeline, settings) as batcher:
             started = time.perf_counter()  # scanning only, not loading the model and index
             bar = tqdm(total=sum(len(x.paths) for x in todo), desc="scanning", unit="photo", disable=not sys.stderr.isatty())
@@ -174,7 +175,7 @@ def _scan(batcher: ScanBatcher, todo: list[Listing], record: bool, window: int) 
     for listing in todo:
         try:
             future: Future[ScanResult] | dict[str, Any] = batcher.submit(
-                _photos(listing), listing.brand, listing.product, listing.listing_id, record=record, actor="cli:scan-batch"
+                ScanRequest(_photos(listing), listing.brand, listing.product, listing.listing_id, record, "cli:scan-batch")
             )
         except OSError as exc:
             future = _error(listing, f"cannot read a photo: {exc}", 400)

@@ -58,7 +58,8 @@ class ServiceRuntime:
     def _load(self) -> None:
         try:
             # The heads saved for this model are served at once, stale or not; the head fitter refits them in the
-            # background (a 10,000-photo catalog takes minutes), so readiness never waits for a fit.
+            # background (a big catalog's fit is slow: benchmarks/README.md, "Authenticity head"), so readiness
+            # never waits for a fit.
             core = ServiceCore.open(self.settings, fit_heads=False)
             self._core_ready(core)
             self.core = core
@@ -137,7 +138,7 @@ class ServiceRuntime:
             if self._stop.is_set():
                 raise ServiceNotReady("the service is shutting down")
             if self._batcher is None:
-                settings = self.settings.updated(**{"batch_max_size": self.batch_max_size})
+                settings = self.settings.updated(batch_max_size=self.batch_max_size)
                 self._batcher = ScanBatcher(core.pipeline, settings, self.metrics)
             return self._batcher
 

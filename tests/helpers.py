@@ -25,6 +25,12 @@ TINY_MODEL: dict[str, Any] = {"model": "cs-tiny-vit", "pretrained": None, "allow
 TINY_MODEL_FLAGS = ["--model", "cs-tiny-vit", "--pretrained", "", "--allow-random-weights"]
 
 
+# The `model` of a scan result built by hand in a test (what a scan record stores of the model that answered).
+STORED_MODEL: dict[str, Any] = {
+    "architecture": "tiny", "weights": "random", "fingerprint": "f" * 64, "dim": 8, "runtime": "onnx", "random_weights": True,
+}  # fmt: skip
+
+
 def tiny_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for the tiny registered open_clip config with seeded random weights (tests only)."""
     return Settings(**{**TINY_MODEL, "data_dir": data_dir, **overrides})

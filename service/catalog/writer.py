@@ -9,8 +9,9 @@ catalogued under the other label.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from tqdm import tqdm
@@ -56,18 +57,21 @@ class ImportSummary:
     errors: list[tuple[str, str]] | None = None
 
 
+@dataclass(eq=False)
 class CatalogWriter:
-    def __init__(
-        self, settings: Settings, catalog: CatalogRepository, blobs: BlobStore, slot: ModelSlot, index_keeper: IndexKeeper
-    ) -> None:
-        self.settings = settings
-        self.catalog = catalog
-        self.blobs = blobs
-        self.slot = slot
-        self.index_keeper = index_keeper
-        self.lock = slot.lock
-        # Called with an image file's sha256 once the file is deleted, to drop what was derived from it (thumbnails).
-        self.blob_deleted: list[Callable[[str], None]] = []
+    """Every change to the reference catalog: rows, blobs and the serving index together, under the write lock."""
+
+    settings: Settings
+    catalog: CatalogRepository
+    blobs: BlobStore
+    slot: ModelSlot
+    index_keeper: IndexKeeper
+    # Called with an image file's sha256 once the file is deleted, to drop what was derived from it (thumbnails).
+    blob_deleted: list[Callable[[str], None]] = field(default_factory=list)
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self.slot.lock
 
     def decode(self, photo: PhotoInput, draft_size: int | None = None) -> DecodedImage:
         """Check the declared type and decode; JPEGs decode straight to about `draft_size` (the model's input)."""

@@ -11,6 +11,7 @@ writes made meanwhile, and swap). The calibrator (`counterfeit-scan calibrate`'s
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from embeddings import ImageEmbedder, ModelSpec, load_embedder
@@ -33,15 +34,15 @@ def serving_spec(settings: Settings) -> ModelSpec:
     return active.spec(settings.model_spec()) if active else settings.model_spec()
 
 
+@dataclass(eq=False)
 class ServingModels:
-    def __init__(
-        self, settings: Settings, catalog: CatalogRepository, slot: ModelSlot, index_keeper: IndexKeeper, heads: HeadKeeper
-    ) -> None:
-        self.settings = settings
-        self.catalog = catalog
-        self.slot = slot
-        self.index_keeper = index_keeper
-        self.heads = heads
+    """Which model serves: its calibrator and authenticity heads kept current, and switches to another model."""
+
+    settings: Settings
+    catalog: CatalogRepository
+    slot: ModelSlot
+    index_keeper: IndexKeeper
+    heads: HeadKeeper
 
     @property
     def current(self) -> ServingModel:

@@ -11,8 +11,8 @@ most `batch_max_wait_ms` after the oldest one when fewer are there, and runs:
     one model forward pass (`embed`) ─► the listings whose last photos it embedded ─► (scorer thread) one index
     search per brand/product scope (`search`) ─► `score`, `record` and answer each listing on its own future
 
-A listing's photos may be split between batches, so that two workers embed a four-photo listing side by side (a
-third less latency for a lone one, EfficientNet-Lite0 on 2 cores) and no batch outgrows the size at which the model
+A listing's photos may be split between batches, so that two workers embed a four-photo listing side by side (less
+latency for a lone listing: benchmarks/README.md, "Served throughput") and no batch outgrows the size at which the model
 runs fastest. Each listing is pinned to the serving model (`ModelSlot.model`) when its first photos are taken, so a
 model switch never mixes versions within a listing.
 Scoring and recording run on a second thread, overlapping the next batch's forward pass.
@@ -40,7 +40,7 @@ from service.config import Settings
 from service.errors import Overloaded, ServiceNotReady
 from service.metrics import ServiceMetrics
 from service.models.snapshot import ModelSlot, ServingModel
-from service.scanning.photo_prep import PhotoInput, PreparedPhoto, ProcessPreparer, prepare_listing
+from service.scanning.photo_prep import PreparedPhoto, ProcessPreparer, prepare_listing
 from service.scanning.pipeline import ScanPipeline, ScanRequest, Searched, concatenate, pixels
 from service.scanning.result import ScanResult
 
@@ -205,20 +205,13 @@ class ScanBatcher:
         """Photos admitted and not yet answered."""
         return self._in_flight
 
-    def submit(
-        self,
-        photos: Sequence[PhotoInput],
-        brand: str | None = None,
-        product: str | None = None,
-        listing_id: str | None = None,
-        record: bool = True,
-        actor: str = "system",
-    ) -> Future[ScanResult]:
+    def submit(self, request: ScanRequest) -> Future[ScanResult]:
         """Admit one listing; its future gets the scan result (or the ImageRejected / service error to answer).
 
         Raises a service error (service/errors.py) for a bad request and Overloaded when `queue_max_photos` photos are in flight.
         """
-        job = ScanJob(self.pipeline.check(photos, brand, product, listing_id, record, actor))
+        job = ScanJob(self.pipeline.check(request))
+        photos = request.photos
         with self._lock:
             if self._closed:
                 raise ServiceNotReady("the service is shutting down")
@@ -237,17 +230,9 @@ class ScanBatcher:
             job.fail(ServiceNotReady(f"the service is shutting down ({exc})"))
         return job.future
 
-    async def scan(
-        self,
-        photos: Sequence[PhotoInput],
-        brand: str | None = None,
-        product: str | None = None,
-        listing_id: str | None = None,
-        record: bool = True,
-        actor: str = "system",
-    ) -> ScanResult:
+    async def scan(self, request: ScanRequest) -> ScanResult:
         """`submit` for the event loop: waits for the answer without holding a thread."""
-        return await asyncio.wrap_future(self.submit(photos, brand, product, listing_id, record, actor))
+        return await asyncio.wrap_future(self.submit(request))
 
     def _answered(self, photos: int) -> None:
         with self._lock:
@@ -299,7 +284,7 @@ class ScanBatcher:
                     break
                 self._ready.wait(remaining)
             # With several workers, each takes its share of the queue: one single-threaded worker must not run 16
-            # photos in a row (1.6 s of ViT-B-32) while the other takes the next photo and idles.
+            # photos in a row (seconds, for a ViT) while the other takes the next photo and idles.
             share = -(-self._queued_photos // len(self._threads))
             limit = max(1, min(self.max_batch, share))
             pieces: list[Piece] = []

@@ -23,7 +23,7 @@ mixes versions within a listing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -70,22 +70,16 @@ class ScanRequest:
     actor: str = "system"
 
 
+@dataclass(eq=False)
 class ScanPipeline:
-    def __init__(
-        self,
-        settings: Settings,
-        slot: ModelSlot,
-        index_keeper: IndexKeeper,
-        heads: HeadKeeper,
-        scans: ScanRecordStore,
-        scan_photos: BlobStore,
-    ) -> None:
-        self.settings = settings
-        self.slot = slot
-        self.index_keeper = index_keeper
-        self.heads = heads
-        self.scans = scans
-        self.scan_photos = scan_photos
+    """The stages of a scan, and the drivers built from them; the parts it reads are wired by service/core.py."""
+
+    settings: Settings
+    slot: ModelSlot
+    index_keeper: IndexKeeper
+    heads: HeadKeeper
+    scans: ScanRecordStore
+    scan_photos: BlobStore
 
     # --- the drivers ------------------------------------------------------------------------------------------------
     def scan(
@@ -98,7 +92,7 @@ class ScanPipeline:
         actor: str = "system",
     ) -> ScanResult:
         """Scan one listing's photos against the catalog; returns (and records) the scan result."""
-        request = self.check(photos, brand, product, listing_id, record, actor)
+        request = self.check(ScanRequest(photos, brand, product, listing_id, record, actor))
         model = self.slot.model  # one snapshot: a model switch meanwhile does not mix versions within this scan
         prepared = self.prepare(request.photos, model)
         result = self.score(model, request, prepared, self.embed(model, pixels(prepared)))
@@ -144,25 +138,18 @@ class ScanPipeline:
         return results
 
     # --- the stages -------------------------------------------------------------------------------------------------
-    def check(
-        self,
-        photos: Sequence[PhotoInput],
-        brand: str | None = None,
-        product: str | None = None,
-        listing_id: str | None = None,
-        record: bool = True,
-        actor: str = "system",
-    ) -> ScanRequest:
+    def check(self, request: ScanRequest) -> ScanRequest:
         """Validate a scan request before any work (photo count, names); the request with its names cleaned."""
+        photos = request.photos
         if not photos:
             raise InvalidRequest("send at least one photo in the 'images' field")
         limit = self.settings.limits.max_photos_per_scan
         if len(photos) > limit:
             raise InvalidRequest(f"{len(photos)} photos sent; a scan takes at most {limit}")
-        brand = clean_name(brand, "brand") if brand else None
-        product = clean_name(product, "product") if product else None
-        clean_id(listing_id, "listing_id")  # echoed in the answer and stored: printable only
-        return ScanRequest(photos, brand, product, listing_id, record, actor)
+        brand = clean_name(request.brand, "brand") if request.brand else None
+        product = clean_name(request.product, "product") if request.product else None
+        clean_id(request.listing_id, "listing_id")  # echoed in the answer and stored: printable only
+        return replace(request, brand=brand, product=product)
 
     def prepare(
         self, photos: Sequence[PhotoInput], model: ServingModel, preparer: Preparer = prepare_listing

@@ -7,6 +7,7 @@ confirmed fake is searchable (as a known fake) when the feedback is answered.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from reference_catalog import BlobStore, CatalogRepository
@@ -24,22 +25,16 @@ from service.scanning.result import ImageResultOut, ScanResult
 from service.scanning.scoring import score_photo
 
 
+@dataclass(eq=False)
 class ScanReview:
-    def __init__(
-        self,
-        scans: ScanRecordStore,
-        feedback: FeedbackStore,
-        catalog: CatalogRepository,
-        scan_photos: BlobStore,
-        writer: CatalogWriter,
-        slot: ModelSlot,
-    ) -> None:
-        self.scans = scans
-        self.feedback = feedback
-        self.catalog = catalog
-        self.scan_photos = scan_photos
-        self.writer = writer
-        self.slot = slot
+    """Reviewers' feedback on scans; a confirmed fake's photos join the catalog through the writer."""
+
+    scans: ScanRecordStore
+    feedback: FeedbackStore
+    catalog: CatalogRepository
+    scan_photos: BlobStore
+    writer: CatalogWriter
+    slot: ModelSlot
 
     def give_feedback(
         self,

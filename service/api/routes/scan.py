@@ -12,6 +12,7 @@ from service.api.auth import ScanKey
 from service.api.deps import CoreDep, MetricsDep, RuntimeDep, read_upload
 from service.api.schemas import error_responses
 from service.scanning.batching import ScanBatcher
+from service.scanning.pipeline import ScanRequest
 from service.scanning.result import ScanResult
 
 router = APIRouter(prefix="/v1", tags=["scan"])
@@ -43,7 +44,7 @@ async def scan(
     started = time.perf_counter()
     photos = [await read_upload(upload, core.settings.limits.max_image_bytes) for upload in images]
     scope = scan_scope(principal, brand or None)
-    result = await batcher.scan(photos, scope, product or None, listing_id or None, actor=principal.key_id)
+    result = await batcher.scan(ScanRequest(photos, scope, product or None, listing_id or None, actor=principal.key_id))
     metrics.scans.labels(result.verdict).inc()
     metrics.photos.inc(len(photos))
     metrics.scan_seconds.observe(time.perf_counter() - started)

@@ -14,6 +14,7 @@ from service.access import policy
 from service.access.api_keys import LOCAL_ADMIN, ROLES, Principal
 from service.errors import Forbidden, InvalidValue, NotFound
 from service.scanning.result import ScanResult
+from tests.helpers import STORED_MODEL
 
 ADMIN = Principal("key_admin", "admin", frozenset())
 SCANNER = Principal("key_scanner", "scanner", frozenset())
@@ -139,14 +140,6 @@ def shared_scan() -> ScanResult:
     def match(brand: str, similarity: float) -> dict[str, Any]:
         return {"image_id": f"ref_{brand}", "brand": brand, "product": "runner", "label": "counterfeit", "similarity": similarity}
 
-    model = {
-        "architecture": "tiny",
-        "weights": "random",
-        "fingerprint": "f" * 64,
-        "dim": 8,
-        "runtime": "onnx",
-        "random_weights": True,
-    }
     photo = dict.fromkeys(("risk", "score", "nearest_authentic", "nearest_counterfeit", "margin"), 0.9)
     return ScanResult.model_validate({
         "scan_id": "scan_1", "listing_id": None, "created_at": "2026-12-05T00:00:00+00:00", "brand": None, "product": None,
@@ -156,7 +149,7 @@ def shared_scan() -> ScanResult:
         "calibrated": False,
         "calibration": None,
         "features": {"nearest_counterfeit": 0.99},
-        "model": model, "index_version": "v1", "photos_kept": False,
+        "model": STORED_MODEL, "index_version": "v1", "photos_kept": False,
         "authenticity_head": None,
         "reasons": [],
         "images": [{"sha256": "0" * 64, **photo, "in_catalog": True, "matches": [match("Acme", 0.5), match("Bolt", 0.99)],

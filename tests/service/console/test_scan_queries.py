@@ -13,15 +13,7 @@ from service.db.migrate import upgrade, upgrade_if_behind
 from service.scanning.feedback import FeedbackStore
 from service.scanning.records import ScanRecordStore, concerned_brands, scan_subjects
 from service.scanning.result import NearDuplicateOut, ScanResult
-
-MODEL = {
-    "architecture": "tiny",
-    "weights": "random",
-    "fingerprint": "f" * 64,
-    "dim": 8,
-    "runtime": "onnx",
-    "random_weights": True,
-}
+from tests.helpers import STORED_MODEL
 
 
 def result(number: int, brand: str, verdict: str, risk: float | None, product: str = "runner", **extra: Any) -> ScanResult:
@@ -31,7 +23,7 @@ def result(number: int, brand: str, verdict: str, risk: float | None, product: s
     return ScanResult.model_validate({
         "scan_id": f"scan_{number:03d}", "listing_id": None, "created_at": "2026-12-05T00:00:00+00:00", "verdict": verdict,
         "risk": risk, "score": risk, "calibrated": False, "calibration": None, "features": {}, "brand": None, "product": None,
-        "model": MODEL, "index_version": "v1", "images": [image], "reasons": [], "photos_kept": False, **extra,
+        "model": STORED_MODEL, "index_version": "v1", "images": [image], "reasons": [], "photos_kept": False, **extra,
     })  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from service.models.registry import ModelRecord, ModelRegistry, NothingToRollBac
 from service.runtime import ServiceRuntime
 from service.scanning.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
 from service.scanning.photo_prep import PhotoInput
+from service.scanning.pipeline import ScanRequest
 from tests import imaging
 from tests.helpers import TINY_MODEL_FLAGS, add_reference, scan, tiny_settings
 
@@ -129,9 +130,9 @@ def test_a_listing_queued_across_a_switch_is_embedded_and_searched_by_the_new_mo
     refs = [core.writer.add_reference(PhotoInput(imaging.jpeg(40 + i)), "Acme", "runner", "authentic").ref for i in range(2)]
     prepared = core.models.prepare(ModelSpec(checkpoint=other_checkpoint))
     # one worker that waits up to 2 s for a fuller batch: the switch happens while the listing waits in the queue
-    settings = core.settings.updated(**{"inference_workers": 1, "batch_max_size": 16, "batch_max_wait_ms": 2000.0})
+    settings = core.settings.updated(inference_workers=1, batch_max_size=16, batch_max_wait_ms=2000.0)
     with ScanBatcher(core.pipeline, settings) as batcher:
-        future = batcher.submit([PhotoInput(imaging.jpeg(40 + i % 2)) for i in range(4)], None, record=False)
+        future = batcher.submit(ScanRequest([PhotoInput(imaging.jpeg(40 + i % 2)) for i in range(4)], None, record=False))
         time.sleep(0.3)  # decoded and queued by now (a few milliseconds); the worker waits for more photos
         assert not future.done()
         core.models.activate(prepared)

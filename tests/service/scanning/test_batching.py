@@ -22,6 +22,7 @@ from service.metrics import ServiceMetrics
 from service.runtime import ServiceRuntime
 from service.scanning.batching import UNMEASURED_BATCH_LIMIT, ScanBatcher
 from service.scanning.photo_prep import PhotoInput
+from service.scanning.pipeline import ScanRequest
 from tests import imaging
 from tests.helpers import add_reference, scan, stored_state, tiny_settings
 
@@ -75,9 +76,11 @@ def test_batched_results_equal_unbatched_ones(core: ServiceCore, workers: int) -
     expected = [
         core.pipeline.scan([PhotoInput(d) for d in photos], brand, record=False).model_dump() for photos, brand in listings
     ]
-    settings = core.settings.updated(**{"batch_max_wait_ms": 200.0, "batch_max_size": 8, "inference_workers": workers})
+    settings = core.settings.updated(batch_max_wait_ms=200.0, batch_max_size=8, inference_workers=workers)
     with ScanBatcher(core.pipeline, settings) as batcher:
-        futures = [batcher.submit([PhotoInput(d) for d in photos], brand, record=False) for photos, brand in listings]
+        futures = [
+            batcher.submit(ScanRequest([PhotoInput(d) for d in photos], brand, record=False)) for photos, brand in listings
+        ]
         got = [future.result(timeout=30).model_dump() for future in futures]
 
     for mine, theirs in zip(got, expected, strict=True):
@@ -194,10 +197,10 @@ def test_batch_limits_are_measured_up_to_16_on_cpu(tiny_embedder: ImageEmbedder)
 def test_several_workers_split_a_queue_instead_of_one_taking_it_all(core: ServiceCore) -> None:
     """Eight photos queued for two single-threaded workers: four each, not eight on one worker while the other idles."""
     core.writer.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
-    settings = core.settings.updated(**{"batch_max_wait_ms": 2000.0, "batch_max_size": 8, "inference_workers": 2})
+    settings = core.settings.updated(batch_max_wait_ms=2000.0, batch_max_size=8, inference_workers=2)
     metrics = ServiceMetrics()
     with ScanBatcher(core.pipeline, settings, metrics) as batcher:
-        futures = [batcher.submit([PhotoInput(imaging.jpeg(10 + i))], None, record=False) for i in range(8)]
+        futures = [batcher.submit(ScanRequest([PhotoInput(imaging.jpeg(10 + i))], None, record=False)) for i in range(8)]
         assert all(future.result(timeout=30).model_dump()["images"] for future in futures)
     value = metrics.registry.get_sample_value
     assert value("counterfeit_scan_batch_photos_sum", {}) == 8
@@ -219,7 +222,7 @@ def test_a_listing_is_split_between_batches_and_answered_whole(
     settings = core.settings.updated(batch_max_wait_ms=0.0, batch_max_size=max_batch, inference_workers=workers)
     metrics = ServiceMetrics()
     with ScanBatcher(core.pipeline, settings, metrics) as batcher:
-        got = batcher.submit(listing, None, record=False).result(timeout=30).model_dump()
+        got = batcher.submit(ScanRequest(listing, None, record=False)).result(timeout=30).model_dump()
         assert batcher.in_flight == 0
     value = metrics.registry.get_sample_value
     batches = value("counterfeit_scan_batch_photos_count", {})
@@ -241,7 +244,7 @@ def batcher_threads(core: ServiceCore, settings: Settings, read: Callable[[int],
     core.writer.add_reference(PhotoInput(imaging.jpeg(1)), "Acme", "p", "authentic")
     before = set(threading.enumerate())
     with ScanBatcher(core.pipeline, settings) as batcher:
-        futures = [batcher.submit([PhotoInput(imaging.jpeg(10 + i))], None, record=False) for i in range(4)]
+        futures = [batcher.submit(ScanRequest([PhotoInput(imaging.jpeg(10 + i))], None, record=False)) for i in range(4)]
         assert all(future.result(timeout=30).model_dump()["images"] for future in futures)
         return {t.name: read(t.native_id) for t in set(threading.enumerate()) - before if t.native_id is not None}
 
@@ -249,7 +252,7 @@ def batcher_threads(core: ServiceCore, settings: Settings, read: Callable[[int],
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
 @pytest.mark.parametrize("nice", [0, 6])
 def test_decoding_threads_run_below_the_model_by_decode_nice(core: ServiceCore, nice: int) -> None:
-    settings = core.settings.updated(**{"decode_nice": nice, "decode_workers": 2, "inference_workers": 1})
+    settings = core.settings.updated(decode_nice=nice, decode_workers=2, inference_workers=1)
     base = os.getpriority(os.PRIO_PROCESS, 0)
     priority = batcher_threads(core, settings, lambda tid: os.getpriority(os.PRIO_PROCESS, tid))
     decoders = {value for name, value in priority.items() if name.startswith("scan-decode")}
@@ -261,7 +264,7 @@ def test_decoding_threads_run_below_the_model_by_decode_nice(core: ServiceCore, 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc are a Linux feature")
 def test_batcher_threads_carry_their_names_at_the_os_level(core: ServiceCore) -> None:
     """top -H, ps -L and benchmarks/serve.py's CPU-by-thread profile read these names."""
-    settings = core.settings.updated(**{"decode_workers": 2, "inference_workers": 2})
+    settings = core.settings.updated(decode_workers=2, inference_workers=2)
     comm = batcher_threads(core, settings, lambda tid: Path(f"/proc/self/task/{tid}/comm").read_text().strip())
     assert {name[:15] for name in comm} == set(comm.values())
     assert any(value.startswith("scan-inference") for value in comm.values())

@@ -19,6 +19,7 @@ from service.core import ServiceCore
 from service.errors import ServiceNotReady
 from service.scanning.batching import ScanBatcher
 from service.scanning.photo_prep import PhotoInput, ProcessPreparer, prepare_listing
+from service.scanning.pipeline import ScanRequest
 from tests import imaging
 from tests.helpers import admin_token, tiny_settings
 from tests.served import Server, needs_console_script, post_reference
@@ -40,10 +41,10 @@ def test_scans_decoded_in_processes_equal_scans_decoded_in_threads(core: Service
     ]
     results = {}
     for processes in (0, 2):
-        settings = core.settings.updated(**{"decode_processes": processes, "decode_workers": 0})
+        settings = core.settings.updated(decode_processes=processes, decode_workers=0)
         with ScanBatcher(core.pipeline, settings) as batcher:
             assert (batcher.preparer is not None) is bool(processes)
-            futures = [batcher.submit(photos, record=False) for photos in listings]
+            futures = [batcher.submit(ScanRequest(photos, record=False)) for photos in listings]
             results[processes] = [stable(future.result(timeout=60).model_dump()) for future in futures]
     assert results[2] == results[0]
     assert results[2][0]["images"][0]["matches"][0]["similarity"] > 0.999  # type: ignore[index]
