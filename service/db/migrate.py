@@ -9,19 +9,22 @@ write lock before it reads the current revision, so one migrates and the others 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # How long a starting process waits for another one's migration to finish (a long back-fill on a large database).
@@ -108,8 +111,27 @@ def _locked(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
+def _retrying_when_locked(engine: Engine, work: Callable[[], T]) -> T:
+    """`work()`, tried again while SQLite answers "database is locked" without waiting for its busy timeout (it
+    does so when another process is switching a new file to WAL or recovering its WAL); the work is one transaction,
+    rolled back whole when it fails, so trying again is safe."""
+    deadline = time.monotonic() + SQLITE_LOCK_WAIT_S
+    while True:
+        try:
+            return work()
+        except OperationalError as exc:
+            if engine.dialect.name != "sqlite" or "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            log.info("database busy (%s); trying again", exc.orig)
+            time.sleep(0.05)
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Migrate the database to the head under the migration lock; (revision before, revision after)."""
+    return _retrying_when_locked(engine, lambda: _upgrade(engine))
+
+
+def _upgrade(engine: Engine) -> tuple[str | None, str]:
     with _locked(engine) as connection:
         before = _revision_of(connection)
         _check_known(before)
@@ -123,5 +145,5 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
 
 def upgrade_if_behind(engine: Engine) -> None:
     """What a starting process calls: upgrade a database that is behind (re-checked under the lock), else nothing."""
-    if is_behind(engine):
+    if _retrying_when_locked(engine, lambda: is_behind(engine)):
         upgrade(engine)
