@@ -22,7 +22,7 @@ from cli.options import engine_options, scoring_options, settings_options
 from embeddings import ImageRejected
 from reference_catalog.text import control_character
 from service.api.errors import domain_error_status
-from service.errors import DomainError
+from service.errors import DomainError, ServiceNotReady
 from service.scanning.batching import ScanBatcher
 from service.scanning.photo_prep import PhotoInput
 from service.scanning.pipeline import ScanRequest
@@ -179,6 +179,8 @@ def _scan(batcher: ScanBatcher, todo: list[Listing], record: bool, window: int) 
             )
         except OSError as exc:
             future = _error(listing, f"cannot read a photo: {exc}", 400)
+        except ServiceNotReady:  # shutting down: the run stops, as before, rather than answering the rest with errors
+            raise
         except DomainError as exc:  # the status POST /v1/scan would answer
             future = _error(listing, str(exc), domain_error_status(exc)[0])
         pending.append((listing, future))
@@ -198,5 +200,7 @@ def _answer(listing: Listing, future: Future[ScanResult] | dict[str, Any]) -> tu
         return listing, future.result().plain()
     except ImageRejected as exc:
         return listing, _error(listing, str(exc), exc.status)
+    except ServiceNotReady:
+        raise
     except DomainError as exc:
         return listing, _error(listing, str(exc), domain_error_status(exc)[0])

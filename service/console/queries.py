@@ -17,9 +17,8 @@ from reference_catalog.models import ReferenceImage
 from service.core import ServiceCore
 from service.scanning.feedback import ScanFeedback, given_for
 from service.scanning.records import ScanRecord, concerning, seen_as, verdict_seen
-from service.scanning.result import ScanResult
+from service.scanning.result import FLAGGED, ScanResult
 
-FLAGGED = ("likely_counterfeit", "needs_review")
 VERDICTS = ("likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog")
 REVIEWER_VERDICTS = ("confirmed_counterfeit", "confirmed_authentic", "not_applicable")
 

@@ -32,7 +32,6 @@ from service.console.common import (
     render,
 )
 from service.console.queries import (
-    FLAGGED,
     REVIEWER_VERDICTS,
     dashboard,
     existing_images,
@@ -44,7 +43,7 @@ from service.console.thumbnails import THUMBNAIL_SIZES
 from service.core import ServiceCore
 from service.errors import DomainError, NotFound
 from service.scanning.brand_views import view_scoring
-from service.scanning.result import ScanResult
+from service.scanning.result import FLAGGED, ScanResult
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
@@ -89,7 +88,10 @@ async def review_queue(
     # "reviewed": by the reviewers of the brands shown (a brand's queue counts its own reviews of a shared scan)
     query = partial(queue_scans, core, verdicts, brands, product or None, risk_floor, review_state, PAGE_SIZE)
     shown = await page_of(query, page, PAGE_SIZE)
-    summaries = [scan_summary(redact_scan(principal, row, view_scoring(core.model, row))) for row in shown.items]
+    summaries = [
+        scan_summary(redact_scan(principal, row, view_scoring(core.model, row) if principal.is_brand else None))
+        for row in shown.items
+    ]
     reviews = await run_in_threadpool(latest_feedback, core, [s["scan_id"] for s in summaries], brands)
     catalog_products = visible(principal, await run_in_threadpool(core.catalog.list_products), lambda p: p.brand)
     filters = {"verdict": verdict if verdict in FLAGGED else "", "brand": brand or "", "product": product or "",

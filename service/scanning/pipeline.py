@@ -45,11 +45,10 @@ from service.models.snapshot import ModelSlot, ServingModel
 from service.scanning.brand_views import brand_view, view_scoring
 from service.scanning.photo_prep import PhotoInput, PreparedPhoto, prepare_listing
 from service.scanning.records import BrandViews, ScanRecordStore, concerned_brands, new_scan_id
-from service.scanning.result import ScanResult
+from service.scanning.result import FLAGGED, ScanResult
 from service.scanning.scoring import Match, NearDuplicate, PhotoEvidence, photo_result, rounded, score_listing
 
 Searched = tuple[list[list[IndexHit]], str]  # top-k hits per photo, and the version of the index searched
-FLAGGED = ("likely_counterfeit", "needs_review")  # the verdicts whose photos keep_scan_photos=flagged keeps
 
 
 class Preparer(Protocol):

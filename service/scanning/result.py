@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Verdict = Literal["likely_counterfeit", "needs_review", "likely_authentic", "not_in_catalog"]
 Label = Literal["authentic", "counterfeit"]
+FLAGGED: tuple[Verdict, ...] = ("likely_counterfeit", "needs_review")  # kept by keep_scan_photos=flagged; a review queue's
 FeedbackVerdict = Literal["confirmed_counterfeit", "confirmed_authentic", "not_applicable"]
 
 
