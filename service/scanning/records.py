@@ -144,7 +144,12 @@ def concerning(brands: Collection[str] | None, product: str | None = None) -> Co
 
 def concerned_brands(result: ScanResult) -> list[str]:
     """The brand a scan was restricted to, and the brands of each photo's closest matches."""
-    return sorted({brand for brand, _ in scan_subjects(result)})
+    return brands_of(scan_subjects(result))
+
+
+def brands_of(subjects: Sequence[tuple[str, str]]) -> list[str]:
+    """The brands of a scan's (brand, product) subjects (`scan_subjects`), each once, sorted."""
+    return sorted({brand for brand, _ in subjects})
 
 
 def new_scan_id() -> str:
@@ -187,8 +192,9 @@ class ScanRecordStore:
                     "result": result.plain(),
                 }
             )
-            access.append({"scan_id": result.scan_id, "created_by": created_by, "brands": concerned_brands(result)})
-            subjects.extend({"scan_id": result.scan_id, "brand": b, "product": p} for b, p in scan_subjects(result))
+            pairs = scan_subjects(result)  # once per scan: the access row's brands and the subject rows both come from it
+            access.append({"scan_id": result.scan_id, "created_by": created_by, "brands": brands_of(pairs)})
+            subjects.extend({"scan_id": result.scan_id, "brand": b, "product": p} for b, p in pairs)
         # Core executemany on the tables, one statement per table for the whole batch; the ORM's bulk path here took a
         # large share of the service's Python (GIL) time per scanned photo (see benchmarks/README.md, "Served throughput")
         with self._engine.begin() as connection:
