@@ -17,6 +17,15 @@ from service.core import ServiceCore
 from tests import imaging
 from tests.helpers import read_rows, shared_set, tiny_settings
 
+pytest_plugins = ["tests.postgres"]  # postgres_server (one per session), postgres_url (a fresh database per test)
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests (or modules) marked `both_databases` run once per backend: the `db_backend` fixture's value."""
+    if metafunc.definition.get_closest_marker("both_databases") and "db_backend" in metafunc.fixturenames:
+        metafunc.parametrize("db_backend", BACKENDS)
+
 
 @pytest.fixture(autouse=True)
 def _no_env_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,8 +69,22 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(data_dir: Path) -> Settings:
-    return tiny_settings(data_dir)
+def db_backend() -> str:
+    """The catalog database's backend: SQLite in the data dir, or PostgreSQL for tests marked `both_databases`."""
+    return "sqlite"
+
+
+@pytest.fixture
+def database_url(db_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """None: the SQLite file in the data dir (the default); else a fresh PostgreSQL database."""
+    if db_backend == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return None
+
+
+@pytest.fixture
+def settings(data_dir: Path, database_url: str | None) -> Settings:
+    return tiny_settings(data_dir, **({"database_url": database_url} if database_url else {}))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""CatalogRepository and BlobStore on real SQLite files and real directories."""
+"""CatalogRepository and BlobStore on real SQLite files, a real PostgreSQL database, and real directories."""
 
 from __future__ import annotations
 
@@ -22,8 +22,12 @@ def repo_at(path: Path) -> CatalogRepository:
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> CatalogRepository:
-    return repo_at(tmp_path / "catalog.sqlite3")
+def repo(tmp_path: Path, database_url: str | None) -> CatalogRepository:
+    if database_url is None:
+        return repo_at(tmp_path / "catalog.sqlite3")
+    engine = create_catalog_engine(database_url)
+    upgrade_if_behind(engine)
+    return CatalogRepository(engine)
 
 
 def new(n: int, brand: str = "Acme", product: str = "runner", label: str = "authentic") -> NewImage:
@@ -32,6 +36,9 @@ def new(n: int, brand: str = "Acme", product: str = "runner", label: str = "auth
 
 def vecs(n: int, dim: int = 4) -> np.ndarray:
     return np.arange(n * dim, dtype=np.float32).reshape(n, dim)
+
+
+pytestmark = pytest.mark.both_databases  # tests that take `repo` run on SQLite and PostgreSQL
 
 
 def test_add_images_writes_rows_vectors_and_bumps_the_revision(repo: CatalogRepository) -> None:

@@ -16,6 +16,7 @@ from cli.main import cli
 from reference_catalog import AuditEvent, AuditLog, create_catalog_engine
 from reference_catalog.database import Base, UtcDateTime
 from service.db.migrate import UnknownRevision, current_revision, head_revision, is_behind, upgrade, upgrade_if_behind
+from service.config import Settings
 from service.db.schema import metadata
 from tests.service.db.release import RELEASE_DIR, differences, schema_sql
 
@@ -67,13 +68,21 @@ def test_times_are_stored_as_the_release_stored_them_and_read_back_in_utc(tmp_pa
     assert log.query(until=at.astimezone(plus_two)) == []
 
 
-def test_the_audit_log_stays_append_only(tmp_path: Path) -> None:
-    engine = create_catalog_engine(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+@pytest.mark.both_databases
+def test_the_audit_log_stays_append_only(settings: Settings) -> None:
+    engine = create_catalog_engine(settings.resolved_database_url)
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(engine)
     AuditLog(engine).record(AuditEvent("key_a", "catalog.add"))
-    for statement in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"):
+    statements = ["UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"]
+    if engine.dialect.name == "postgresql":
+        statements.append("TRUNCATE audit_log")
+    for statement in statements:
         with pytest.raises(IntegrityError, match="append-only"), engine.begin() as connection:
             connection.execute(text(statement))
+    AuditLog(engine).record(AuditEvent("key_a", "catalog.delete"))  # appending still works
+    assert [entry["action"] for entry in AuditLog(engine).query()] == ["catalog.delete", "catalog.add"]
+    engine.dispose()
 
 
 def test_db_current_and_upgrade_commands(tmp_path: Path) -> None:
