@@ -86,3 +86,18 @@ class CatalogState(Base):
     __tablename__ = "catalog_state"
     key: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[int] = mapped_column(Integer)
+
+
+class CatalogChange(Base):
+    """The change feed: one row per image a catalog write added, relabelled or deleted, under the revision that write
+    made. A service replica brings its in-memory index from revision r to now by reading the rows after r (see
+    `CatalogRepository.changes_since`) instead of re-reading the catalog. Revisions up to catalog_state's
+    `changes_from` have no rows (written before the feed existed, or pruned): a replica that far behind re-syncs."""
+
+    __tablename__ = "catalog_changes"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, index=True)
+    image_key: Mapped[int] = mapped_column(BigInteger)  # reference_images.id (no foreign key: deleted images stay named)
+    action: Mapped[str] = mapped_column(String(10))  # "add" | "relabel" | "delete"
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL, make_url
 ADMIN_URL = os.environ.get("COUNTERFEIT_SCAN_TEST_POSTGRES_URL", "")
 REQUIRED = os.environ.get("COUNTERFEIT_SCAN_TEST_REQUIRE_POSTGRES", "") not in ("", "0")
 SERVER_USER = "postgres"  # who owns a cluster started as root
+INITDB_OPTIONS = ["-E", "UTF8", "--locale=C", "--no-sync"]  # UTF-8 whatever the machine's locale
 
 
 @dataclass
@@ -79,7 +80,9 @@ def _as_server_user(command: list[str]) -> list[str]:
     if os.geteuid() != 0:
         return command
     runuser = shutil.which("runuser")
-    return [runuser, "-u", SERVER_USER, "--", *command] if runuser else ["su", SERVER_USER, "-s", "/bin/sh", "-c", " ".join(command)]
+    return (
+        [runuser, "-u", SERVER_USER, "--", *command] if runuser else ["su", SERVER_USER, "-s", "/bin/sh", "-c", " ".join(command)]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -102,10 +105,11 @@ def postgres_server() -> Iterator[PostgresServer]:
     log = root / "server.log"
     try:
         subprocess.run(
-            _as_server_user([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]),
+            _as_server_user([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", *INITDB_OPTIONS]),
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
-        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        durability = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"  # a throw-away cluster
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200 {durability}"
         subprocess.run(
             _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"]),
             check=True, capture_output=True, timeout=90,
@@ -116,7 +120,9 @@ def postgres_server() -> Iterator[PostgresServer]:
         shutil.rmtree(root, ignore_errors=True)
         pytest.fail(f"could not start PostgreSQL from {bindir}: {exc}\n{detail.decode(errors='replace')}\n{logged}")
     try:
-        yield PostgresServer(URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=port, database="postgres"))
+        yield PostgresServer(
+            URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=port, database="postgres")
+        )
     finally:
         subprocess.run(
             _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),

@@ -40,6 +40,9 @@ class ImportJobRow(Base):
     error_count: Mapped[int] = mapped_column(Integer, default=0)
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     failure: Mapped[str | None] = mapped_column(String(2000), default=None)
+    # Which process runs the job, until when: a replica claims an unfinished job only when no live lease holds it.
+    claimed_by: Mapped[str | None] = mapped_column(String(120), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
 
 
 @dataclass(frozen=True)

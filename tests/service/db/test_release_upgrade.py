@@ -25,9 +25,19 @@ def test_db_upgrade_on_the_release_keeps_every_row(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["db", "upgrade", "--data-dir", str(tmp_path / "data")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"from_revision": None, "to_revision": head_revision(), "upgraded": True}
-    assert row_counts(path) == {**before, "alembic_version": 1}
-    assert tables(path) == [*release_tables, "alembic_version"]
-    assert {name: sql for name, sql in schema_sql(path).items() if name != "alembic_version"} == release_sql  # unchanged
+    # Every row kept; revision 0003 adds the (empty) change feed, its start in catalog_state and two job columns.
+    assert row_counts(path) == {
+        **before,
+        "alembic_version": 1,
+        "catalog_changes": 0,
+        "catalog_state": before["catalog_state"] + 1,
+    }
+    assert sorted(tables(path)) == sorted([*release_tables, "alembic_version", "catalog_changes"])
+    after = schema_sql(path)
+    assert after.pop("catalog_import_jobs").endswith("claimed_by VARCHAR(120), lease_until DATETIME, \n\tPRIMARY KEY (job_id)\n)")
+    release_sql.pop("catalog_import_jobs")
+    new = {"alembic_version", "catalog_changes", "ix_catalog_changes_revision"}
+    assert {name: sql for name, sql in after.items() if name not in new} == release_sql  # the rest unchanged
     engine = create_catalog_engine(f"sqlite:///{path}")
     assert current_revision(engine) == head_revision() and differences(engine) == []
 
@@ -48,7 +58,7 @@ def test_an_older_database_gets_the_newer_tables_and_its_scans_subjects(tmp_path
     result = CliRunner().invoke(cli, ["db", "upgrade", "--data-dir", str(path.parent)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     after = row_counts(path)
-    assert {name: after[name] for name in before} == before
+    assert {name: after[name] for name in before} == {**before, "catalog_state": before["catalog_state"] + 1}  # + changes_from
     assert {name: after[name] for name in newer} == {**dict.fromkeys(newer, 0), "scan_subjects": len(subjects)}
     with sqlite3.connect(path) as db:
         assert sorted(db.execute("SELECT scan_id, brand, product FROM scan_subjects").fetchall()) == subjects
