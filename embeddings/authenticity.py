@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -213,7 +214,7 @@ class HeadSet:
             "heads": [head.meta() for head in heads],
         }
         rows = [row for h in heads for row in (h.coef, *h.product_coef)]
-        tmp = path.with_name(f"{path.name}.tmp.npz")
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp.npz")  # service replicas may save at once
         weights = np.stack(rows) if rows else np.empty((0, 0))
         np.savez(tmp, coef=weights, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
         tmp.replace(path)

@@ -3,7 +3,8 @@
 Format 2: `CSIDX2\\n`, the header's length (8 bytes, little-endian), the header (JSON: dimensions, model fingerprint,
 catalog revision, kind, training size, each part's length), then the parts: the exact flat store and, for kind ivf,
 the ivf index. Format 1 (`CSIDX1\\n`, read only) held a header and one flat store. A file is written to a temporary
-name, fsynced and renamed over the old one, so a reader (or a crash) sees the old file or the new one, never half;
+name of its own (service replicas may share the folder), fsynced and renamed over the old one, so a reader (or a
+crash) sees the old file or the new one, never half; the last rename wins when two processes save at once;
 parts are streamed from the file on reading, so a large index is never held twice in memory.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +32,8 @@ def write_index_file(path: Path, header: dict[str, Any], parts: Sequence[np.ndar
     """Write `header` (the parts' lengths added) and the serialized `parts` to a temp file, fsync, rename over `path`."""
     header = {**header, "parts": [len(part) for part in parts]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    # A name of its own: replicas sharing the folder (other machines, the same pid in their containers) save at once
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(4)}.tmp")
     header_bytes = json.dumps(header).encode()
     with open(tmp, "wb") as fh:
         fh.write(_MAGIC)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
 import threading
 from pathlib import Path
@@ -109,7 +110,7 @@ def export_onnx(model: PixelInput, size: int, path: Path) -> Path:
     """Export the tower with its uint8 input, its two outputs (embedding, detail) and a dynamic batch axis; written to
     a temp file then renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # replicas may export at once
     dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     torch.onnx.export(
         model.cpu().eval(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,16 @@ class BlobStore:
 
     def put(self, sha256: str, data: bytes) -> Path:
         target = self.path(sha256)
-        if target.exists():
+        try:  # there already: touched, so that no orphan collector (of any process) takes it for an abandoned write
+            os.utime(target)
+            return target
+        except FileNotFoundError:
+            pass
+        except OSError:  # there, and not ours to touch (another user's file)
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{sha256}.{os.getpid()}.{threading.get_ident()}.tmp")
+        # A name of its own: processes on other machines sharing the store may have the same pid and thread id
+        tmp = target.with_name(f"{sha256}.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(4)}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -55,4 +55,31 @@ def create_catalog_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "before_cursor_execute", _nul_matches_nothing, retval=True)
+    return engine
+
+
+NUL_STANDIN = "\uffff"  # a Unicode noncharacter: no stored name holds one
+
+
+def _nul_matches_nothing(
+    _conn: Any, _cursor: Any, statement: str, parameters: Any, context: Any, _executemany: bool
+) -> tuple[str, Any]:
+    """PostgreSQL's text cannot hold NUL (the driver refuses to send one), and no stored text holds one (names refuse
+    control characters): a NUL in a lookup, an id or a filter from a request (`GET /v1/scans/s%00`), matches nothing,
+    as on SQLite, instead of failing the request. Inserts keep theirs, and fail, should one ever get past validation."""
+    if context is not None and getattr(context, "isinsert", False):
+        return statement, parameters
+    return statement, _without_nul(parameters)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_STANDIN) if "\x00" in value else value
+    if isinstance(value, dict):
+        return {key: _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_without_nul(item) for item in value)
+    return value

@@ -1,21 +1,27 @@
-"""CatalogRepository: every read and write of the catalog, each write one transaction that bumps the revision."""
+"""CatalogRepository: every read and write of the catalog, each write one transaction that bumps the revision.
+
+A write that adds, relabels or deletes images also records them in the catalog's change feed (`catalog_changes`, one
+row per image under the revision the write made), from which the service's replicas follow each other's writes
+(`changes_since`); the feed is pruned to its last revisions (`prune_changes`, from `serve`'s upkeep).
+"""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime
+import threading
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager, sessionmaker
 
 from reference_catalog.audit import AuditEvent
+from reference_catalog.change_feed import ChangeFeed
 from reference_catalog.models import (
     Brand,
-    CatalogState,
     ImageDetail,
     ImageEmbedding,
     ImageGroup,
@@ -23,79 +29,28 @@ from reference_catalog.models import (
     Product,
     ReferenceImage,
 )
+from reference_catalog.records import (
+    BrandSummary,
+    ChangeBatch,
+    DetailFeatures,
+    DuplicateLabelConflict,
+    ImageRef,
+    NewImage,
+    ProductSummary,
+)
 
+__all__ = [
+    "BrandSummary",
+    "CatalogRepository",
+    "ChangeBatch",
+    "DetailFeatures",
+    "DuplicateLabelConflict",
+    "ImageRef",
+    "NewImage",
+    "ProductSummary",
+]
 
-@dataclass(frozen=True)
-class ImageRef:
-    """What scoring and evidence need to know about a reference image."""
-
-    key: int
-    image_id: str
-    brand: str
-    product: str
-    label: str
-    sha256: str
-    source: str | None
-    media_type: str
-    width: int
-    height: int
-    created_at: datetime
-
-    def as_dict(self) -> dict[str, object]:
-        """The public view: no internal key, times as ISO 8601."""
-        view = asdict(self)
-        del view["key"]
-        return {**view, "created_at": self.created_at.isoformat()}
-
-
-@dataclass(frozen=True)
-class NewImage:
-    brand: str
-    product: str
-    label: str
-    sha256: str
-    media_type: str
-    width: int
-    height: int
-    source: str | None = None
-    phash: int | None = None  # signed 64-bit view of the perceptual hash
-    group: str | None = None  # photo shoot; None: the image is a shoot of its own
-
-
-@dataclass(frozen=True)
-class DetailFeatures:
-    """Detail features (`embeddings.detail`) of newly added images, row for row, and the layout that made them."""
-
-    layout: str
-    rows: np.ndarray
-
-
-@dataclass(frozen=True)
-class BrandSummary:
-    name: str
-    products: int
-    images: int
-
-
-@dataclass(frozen=True)
-class ProductSummary:
-    brand: str
-    name: str
-    authentic: int
-    counterfeit: int
-
-
-class DuplicateLabelConflict(ValueError):
-    """The same image bytes are already in the catalog for this product under the other label."""
-
-    def __init__(self, existing: ImageRef) -> None:
-        super().__init__(
-            f"this image is already in the catalog as {existing.label} for {existing.brand}/{existing.product} "
-            f"(image {existing.image_id}); delete it first to relabel"
-        )
-        self.existing = existing
-
-
+KEYS_PER_QUERY = 1000  # image keys per `IN (...)` list (SQLite allows 32,766 variables, PostgreSQL 65,535)
 MAX_OFFSET = 2**62  # a page offset past any catalog, far inside SQL's 64-bit integers: larger ones ask for the same empty page
 
 
@@ -119,17 +74,13 @@ def _ref(image: ReferenceImage) -> ImageRef:
     )
 
 
-class CatalogRepository:
+class CatalogRepository(ChangeFeed):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._written = threading.local()  # `written_revision`, per thread
 
     # --- reads -----------------------------------------------------------------------------------------------
-    def revision(self) -> int:
-        with self._sessions() as session:
-            state = session.get(CatalogState, "revision")
-            return state.value if state else 0
-
     def all_images(self) -> list[ImageRef]:
         with self._sessions() as session:
             rows = session.scalars(select(ReferenceImage).join(ReferenceImage.product).join(Product.brand))
@@ -153,9 +104,28 @@ class CatalogRepository:
         with self._sessions() as session:
             return [_ref(image) for image in session.scalars(page)], session.scalar(counted) or 0
 
-    def referenced_sha256s(self) -> set[str]:
+    def images_by_keys(self, keys: Iterable[int]) -> dict[int, ImageRef]:
+        """The images of `keys` that exist now, by key (keys of deleted images are left out)."""
+        found: dict[int, ImageRef] = {}
         with self._sessions() as session:
-            return set(session.scalars(select(ReferenceImage.sha256)))
+            for chunk in _chunks(keys):
+                query = (
+                    select(ReferenceImage)
+                    .join(ReferenceImage.product)
+                    .join(Product.brand)
+                    .options(contains_eager(ReferenceImage.product).contains_eager(Product.brand))
+                    .where(ReferenceImage.id.in_(chunk))
+                )
+                found.update((image.id, _ref(image)) for image in session.scalars(query))
+        return found
+
+    def referenced_sha256s(self, among: Collection[str] | None = None) -> set[str]:
+        """The image files some row references (of those `among`, when given)."""
+        query = select(ReferenceImage.sha256).distinct()
+        if among is not None:
+            query = query.where(ReferenceImage.sha256.in_(sorted(among)))
+        with self._sessions() as session:
+            return set(session.scalars(query))
 
     def get_image(self, image_id: str) -> ImageRef | None:
         with self._sessions() as session:
@@ -204,12 +174,16 @@ class CatalogRepository:
                     entry[label] = count
             return [ProductSummary(b, p, c["authentic"], c["counterfeit"]) for (b, p), c in counts.items()]
 
-    def stored_vectors(self, fingerprint: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, vectors) of every image embedded under `fingerprint`."""
+    def stored_vectors(self, fingerprint: str, dim: int, keys: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, vectors) of every image embedded under `fingerprint`, or of those of `keys` that are."""
+        query = select(ImageEmbedding.image_id, ImageEmbedding.vector).where(ImageEmbedding.fingerprint == fingerprint)
         with self._sessions() as session:
-            rows = session.execute(
-                select(ImageEmbedding.image_id, ImageEmbedding.vector).where(ImageEmbedding.fingerprint == fingerprint)
-            ).all()
+            if keys is None:
+                rows = session.execute(query).all()
+            else:
+                rows = [
+                    row for chunk in _chunks(keys) for row in session.execute(query.where(ImageEmbedding.image_id.in_(chunk)))
+                ]
         return _matrix(rows, dim, np.float32)
 
     def stored_details(self, fingerprint: str, layout: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +226,20 @@ class CatalogRepository:
         details: DetailFeatures | None = None,
     ) -> list[tuple[ImageRef, bool]]:
         """`add_images`, telling for each row whether this call created it (and audited it under `actor`): False for
-        one already there, e.g. written by another writer after the caller last looked, or earlier in `images`."""
+        one already there, e.g. written by another writer after the caller last looked, or earlier in `images`. A call
+        that creates nothing leaves the revision as it is.
+
+        Another process (a replica) committing the same photo of the same product between this call's look and its
+        insert makes the insert fail on the unique key: the call is then made once more, and finds that row."""
+        try:
+            return self._insert_images(images, vectors, fingerprint, actor, details)
+        except IntegrityError:
+            return self._insert_images(images, vectors, fingerprint, actor, details)
+
+    def _insert_images(
+        self, images: Sequence[NewImage], vectors: np.ndarray, fingerprint: str, actor: str, details: DetailFeatures | None
+    ) -> list[tuple[ImageRef, bool]]:
+        self._written.revision = None
         with self._sessions.begin() as session:
             refs: list[tuple[ImageRef, bool]] = []
             for row, (new, vector) in enumerate(zip(images, vectors, strict=True)):
@@ -287,8 +274,10 @@ class CatalogRepository:
                            {"product": ref.product, "label": ref.label, "sha256": ref.sha256, "source": ref.source}
                            ).add_to(session)  # fmt: skip
                 refs.append((ref, True))
-            self._bump_revision(session)
-            return refs
+            created = [ref.key for ref, was_created in refs if was_created]
+            revision = self._record_changes(session, "add", created) if created else None
+        self._written.revision = revision
+        return refs
 
     def store_vectors(self, fingerprint: str, keys: Iterable[int], vectors: np.ndarray) -> None:
         with self._sessions.begin() as session:
@@ -300,10 +289,14 @@ class CatalogRepository:
             for key, row in zip(keys, features, strict=True):
                 session.merge(_detail_row(int(key), fingerprint, layout, row))
 
-    def perceptual_hashes(self) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, hashes as uint64) of every image with a perceptual hash."""
+    def perceptual_hashes(self, keys: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, hashes as uint64) of every image with a perceptual hash, or of those of `keys` that have one."""
+        query = select(ImageHash.image_id, ImageHash.phash)
         with self._sessions() as session:
-            rows = session.execute(select(ImageHash.image_id, ImageHash.phash)).all()
+            if keys is None:
+                rows = session.execute(query).all()
+            else:
+                rows = [row for chunk in _chunks(keys) for row in session.execute(query.where(ImageHash.image_id.in_(chunk)))]
         keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         hashes = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)).view(np.uint64)
         return keys, hashes
@@ -320,6 +313,7 @@ class CatalogRepository:
 
     def delete_image(self, image_id: str, actor: str = "system") -> tuple[ImageRef, bool] | None:
         """Delete one image; returns its ref and whether its blob is no longer referenced by any row."""
+        self._written.revision = None
         with self._sessions.begin() as session:
             image = session.scalar(select(ReferenceImage).where(ReferenceImage.public_id == image_id))
             if image is None:
@@ -336,11 +330,13 @@ class CatalogRepository:
             others = (
                 session.scalar(select(func.count()).select_from(ReferenceImage).where(ReferenceImage.sha256 == ref.sha256)) or 0
             )
-            self._bump_revision(session)
-            return ref, others == 0
+            revision = self._record_changes(session, "delete", [ref.key])
+        self._written.revision = revision
+        return ref, others == 0
 
     def relabel_image(self, image_id: str, label: str, actor: str = "system") -> tuple[ImageRef, bool] | None:
         """Set an image's label; returns its ref and whether the label changed (a change bumps the revision)."""
+        self._written.revision = None
         with self._sessions.begin() as session:
             image = session.scalar(select(ReferenceImage).where(ReferenceImage.public_id == image_id))
             if image is None:
@@ -353,28 +349,41 @@ class CatalogRepository:
             ref = _ref(image)
             AuditEvent(actor, "catalog.relabel", ref.image_id, ref.brand,
                        {"product": ref.product, "from": previous, "to": label, "sha256": ref.sha256}).add_to(session)  # fmt: skip
-            self._bump_revision(session)
-            return ref, True
+            revision = self._record_changes(session, "relabel", [ref.key])
+        self._written.revision = revision
+        return ref, True
 
     def _get_or_create_product(self, session: Session, brand_name: str, product_name: str) -> Product:
-        brand = session.scalar(select(Brand).where(Brand.name == brand_name))
+        """The product (and its brand), created where missing. Another process (a replica, the CLI) creating the same
+        one at the same moment is no error: INSERT ... ON CONFLICT DO NOTHING, then read what is there."""
+        brand_query = select(Brand).where(Brand.name == brand_name)
+        brand = session.scalar(brand_query)
         if brand is None:
-            brand = Brand(name=brand_name)
-            session.add(brand)
-            session.flush()
-        product = session.scalar(select(Product).where(Product.brand_id == brand.id, Product.name == product_name))
+            _insert_missing(session, Brand, name=brand_name)
+            brand = session.scalars(brand_query).one()
+        product_query = select(Product).where(Product.brand_id == brand.id, Product.name == product_name)
+        product = session.scalar(product_query)
         if product is None:
-            product = Product(brand=brand, name=product_name)
-            session.add(product)
-            session.flush()
+            _insert_missing(session, Product, brand_id=brand.id, name=product_name)
+            product = session.scalars(product_query).one()
         return product
 
-    def _bump_revision(self, session: Session) -> None:
-        state = session.get(CatalogState, "revision")
-        if state is None:
-            session.add(CatalogState(key="revision", value=1))
-        else:
-            state.value += 1
+
+def _insert_missing(session: Session, model: type[Brand] | type[Product], **values: Any) -> None:
+    """Insert a row unless one with the same unique key is there (or committed meanwhile by another process)."""
+    dialects: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+    insert_or_skip = dialects.get(session.get_bind().dialect.name)
+    if insert_or_skip is None:
+        session.add(model(**values))
+        session.flush()
+        return
+    session.execute(insert_or_skip(model).values(**values).on_conflict_do_nothing())
+
+
+def _chunks(keys: Iterable[int]) -> Iterator[list[int]]:
+    ordered = sorted({int(key) for key in keys})
+    for start in range(0, len(ordered), KEYS_PER_QUERY):
+        yield ordered[start : start + KEYS_PER_QUERY]
 
 
 def _matrix(rows: Sequence[Any], dim: int, stored: type[np.floating[Any]]) -> tuple[np.ndarray, np.ndarray]:

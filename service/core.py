@@ -12,12 +12,18 @@ in step with the catalog. It holds no logic of its own: each part has one job.
 - stores: `catalog`, `scans`, `feedback`, `keys`, `audit`, `blobs` (reference photos), `scan_photos`, `registry`.
 
 One write lock (`write_lock`) orders every write to the catalog, the index and the serving model; scans take none.
+
+`ServiceCore.open_snapshot` builds a read-only core instead (the actors of `scan-batch --engine ray`): the index from an
+immutable snapshot (service/catalog/index_snapshot.py), no migration, no index or blob upkeep, nothing created.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
+
+from sqlalchemy import make_url
 
 from embeddings import ImageEmbedder, load_embedder
 from reference_catalog import AuditLog, BlobStore, CatalogRepository, create_catalog_engine
@@ -25,7 +31,7 @@ from service.access.api_keys import ApiKeyStore
 from service.catalog.index_keeper import IndexKeeper
 from service.catalog.writer import CatalogWriter
 from service.config import Settings
-from service.db.migrate import upgrade_if_behind
+from service.db.migrate import is_behind, upgrade_if_behind
 from service.models.authenticity_heads import HeadKeeper
 from service.models.registry import ModelRegistry
 from service.models.serving import ServingModels, serving_spec
@@ -39,13 +45,27 @@ log = logging.getLogger(__name__)
 
 
 class ServiceCore:
-    def __init__(self, settings: Settings, embedder: ImageEmbedder) -> None:
-        """Wire the parts around `embedder`, with an empty index: `open` (or `index_keeper.sync`) fills it."""
+    def __init__(self, settings: Settings, embedder: ImageEmbedder, read_only: bool = False) -> None:
+        """Wire the parts around `embedder`, with an empty index: `open` (or `index_keeper.sync`) fills it. A
+        `read_only` core creates nothing and migrates nothing (ReadOnlyCoreError when the database is missing or
+        behind): `open_snapshot` fills its index."""
         self.settings = settings
-        settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if read_only:
+            _require_database(settings)
+        else:
+            settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
         self.database = create_catalog_engine(settings.resolved_database_url)
         self.catalog = CatalogRepository(self.database)
-        upgrade_if_behind(self.database)  # the schema is the migrations' (service/db): an older database is migrated at start
+        if read_only:
+            if is_behind(self.database):
+                self.database.dispose()
+                raise ReadOnlyCoreError(
+                    f"the database {make_url(settings.resolved_database_url).render_as_string()} is behind this "
+                    "release's schema, and a read-only reader never migrates it: run `counterfeit-scan db upgrade` first"
+                )
+        else:
+            upgrade_if_behind(self.database)  # the schema is the migrations' (service/db): an older database is migrated at start
         self.scans = ScanRecordStore(self.database)
         self.feedback = FeedbackStore(self.database)
         self.keys = ApiKeyStore(self.database, settings.access.api_key_cache_s)
@@ -78,11 +98,39 @@ class ServiceCore:
         core.index_keeper.collect_orphan_blobs()
         return core
 
+    @classmethod
+    def open_snapshot(cls, settings: Settings, snapshot: Path) -> ServiceCore:
+        """A read-only core serving a published index snapshot (`IndexKeeper.publish_snapshot`): the model as `open`
+        loads it (its ONNX export must exist: the publishing process loaded it), the saved authenticity heads and
+        calibrator as they are. Nothing is written: no migration, no index save, no head fit, no blob walk."""
+        _require_database(settings)  # before the model: loading it might export it into a data dir that is not there
+        core = cls(settings, load_embedder(serving_spec(settings), settings.export_dir), read_only=True)
+        try:
+            core.index_keeper.load_snapshot(snapshot)
+            core.models.refresh_heads(fit=False)
+            core.models.refresh_calibrator()
+        except BaseException:
+            core.close()
+            raise
+        return core
+
     @property
     def model(self) -> ServingModel:
         """The model serving now (its embedder, index, calibrator, scoring and heads): take it once per use."""
         return self.slot.model
 
     def close(self) -> None:
-        self.index_keeper.save_if_dirty()
+        if not self.read_only:
+            self.index_keeper.save_if_dirty()
         self.database.dispose()
+
+
+class ReadOnlyCoreError(RuntimeError):
+    """A read-only core cannot open: its database is missing or behind this release's schema."""
+
+
+def _require_database(settings: Settings) -> None:
+    """A SQLite file that does not exist would be created by connecting to it: refuse instead."""
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" and not Path(url.database).is_file():
+        raise ReadOnlyCoreError(f"no catalog database at {url.database}: a read-only reader opens an existing one only")

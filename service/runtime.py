@@ -1,10 +1,17 @@
 """Holds the service core while the app runs: loads it in the background and keeps it up to date (index saves and
-refits, calibrator, model registry, catalog changes by other processes, authenticity heads)."""
+refits, calibrator, model registry, catalog changes by other processes, authenticity heads).
+
+Several replicas of the service may run on one catalog database (and one data directory, or one each with their own
+`index_dir`): every `index_save_interval_s` each one brings in the others' catalog writes from the catalog's change
+feed (`IndexKeeper.follow_catalog`) and switches to the model the shared registry names (`ModelSwitcher.follow_registry`);
+once a minute it prunes the feed to its last `change_feed_keep_revisions` revisions.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from embeddings.batch_sizing import batch_ceiling, batch_rates, largest_fast_batch
@@ -17,6 +24,8 @@ from service.models.switch import ModelSwitcher
 from service.scanning.batching import ScanBatcher
 
 log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_S = 60.0  # how often each replica prunes the catalog's change feed
 
 
 class ServiceRuntime:
@@ -35,6 +44,7 @@ class ServiceRuntime:
         self.on_core: list[Callable[[ServiceCore], object]] = []
         self.batch_max_size = settings.throughput.batch_max_size  # 0: measured once the core is ready
         self.batch_limit_model: str | None = None  # fingerprint of the model `batch_max_size` was measured on
+        self._pruned_at = 0.0  # monotonic time of the last prune of the change feed
 
     def start(self) -> None:
         if self.settings.access.auth_disabled:
@@ -104,14 +114,28 @@ class ServiceRuntime:
             core = self.core
             if core is not None:
                 try:
+                    core.index_keeper.follow_catalog()  # other replicas' (and the CLI's) writes, from the change feed
                     core.index_keeper.refit()  # flat -> ivf (and back, and retrained) as HTTP writes grow the catalog
                     core.index_keeper.save_if_dirty()
                     core.models.refresh_calibrator()
                     self.switcher.follow_registry(core)
                     self._follow_batch_limit(core)
-                    core.index_keeper.follow_catalog()
+                    self._prune_change_feed(core)
                 except Exception:  # e.g. "database is locked": this thread must outlive any one failure
-                    log.exception("periodic upkeep failed (index save, calibrator, registry, catalog); will retry")
+                    log.exception("periodic upkeep failed (catalog, index save, calibrator, registry); will retry")
+
+    def _prune_change_feed(self, core: ServiceCore) -> None:
+        """Keep the catalog's change feed to its last `change_feed_keep_revisions` revisions, once a minute (a read
+        when there is nothing to prune: every replica may do it)."""
+        now = time.monotonic()
+        if now - self._pruned_at < PRUNE_INTERVAL_S:
+            return
+        self._pruned_at = now
+        keep_after = core.catalog.revision() - self.settings.storage.change_feed_keep_revisions
+        if keep_after > 0:
+            pruned = core.catalog.prune_changes(keep_after)
+            if pruned:
+                log.info("change feed pruned: %d rows of revisions up to %d deleted", pruned, keep_after)
 
     def _fit_heads_when_due(self) -> None:
         """Refit the authenticity heads once catalog changes settle (its own thread: a fit takes seconds to minutes)."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from reference_catalog import create_catalog_engine
 from service.access.api_keys import ApiKeyStore
@@ -45,6 +45,21 @@ def admin_token(settings: Settings) -> str:
         return ApiKeyStore(db).create("admin", [], "tests")[1]
     finally:
         db.dispose()
+
+
+def catalog_url(where: Path | Settings) -> str:
+    """The catalog database of a data directory (its SQLite file) or of settings (SQLite or PostgreSQL)."""
+    return where.resolved_database_url if isinstance(where, Settings) else f"sqlite:///{where / 'catalog.sqlite3'}"
+
+
+def query_catalog(where: Path | Settings, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Rows of one SELECT on the catalog database, read as another process would (either backend)."""
+    engine = create_catalog_engine(catalog_url(where))
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(sql), params)]
+    finally:
+        engine.dispose()
 
 
 def sha256(data: bytes) -> str:
@@ -111,12 +126,14 @@ def scan(client: TestClient, photos: list[bytes], expect: int = 200, content_typ
     return response.json()
 
 
-def stored_state(client: TestClient, data_dir: Path) -> dict[str, Any]:
-    """Everything a rejected request must leave untouched: catalog, index, blobs, scan records."""
+def stored_state(client: TestClient, where: Path | Settings) -> dict[str, Any]:
+    """Everything a rejected request must leave untouched: catalog, index, blobs, scan records. `where`: the data
+    directory of a SQLite catalog, or the settings (either database)."""
     ready = client.get("/readyz").json()
-    with sqlite3.connect(data_dir / "catalog.sqlite3") as db:
-        images = db.execute("select count(*) from reference_images").fetchone()[0]
-        scans = db.execute("select count(*) from scan_records").fetchone()[0]
+    [(images, scans)] = query_catalog(
+        where, "select (select count(*) from reference_images), (select count(*) from scan_records)"
+    )
+    data_dir = where.storage.data_dir if isinstance(where, Settings) else where
     blobs = sorted(p.name for p in (data_dir / "blobs").rglob("*") if p.is_file()) if (data_dir / "blobs").exists() else []
     return {
         "brands": client.get("/v1/catalog/brands").json(),

@@ -2,7 +2,8 @@
 
 The catalog database is the truth; the index (`embeddings.VectorIndex`, saved per model under `index_dir`) and the
 in-memory tables next to it are derived from it and repaired from it: at start (`sync`), after another process
-changed the catalog (`follow_catalog`), or from scratch (`rebuild`). Beside the index it keeps the catalog's images by
+changed the catalog (`follow_catalog`: the images the catalog's change feed names, or the whole catalog when the feed
+cannot say), or from scratch (`rebuild`). Beside the index it keeps the catalog's images by
 index key (`refs`: scans read labels from here, the index holding only vectors), each brand/product scope's keys (cached
 until the catalog changes) and the perceptual-hash table of near-duplicates. Catalog writes in this process
 (service/catalog/writer.py) tell it what they wrote (`added`, `relabelled`, `removed`) under the write lock.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,8 @@ from tqdm import tqdm
 from embeddings import ImageEmbedder, VectorIndex, decode_image
 from embeddings.perceptual_hash import perceptual_hash
 from reference_catalog import BlobStore, CatalogRepository, ImageRef
+from reference_catalog.repository import ChangeBatch
+from service.catalog import index_snapshot
 from service.catalog.near_duplicates import NearDuplicateTable
 from service.config import Settings
 from service.models.snapshot import ModelSlot
@@ -30,6 +34,15 @@ log = logging.getLogger(__name__)
 
 EMBED_CHUNK = 64  # catalog images embedded per forward pass when the index is repaired or rebuilt
 Scope = tuple[str | None, str | None]
+
+
+@dataclass
+class FollowStats:
+    """What `follow_catalog` has done since this keeper was made (logs and tests read it)."""
+
+    batches: int = 0  # change-feed batches applied
+    changes: int = 0  # image changes in them (those this process had applied itself included)
+    full_syncs: int = 0  # times the feed could not say and the whole catalog was read again
 
 
 class IndexKeeper:
@@ -44,6 +57,7 @@ class IndexKeeper:
         self._scopes: dict[Scope, tuple[int, np.ndarray]] = {}
         self._generation = 0
         self._dirty = False
+        self.follow_stats = FollowStats()
 
     # --- what scans read ------------------------------------------------------------------------------------------
     @property
@@ -70,8 +84,11 @@ class IndexKeeper:
         return scope
 
     # --- what catalog writes in this process report (under the write lock) ----------------------------------------
-    def added(self, refs: Sequence[ImageRef], vectors: np.ndarray, phashes: Sequence[int | None]) -> None:
-        """Rows just committed (`vectors[i]` is `refs[i]`'s); those already known (another writer's) are skipped."""
+    def added(
+        self, refs: Sequence[ImageRef], vectors: np.ndarray, phashes: Sequence[int | None], revision: int | None = None
+    ) -> None:
+        """Rows just committed (`vectors[i]` is `refs[i]`'s); those already known (another writer's) are skipped.
+        `revision`: the one the write made (`CatalogRepository.written_revision`), None when it created nothing."""
         fresh = [i for i, ref in enumerate(refs) if ref.key not in self._refs]
         index = self.slot.model.index
         if fresh:
@@ -80,22 +97,27 @@ class IndexKeeper:
                 self._refs[refs[i].key] = refs[i]
                 if phashes[i] is not None:
                     self.near_duplicates.add(refs[i].key, phashes[i] or 0)
-        self._changed()
+        self._changed(revision)
 
-    def relabelled(self, ref: ImageRef) -> None:
+    def relabelled(self, ref: ImageRef, revision: int | None = None) -> None:
         # Scans read labels from these refs (the index holds only vectors), so the new label counts at once.
         self._refs[ref.key] = ref
-        self._changed()
+        self._changed(revision)
 
-    def removed(self, ref: ImageRef) -> None:
+    def removed(self, ref: ImageRef, revision: int | None = None) -> None:
         self.slot.model.index.remove(np.array([ref.key], dtype=np.int64))
         self.near_duplicates.remove(ref.key)
         self._refs.pop(ref.key, None)
-        self._changed()
+        self._changed(revision)
 
-    def _changed(self) -> None:
+    def _changed(self, revision: int | None) -> None:
         self._catalog_changed()
-        self.slot.model.index.revision = self.catalog.revision()
+        index = self.slot.model.index
+        # The index's revision says that every change up to it is in: it moves on with this write only when the write
+        # follows it directly. After another process's write (a replica, the CLI), it stays where it is, and
+        # `follow_catalog` brings in the changes between (this one it finds applied already).
+        if revision is not None and revision == index.revision + 1:
+            index.revision = revision
         self._dirty = True
 
     def _catalog_changed(self) -> None:
@@ -159,23 +181,111 @@ class IndexKeeper:
             self._catalog_changed()
             self._sync_hashes()
             saved = self.load_saved(embedder)
+            forwarded = saved is not None and self._bring_forward(saved, embedder, revision)
             index = saved or self.new_index(embedder)
-            changed = self.repair(index, embedder, self._refs, revision, show_progress)
+            changed = self.repair(index, embedder, self._refs, revision, show_progress) or forwarded
             changed = index.refit() or changed  # flat <-> ivf by size, ivf retrained once it doubled
             self.slot.update(index=index)
             if changed or saved is None:
                 self.save()
 
     def follow_catalog(self) -> bool:
-        """Pick up catalog changes made by another process (e.g. `catalog import` beside a running service)."""
+        """Pick up catalog changes made by other processes (the service's other replicas, `catalog import` beside a
+        running service) from the catalog's change feed: only the images changed since the index's revision are
+        read. When the feed cannot say (the index is older than the feed's start, e.g. after a prune), the whole
+        catalog is read again (`sync`). Returns whether anything was brought in."""
         if self.catalog.revision() == self.slot.model.index.revision:
             return False
-        with self.lock:  # look again: a write in this process may have been between its commit and index update
-            if self.catalog.revision() == self.slot.model.index.revision:
+        with self.lock:  # under the lock, a write in this process is never between its commit and its index update
+            since = self.slot.model.index.revision
+            started = time.perf_counter()
+            batch = self.catalog.changes_since(since)
+            if batch is None:
+                log.info("catalog changed outside this process; the index (revision %d) is older than the change feed "
+                         "(starts after %d) or newer than the catalog: reading the whole catalog again",
+                         since, self.catalog.changes_from())  # fmt: skip
+                self.sync()
+                self.follow_stats.full_syncs += 1
+                log.info("read the whole catalog (%d images) to revision %d in %.1f ms", len(self._refs),
+                         self.slot.model.index.revision, 1000 * (time.perf_counter() - started))  # fmt: skip
+                return True
+            if batch.revision == since:
                 return False
-        log.info("catalog changed outside this process (revision %d, index at %d): syncing",
-                 self.catalog.revision(), self.slot.model.index.revision)  # fmt: skip
-        self.sync()
+            counts = self.apply_changes(batch)
+        self.follow_stats.batches += 1
+        self.follow_stats.changes += len(batch.changes)
+        log.info("followed the catalog from revision %d to %d in %.1f ms: %d added, %d relabelled, %d removed, "
+                 "%d in step already", since, batch.revision, 1000 * (time.perf_counter() - started),
+                 counts["added"], counts["relabelled"], counts["removed"], counts["in_step"])  # fmt: skip
+        return True
+
+    def apply_changes(self, batch: ChangeBatch) -> dict[str, int]:
+        """Bring the serving index, refs and near-duplicate hashes to `batch.revision` (call under the lock): each
+        changed image is looked up as it is now; one that exists is added (its stored vector for the serving model,
+        embedded from its file when there is none) or relabelled, one that does not is removed. Images this process
+        already has as they are now (its own writes) are left alone. Returns the counts of each (`in_step`: changes
+        with nothing left to do)."""
+        model = self.slot.model
+        index, embedder = model.index, model.embedder
+        info = embedder.info
+        now = self.catalog.images_by_keys(batch.changes)
+        gone = [key for key in batch.changes if key not in now]
+        # A key whose image differs from the one known here (SQLite databases made before AUTOINCREMENT reused keys)
+        # gets the new image's vector, hash and ref.
+        new = [key for key, ref in now.items() if key not in self._refs or self._refs[key].image_id != ref.image_id]
+        fresh = set(new)
+        relabelled = [key for key, ref in now.items() if key not in fresh and key in self._refs and self._refs[key] != ref]
+        removed = sum(1 for key in gone if key in self._refs)
+        index.remove(np.array(gone, dtype=np.int64))
+        hash_keys, hashes = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint64)
+        if new:
+            keys, vectors = self.catalog.stored_vectors(info.fingerprint, info.dim, keys=new)
+            index.add(keys, vectors)
+            to_embed = sorted(set(new) - set(keys.tolist()))
+            if to_embed:
+                log.info("embedding %d catalog images added elsewhere with %s", len(to_embed), info.short_id)
+                self._embed_stored(embedder, index, [now[key] for key in to_embed], False)
+            hash_keys, hashes = self._hashes_of({key: now[key] for key in new})
+        self.near_duplicates.update(gone + new, hash_keys, hashes)
+        for key in gone:
+            self._refs.pop(key, None)
+        for key in new + relabelled:
+            self._refs[key] = now[key]
+        index.revision = batch.revision
+        self._catalog_changed()
+        self._dirty = True
+        in_step = len(batch.changes) - len(new) - len(relabelled) - removed  # this process's writes, or added and gone
+        return {"added": len(new), "relabelled": len(relabelled), "removed": removed, "in_step": in_step}
+
+    def _hashes_of(self, refs: dict[int, ImageRef]) -> tuple[np.ndarray, np.ndarray]:
+        """The stored perceptual hashes of these images, those missing computed from their files (and stored)."""
+        keys, hashes = self.catalog.perceptual_hashes(keys=refs)
+        missing = sorted(set(refs) - set(keys.tolist()))
+        if missing:
+            self.catalog.store_hashes(missing, [perceptual_hash(self.decode_stored(refs[k], None)) for k in missing])
+            keys, hashes = self.catalog.perceptual_hashes(keys=refs)
+        return keys, hashes
+
+    def _bring_forward(self, index: VectorIndex, embedder: ImageEmbedder, revision: int) -> bool:
+        """A saved index older than the catalog (saved by this or another replica sharing the index folder): apply
+        the vectors of the images the change feed names since its revision, so that `repair` then has nothing to
+        re-read. When the feed cannot say, or the result does not hold exactly the catalog's images (`self._refs`,
+        read at `revision` or later), the index keeps its revision and `repair` does the whole work as before.
+        Returns whether the index changed."""
+        if index.revision >= revision:
+            return False
+        batch = self.catalog.changes_since(index.revision)
+        if batch is None:
+            return False
+        present = [key for key in batch.changes if key in self._refs]
+        index.remove(np.array([key for key in batch.changes if key not in self._refs], dtype=np.int64))
+        info = embedder.info
+        keys, vectors = self.catalog.stored_vectors(info.fingerprint, info.dim, keys=present)
+        index.add(keys, vectors)
+        if len(keys) == len(present) and set(index.ids().tolist()) == set(self._refs):
+            log.info("saved index brought from revision %d to %d by the change feed (%d images changed)",
+                     index.revision, revision, len(batch.changes))  # fmt: skip
+            index.revision = revision
         return True
 
     def repair(
@@ -280,3 +390,26 @@ class IndexKeeper:
         if removed:
             log.info("removed %d orphaned blob files", removed)
         return removed
+
+    # --- immutable snapshots, for read-only processes (service/catalog/index_snapshot.py) ------------------------
+    def publish_snapshot(self) -> Path:
+        """Write (or reuse) the snapshot of the serving index at its catalog revision, with the refs and hashes beside
+        it; returns its folder. Taken under the write lock, so the three agree."""
+        with self.lock:
+            keys, hashes = self.catalog.perceptual_hashes()
+            return index_snapshot.publish(self.settings.index_dir, self.slot.model.index, self._refs, keys, hashes)
+
+    def load_snapshot(self, path: Path) -> None:
+        """Serve the index, refs and near-duplicate hashes of a published snapshot (a read-only core: nothing is
+        written, the catalog is not read); raises SnapshotError when it is not the serving model's."""
+        snapshot = index_snapshot.load(path, self.settings.index_options())
+        fingerprint = self.slot.model.embedder.info.fingerprint
+        if snapshot.index.fingerprint != fingerprint:
+            raise index_snapshot.SnapshotError(
+                f"{path} holds the index of model {snapshot.index.fingerprint[:16]}, not of the serving model {fingerprint[:16]}"
+            )
+        with self.lock:
+            self._refs = snapshot.refs
+            self._catalog_changed()
+            self.near_duplicates.replace(snapshot.hash_keys, snapshot.hashes)
+            self.slot.update(index=snapshot.index)

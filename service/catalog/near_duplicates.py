@@ -32,6 +32,15 @@ class NearDuplicateTable:
             keep = self._keys != key
             self._keys, self._hashes = self._keys[keep], self._hashes[keep]
 
+    def update(self, remove: list[int], keys: np.ndarray, hashes: np.ndarray) -> None:
+        """Drop the entries of `remove` and of `keys`, then add `keys` with `hashes` (64-bit, signed or not): one pass
+        over the table whatever the number of changes (`add` and `remove` copy it each time)."""
+        with self._lock:
+            drop = np.array(sorted({*remove, *keys.tolist()}), dtype=np.int64)
+            keep = ~np.isin(self._keys, drop)
+            self._keys = np.concatenate([self._keys[keep], keys.astype(np.int64)])
+            self._hashes = np.concatenate([self._hashes[keep], np.asarray(hashes).view(np.uint64)])
+
     def keys(self) -> set[int]:
         return set(self._keys.tolist())
 

@@ -3,6 +3,9 @@
 Each write checks its input first (service/catalog/validation.py; a refusal writes nothing), embeds the photo, then
 commits rows, vectors, detail features and audit entries in one transaction and tells the index keeper
 (service/catalog/index_keeper.py), under the write lock, so that the image is searchable when the call returns.
+The repository records each write in the catalog's change feed, from which the service's other replicas follow it.
+Replicas share the blob store: a write checks its files again after its commit, and a delete after its delete, so that
+a file is never lost to a delete and an upload of the same bytes on two replicas at once.
 Refusals are service errors (service/errors.py): `InvalidValue` for a bad name or label, `Conflict` for bytes already
 catalogued under the other label.
 """
@@ -104,31 +107,50 @@ class CatalogWriter:
                 return AddedImage(existing, False, model.index.version)
             embedded = model.embedder.embed_images_with_detail([decoded.image])
             self.blobs.put(decoded.sha256, photo.data)
-            ((ref, created),) = self._commit_rows([new], embedded, actor)  # False: another process added it meanwhile
+            ((ref, created),) = self._commit_rows([new], embedded, actor, [photo.data])  # False: added elsewhere meanwhile
             return AddedImage(ref, created, self.slot.model.index.version)
 
-    def _commit_rows(self, images: Sequence[NewImage], embedded: Embeddings, actor: str) -> list[tuple[ImageRef, bool]]:
+    def _commit_rows(
+        self, images: Sequence[NewImage], embedded: Embeddings, actor: str, files: Sequence[bytes]
+    ) -> list[tuple[ImageRef, bool]]:
         """Write rows, vectors, detail features and audit entries in one transaction, then make them searchable; for
-        each row its ref and whether it was written now (False: another writer had added it meanwhile)."""
+        each row its ref and whether it was written now (False: another writer had added it meanwhile). `files`:
+        each row's image bytes, already put in the blob store."""
         embedder = self.slot.model.embedder
         details = DetailFeatures(embedder.detail_layout, embedded.details)
         written = self.catalog.insert_images(images, embedded.vectors, embedder.info.fingerprint, actor, details)
-        self.index_keeper.added([ref for ref, _ in written], embedded.vectors, [image.phash for image in images])
+        revision = self.catalog.written_revision()
+        self._keep_files(images, files)
+        self.index_keeper.added([ref for ref, _ in written], embedded.vectors, [image.phash for image in images], revision)
         return written
 
+    def _keep_files(self, images: Sequence[NewImage], files: Sequence[bytes]) -> None:
+        """Put back a committed row's file that another process deleted meanwhile: a replica deleting the last other
+        row of the same bytes, between this write's `put` (which found the file there) and its commit. The deleting
+        side looks again after its delete (`delete_reference`); between the two checks one of them sees the other."""
+        for image, data in zip(images, files, strict=True):
+            if not self.blobs.path(image.sha256).is_file():
+                self.blobs.put(image.sha256, data)
+
     def _commit_counted(
-        self, images: Sequence[NewImage], embedded: Embeddings, actor: str, names: Sequence[str], summary: ImportSummary
+        self,
+        images: Sequence[NewImage],
+        embedded: Embeddings,
+        actor: str,
+        names: Sequence[str],
+        summary: ImportSummary,
+        files: Sequence[bytes],
     ) -> None:
         """Commit a batch and count what was written; when another writer added one of its photos under the other
         label meanwhile, commit row by row so that only that row fails (reported with its name)."""
         try:
-            written = self._commit_rows(images, embedded, actor)
+            written = self._commit_rows(images, embedded, actor, files)
         except DuplicateLabelConflict:
             if len(images) == 1:
                 raise
             for i, name in enumerate(names):
                 try:
-                    self._commit_counted([images[i]], embedded.rows(i, i + 1), actor, [name], summary)
+                    self._commit_counted([images[i]], embedded.rows(i, i + 1), actor, [name], summary, [files[i]])
                 except DuplicateLabelConflict as exc:
                     assert summary.errors is not None
                     summary.errors.append((name, str(exc)))
@@ -174,7 +196,9 @@ class CatalogWriter:
                         self.blobs.put(new.sha256, data)
                     # Another writer (an HTTP upload, another process) may have added some rows since the checks
                     # above: those were not written here, so they count as duplicates, not as added.
-                    self._commit_counted([new for new, _, _ in batch], embedded, actor, names, summary)
+                    self._commit_counted(
+                        [new for new, _, _ in batch], embedded, actor, names, summary, [data for _, _, data in batch]
+                    )
             bar.update(min(IMPORT_CHUNK, len(rows) - start))
         bar.close()
         return summary
@@ -188,7 +212,7 @@ class CatalogWriter:
                 return None
             ref, relabelled = changed
             if relabelled:
-                self.index_keeper.relabelled(ref)
+                self.index_keeper.relabelled(ref, self.catalog.written_revision())
         return ref
 
     def delete_reference(self, image_id: str, actor: str = "system") -> ImageRef | None:
@@ -199,12 +223,25 @@ class CatalogWriter:
             if deleted is None:
                 return None
             ref, blob_unused = deleted
-            self.index_keeper.removed(ref)
-            if blob_unused:  # inside the lock: an upload of the same bytes cannot slip in between
-                self.blobs.delete(ref.sha256)
-                for listener in self.blob_deleted:
-                    listener(ref.sha256)
+            self.index_keeper.removed(ref, self.catalog.written_revision())
+            if blob_unused:  # inside the lock: an upload of the same bytes in this process cannot slip in between
+                self._delete_file(ref.sha256)
         return ref
+
+    def _delete_file(self, sha256: str) -> None:
+        """Delete an image file no row uses any more. Another process (a replica sharing the blob store) may have
+        committed a row of the same bytes meanwhile, its `put` having found the file still there: look again after
+        the delete, and put the bytes back if so (the writing side checks after its commit: `_keep_files`)."""
+        try:
+            data = self.blobs.get(sha256)
+        except FileNotFoundError:
+            data = None
+        self.blobs.delete(sha256)
+        if data is not None and sha256 in self.catalog.referenced_sha256s([sha256]):
+            self.blobs.put(sha256, data)
+            return
+        for listener in self.blob_deleted:
+            listener(sha256)
 
 
 def _new_image(

@@ -19,6 +19,17 @@ class SettingsGroup(BaseModel):
 class StorageSettings(SettingsGroup):
     data_dir: Path = Field(Path("data"), description="Catalog database, image blobs, index files and model exports.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in the data directory.")
+    index_dir: Path | None = Field(
+        None,
+        description="Where the index files are saved; default: <data_dir>/index. Replicas sharing a data directory may "
+        "each keep theirs on local disk (a saved index older than the catalog is brought up to date from the catalog).",
+    )
+    change_feed_keep_revisions: int = Field(
+        100_000,
+        ge=1,
+        description="Catalog revisions whose changes the catalog's change feed keeps (pruned by serve every minute); a "
+        "replica whose index is older than that re-reads the whole catalog instead of the changes.",
+    )
 
 
 class ModelSettings(SettingsGroup):
@@ -57,6 +68,10 @@ class ImportSettings(SettingsGroup):
     )
     max_members: int = Field(50_000, ge=1, description="Most members (files and folders) in an import archive.")
     chunk_rows: int = Field(32, ge=1, le=10_000, description="Rows imported between two progress checkpoints.")
+    lease_s: float = Field(
+        30.0, gt=0, le=3600, description="How long an import job stays claimed by its worker without a renewal (every "
+        "chunk, and a heartbeat); after that another replica of the service on the same database takes it over.",
+    )  # fmt: skip
 
 
 class ScoringSettings(SettingsGroup):
@@ -204,3 +219,33 @@ class ThroughputSettings(SettingsGroup):
         description="Model batches run side by side (serve, scan-batch), each on `threads` cores; 0: on CPU one "
         "single-threaded worker per model core (or model cores / `threads` when set), on a GPU one.",
     )
+
+
+class BulkSettings(SettingsGroup):
+    """`counterfeit-scan scan-batch` (cli/bulk.py): in this process, or in Ray actors (service/bulk/ray_engine.py)."""
+
+    flat_prefix: ClassVar[str] = "bulk_"
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="Where scan-batch scans: local (this process) or ray (Ray Data actors on this machine or a cluster; "
+        "pip install 'counterfeit-scan[ray]').",
+        json_schema_extra={"flag": "--engine"},
+    )
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster of --engine ray: auto (the one this machine belongs to) or ray://host:10001; "
+        "default: start a private Ray on this machine.",
+        json_schema_extra={"flag": "--address"},
+    )
+    ray_actors: int = Field(
+        0, ge=0, le=4096, description="Scanning actors of --engine ray; 0: as many as fit the cluster's CPUs, one CPU left over.",
+        json_schema_extra={"flag": "--actors"},
+    )  # fmt: skip
+    ray_actor_cpus: float = Field(
+        1.0, gt=0, le=256, description="CPUs each actor reserves (its model and decoding threads).",
+        json_schema_extra={"flag": "--actor-cpus"},
+    )  # fmt: skip
+    ray_gpus_per_actor: float = Field(
+        0.0, ge=0, le=16, description="GPUs each actor reserves (0: none; the model then runs on CPU).",
+        json_schema_extra={"flag": "--gpus-per-actor"},
+    )  # fmt: skip

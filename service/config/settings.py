@@ -27,6 +27,7 @@ from embeddings.index import IndexOptions
 from embeddings.runtimes import available_cores, default_inference_threads, resolve_device
 from service.config.groups import (
     AccessSettings,
+    BulkSettings,
     CalibrationSettings,
     ConsoleSettings,
     HeadSettings,
@@ -68,6 +69,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings, description="The HTTP server.")
     index: IndexSettings = Field(default_factory=IndexSettings, description="The vector index.")
     throughput: ThroughputSettings = Field(default_factory=ThroughputSettings, description="Batching and decoding.")
+    bulk: BulkSettings = Field(default_factory=BulkSettings, description="Bulk scanning (scan-batch): local or on Ray.")
 
     @classmethod
     def flat_fields(cls) -> Iterator[tuple[str, str, str, FieldInfo]]:
@@ -126,7 +128,7 @@ class Settings(BaseSettings):
 
     @property
     def index_dir(self) -> Path:
-        return self.storage.data_dir / "index"
+        return self.storage.index_dir or self.storage.data_dir / "index"
 
     @property
     def export_dir(self) -> Path:

@@ -3,6 +3,10 @@
 `ImportJobs` lives on the service runtime (`request.app.state.runtime.imports`). `submit` keeps the archive under
 `<data_dir>/imports/<job_id>.archive` and a `queued` row in the catalog database, so a restart picks the job up;
 the worker thread runs jobs oldest first, resuming `running` ones where their last checkpoint left them.
+Replicas of the service on one database (and one shared data directory) each run a worker: a worker runs only a
+job it claimed (`ImportJobStore.claim`, a lease of `import_lease_s` under this process's `owner` id), so no two run
+the same job; a job whose worker died is taken over once its lease runs out, and one whose worker stopped cleanly
+at once (the stop releases it).
 Synchronous refusals (service errors, service/errors.py): an empty upload (InvalidRequest), bytes that are not zip or
 gzip (UnsupportedFormat), an archive over `import_max_upload_bytes` (TooLarge). Everything else about the archive is
 checked by the job.
@@ -12,11 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from reference_catalog import AuditEvent
@@ -27,14 +34,27 @@ from service.config import Settings
 from service.core import ServiceCore
 from service.errors import InvalidRequest, InvalidValue, ServiceNotReady, TooLarge, UnsupportedFormat
 from service.imports.archive_reader import ARCHIVE_FORMATS, detect_format
-from service.imports.job_store import ImportJobRow, ImportJobStore, job_view, new_job_id
-from service.imports.runner import archive_path, imports_dir, run_import_job
+from service.imports.job_store import UNFINISHED, ImportJobRow, ImportJobStore, LeaseLost, job_view, new_job_id
+from service.imports.runner import WORK_SUFFIX, archive_path, finish_job, imports_dir, run_import_job, work_path
 
 log = logging.getLogger(__name__)
 
-LEFTOVER_MIN_AGE_S = 3600.0  # archives and work folders of no unfinished job are removed once this old
+LEFTOVER_MIN_AGE_S = 3600.0  # files of no job, and work folders no live claim uses, are removed once this old
 IDLE_POLL_S = 1.0
 MAX_FILENAME = 500
+MAX_OWNER = 120  # catalog_import_jobs.claimed_by
+
+
+def _modified_since(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime >= cutoff
+    except FileNotFoundError:
+        return True  # gone already
+
+
+def new_owner_id() -> str:
+    """Who claims jobs: this host and process, and a random part (two workers in one process, a reused pid)."""
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(6)}"[-MAX_OWNER:]
 
 
 class ImportJobs:
@@ -47,6 +67,7 @@ class ImportJobs:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self.owner = new_owner_id()  # this worker's name in the jobs' claims
 
     # --- the worker ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -66,6 +87,7 @@ class ImportJobs:
 
     def _work(self) -> None:
         cleaned = False
+        lease_s = self.settings.imports.lease_s
         while not self._stop.is_set():
             core = self._core()
             if core is None:
@@ -76,41 +98,59 @@ class ImportJobs:
                 if not cleaned:
                     self._remove_leftovers(store)
                     cleaned = True
-                pending = store.unfinished()
-                if not pending:
+                job_id = store.claim(self.owner, lease_s)
+                if job_id is None:  # none waiting, or each one held by another replica's live lease
                     self._wake.wait(IDLE_POLL_S)
                     self._wake.clear()
                     continue
-                self._run(core, store, pending[0])
+                self._run(core, store, job_id)
             except Exception:  # e.g. a locked database: this thread must outlive any one failure
                 log.exception("the import worker failed; retrying")
                 self._stop.wait(IDLE_POLL_S)
 
     def _run(self, core: ServiceCore, store: ImportJobStore, job_id: str) -> None:
         try:
-            run_import_job(core, store, job_id, self._stop)
+            run_import_job(core, store, job_id, self._stop, self.owner)
         except Exception as exc:
             log.exception("import job %s failed", job_id)
             if self._stop.is_set():
                 return  # most likely the service closing underneath it: resume at the next start
-            store.finish(job_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
-            archive_path(self.settings, job_id).unlink(missing_ok=True)
+            try:
+                finish_job(self.settings, store, job_id, self.owner, "failed", f"internal error: {type(exc).__name__}: {exc}")
+            except LeaseLost:
+                log.warning("import job %s: another process holds it now; its failure here is not recorded", job_id)
+        finally:
+            store.release(job_id, self.owner)  # a job left unfinished (stopping): another replica resumes it at once
 
     def _remove_leftovers(self, store: ImportJobStore) -> None:
-        """Archives and work folders whose job finished or never got its row (a crash inside `submit`)."""
+        """Files no job needs any more: those of finished jobs; work folders of unfinished jobs but no live claim's
+        (a process that died or lost the job), and files of no job at all (a crash inside `submit`), once older than
+        LEFTOVER_MIN_AGE_S. Other replicas share the folder: an unfinished job's archive, the work folder of the
+        process that holds its claim, and a recent archive whose row another replica is about to commit are kept."""
         folder = imports_dir(self.settings)
         if not folder.is_dir():
             return
-        keep = set(store.unfinished())
+        paths = list(folder.iterdir())
+        jobs = store.states(path.name.split(".", 1)[0] for path in paths)
         cutoff = time.time() - LEFTOVER_MIN_AGE_S
-        for path in folder.iterdir():
+        for path in paths:
             job_id = path.name.split(".", 1)[0]
-            if job_id in keep or (path.stat().st_mtime >= cutoff and path.suffix == ".archive"):
+            state, holder = jobs.get(job_id, (None, None))
+            if state is not None and state not in UNFINISHED:
+                keep = False
+            elif state is not None and (path.suffix != WORK_SUFFIX or path == self._holders_work(job_id, holder)):
+                keep = True
+            else:
+                keep = _modified_since(path, cutoff)
+            if keep:
                 continue
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+    def _holders_work(self, job_id: str, holder: str | None) -> Path | None:
+        return None if holder is None else work_path(self.settings, job_id, holder)
 
     def _require_store(self, core: ServiceCore | None = None) -> ImportJobStore:
         core = core or self._core()

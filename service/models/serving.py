@@ -91,8 +91,8 @@ class ServingModels:
         keeper = self.index_keeper
         embedder = load_embedder(spec, self.settings.export_dir)
         index = keeper.load_saved(embedder) or keeper.new_index(embedder)
-        with self.slot.lock:
-            revision, refs = self.catalog.revision(), keeper.refs_copy()
+        with self.slot.lock:  # the refs and the serving index's revision agree (other replicas' writes may be ahead)
+            revision, refs = self.slot.model.index.revision, keeper.refs_copy()
         keeper.repair(index, embedder, refs, revision, show_progress)
         index.refit()
         index.save(keeper.index_path_for(embedder.info.fingerprint))
@@ -104,7 +104,7 @@ class ServingModels:
         """Switch to a prepared model: catch up with catalog writes made meanwhile, then swap in one assignment."""
         keeper = self.index_keeper
         with self.slot.lock:
-            keeper.repair(model.index, model.embedder, keeper.refs_copy(), self.catalog.revision(), False)
+            keeper.repair(model.index, model.embedder, keeper.refs_copy(), self.slot.model.index.revision, False)
             keeper.save_if_dirty()
             self.slot.put(model)
             keeper.mark_dirty()

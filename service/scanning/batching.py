@@ -259,14 +259,15 @@ class ScanBatcher:
         if self.metrics is not None:
             self.metrics.decode_seconds.observe(finished - started)
         with self._ready:
-            if self._closed:
-                job.fail(ServiceNotReady("the service is shutting down"))
-                return
-            job.queued_at = finished
-            job.remaining = len(job.prepared)
-            self._queue.append(Piece(job, 0, len(job.prepared)))
-            self._queued_photos += len(job.prepared)
-            self._ready.notify()
+            closed = self._closed
+            if not closed:
+                job.queued_at = finished
+                job.remaining = len(job.prepared)
+                self._queue.append(Piece(job, 0, len(job.prepared)))
+                self._queued_photos += len(job.prepared)
+                self._ready.notify()
+        if closed:  # failed outside the lock: the future's callback (`_answered`) takes it
+            job.fail(ServiceNotReady("the service is shutting down"))
 
     # --- inference thread ---------------------------------------------------------------------------------------
     def _take(self) -> list[Piece] | None:

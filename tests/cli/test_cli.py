@@ -29,8 +29,9 @@ def auth(core: ServiceCore) -> dict[str, str]:
     return {"Authorization": f"Bearer {core.keys.create('admin', [], 'tests')[1]}"}
 
 
-def run(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> Result:
+def run(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None, database_url: str | None = None) -> Result:
     flags = [*TINY_MODEL_FLAGS, "--data-dir", str(data_dir)] if data_dir is not None else []
+    flags += ["--database-url", database_url] if database_url else []
     # Options follow the sub-command; CliRunner keeps stdout (JSON) and stderr (progress, errors) apart.
     return CliRunner().invoke(cli, [*args, *flags], env=env, catch_exceptions=False)
 
@@ -62,27 +63,28 @@ def sneaker_set(tmp_path: Path, sneakers_dir: Path, sneaker_rows: list[dict[str,
     return rows
 
 
-def test_import_split_rerun_and_the_rest(tmp_path: Path, sneaker_set: list[dict[str, str]]) -> None:
+@pytest.mark.both_databases
+def test_import_split_rerun_and_the_rest(tmp_path: Path, sneaker_set: list[dict[str, str]], database_url: str | None) -> None:
     manifest = tmp_path / "set" / "manifest.csv"
-    data = tmp_path / "data"
+    data, url = tmp_path / "data", database_url
 
-    first = run("catalog", "import", str(manifest), "--split", "reference", data_dir=data)
+    first = run("catalog", "import", str(manifest), "--split", "reference", data_dir=data, database_url=url)
     assert first.exit_code == 0, first.output
     body = report(first)
     assert (body["rows"], body["added"], body["duplicates"], body["errors"]) == (6, 6, 0, [])
     assert body["index_size"] == 6
 
-    again = run("catalog", "import", str(manifest), "--split", "reference", data_dir=data)
+    again = run("catalog", "import", str(manifest), "--split", "reference", data_dir=data, database_url=url)
     assert again.exit_code == 0, again.output
     repeat = report(again)
     assert (repeat["added"], repeat["duplicates"], repeat["errors"]) == (0, 6, [])
     assert repeat["index_version"] == body["index_version"]  # a no-op: the catalog revision did not move
 
-    everything = run("catalog", "import", str(manifest), data_dir=data)
+    everything = run("catalog", "import", str(manifest), data_dir=data, database_url=url)
     full = report(everything)
     assert (full["rows"], full["added"], full["duplicates"], full["index_size"]) == (10, 4, 6, 10)
 
-    missing_split = run("catalog", "import", str(manifest), "--split", "holdout", data_dir=data)
+    missing_split = run("catalog", "import", str(manifest), "--split", "holdout", data_dir=data, database_url=url)
     assert missing_split.exit_code == 0 and report(missing_split)["rows"] == 0
 
 

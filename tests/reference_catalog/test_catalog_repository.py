@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from reference_catalog import BlobStore, CatalogRepository, NewImage, create_catalog_engine
+from reference_catalog import BlobStore, CatalogRepository, ImageRef, NewImage, create_catalog_engine
+from reference_catalog.models import Product, ReferenceImage
 from reference_catalog.repository import DuplicateLabelConflict
 from service.db.migrate import upgrade_if_behind
 from tests.helpers import sha256
@@ -170,3 +174,24 @@ def test_blob_store(tmp_path: Path) -> None:
     for bad in ("../../etc/passwd", digest.upper(), digest[:-1]):
         with pytest.raises(ValueError, match="sha256"):
             store.path(bad)
+
+
+def test_the_same_photo_committed_by_another_writer_meanwhile_is_a_duplicate(repo: CatalogRepository) -> None:
+    """Writer A inserts a photo and holds its transaction open; writer B, which finds no such row yet, inserts the
+    same one: B's insert waits for A's commit, fails on the unique key, and B then finds A's row: a duplicate."""
+    repo.add_images([new(1)], vecs(1), FP)  # the brand and product exist: A only inserts the image
+    photo = new(2)
+    answers: list[list[tuple[ImageRef, bool]]] = []
+    with Session(repo.engine) as session, session.begin():
+        session.add(ReferenceImage(public_id="ref_from_a", product=session.scalars(select(Product)).one(),
+                                   sha256=photo.sha256, label="authentic", source=None, media_type="image/jpeg",
+                                   width=1, height=1))  # fmt: skip
+        session.flush()  # A holds the row (and on SQLite the write lock) until the block ends
+        writer_b = threading.Thread(target=lambda: answers.append(repo.insert_images([photo], vecs(1), FP)))
+        writer_b.start()
+        writer_b.join(1.0)
+        assert writer_b.is_alive()  # B waits for A
+    writer_b.join(30)
+    [[(ref, created)]] = answers
+    assert not created and ref.image_id == "ref_from_a"
+    assert [r.image_id for r in repo.all_images()].count("ref_from_a") == 1

@@ -16,8 +16,11 @@ STRICT_MAX_PIXELS = 1_000_000
 
 
 @pytest.fixture
-def strict_settings(data_dir: Path) -> Settings:
-    return tiny_settings(data_dir, max_image_bytes=STRICT_MAX_BYTES, max_image_pixels=STRICT_MAX_PIXELS)
+def strict_settings(data_dir: Path, database_url: str | None) -> Settings:
+    """On PostgreSQL too for tests marked `both_databases` (tests/conftest.py)."""
+    return tiny_settings(
+        data_dir, database_url=database_url, max_image_bytes=STRICT_MAX_BYTES, max_image_pixels=STRICT_MAX_PIXELS
+    )
 
 
 @pytest.fixture

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from service.config import Settings
 from tests import imaging
+from tests.helpers import query_catalog
 
 FINISHED = ("succeeded", "failed")
 
@@ -49,20 +50,20 @@ def import_archive(client: TestClient, data: bytes, filename: str = "catalog.zip
     return wait_for(client, submit(client, data, filename, 202, None, **form)["job_id"])
 
 
-def catalog_rows(data_dir: Path) -> list[tuple[str, str, str, str, str | None]]:
-    """(brand, product, label, sha256, source) of every reference image, sorted."""
-    with sqlite3.connect(data_dir / "catalog.sqlite3") as db:
-        rows = db.execute(
-            "select b.name, p.name, i.label, i.sha256, i.source from reference_images i "
-            "join products p on p.id = i.product_id join brands b on b.id = p.brand_id"
-        ).fetchall()
-    return sorted(rows)
+def catalog_rows(where: Path | Settings) -> list[tuple[str, str, str, str, str | None]]:
+    """(brand, product, label, sha256, source) of every reference image, sorted; `where`: the data directory of a
+    SQLite catalog, or the settings (either database)."""
+    rows = query_catalog(
+        where,
+        "select b.name, p.name, i.label, i.sha256, i.source from reference_images i "
+        "join products p on p.id = i.product_id join brands b on b.id = p.brand_id",
+    )
+    return sorted((str(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4]) for r in rows)
 
 
-def catalog_revision(data_dir: Path) -> int:
-    with sqlite3.connect(data_dir / "catalog.sqlite3") as db:
-        row = db.execute("select value from catalog_state where key = 'revision'").fetchone()
-    return int(row[0]) if row else 0
+def catalog_revision(where: Path | Settings) -> int:
+    rows = query_catalog(where, "select value from catalog_state where key = 'revision'")
+    return int(rows[0][0]) if rows else 0
 
 
 def leftovers(data_dir: Path, settle_s: float = 2.0) -> list[str]:

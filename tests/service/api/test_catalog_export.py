@@ -64,6 +64,7 @@ def test_export_then_import_into_a_fresh_service_gives_the_same_catalog(
     assert ("Acme", "runner", "authentic", sha256(imaging.jpeg(1)), "studio shoot") in original
 
 
+@pytest.mark.both_databases
 def test_brand_keys_export_their_own_brands_only(client: TestClient, core: ServiceCore) -> None:
     seed(client)
     _, acme = core.keys.create("brand", ["Acme"], "acme")
@@ -102,6 +103,7 @@ def test_write_catalog_archive_to_a_file(client: TestClient, core: ServiceCore, 
     assert members[f"images/{sha256(imaging.jpeg(4))}.jpg"] == imaging.jpeg(4)
 
 
+@pytest.mark.both_databases
 def test_an_empty_brand_exports_just_a_manifest(client: TestClient, core: ServiceCore) -> None:
     added = add_reference(client, imaging.jpeg(5), "Initech", "stapler", "authentic")
     client.delete(f"/v1/catalog/images/{added['image_id']}")

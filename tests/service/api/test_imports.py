@@ -35,11 +35,12 @@ ADMIN_JOB_KEYS = {"job_id", "state", "rows_total", "rows_done", "images_added", 
 
 
 @pytest.fixture
-def settings(data_dir: Path) -> Settings:
-    return tiny_settings(data_dir, import_chunk_rows=2)
+def settings(data_dir: Path, database_url: str | None) -> Settings:
+    return tiny_settings(data_dir, database_url=database_url, import_chunk_rows=2)
 
 
-def test_folder_layout_zip_is_imported_in_the_background(client: TestClient, data_dir: Path) -> None:
+@pytest.mark.both_databases
+def test_folder_layout_zip_is_imported_in_the_background(settings: Settings, client: TestClient, data_dir: Path) -> None:
     authentic, fakes = photos(3), photos(2, start=10)
     members = folder_members("Acme", "runner", "authentic", authentic) + folder_members("Acme", "runner", "counterfeit", fakes)
     response = client.post("/v1/catalog/imports", files={"archive": ("acme.zip", zip_bytes(members), "application/zip")})
@@ -56,8 +57,8 @@ def test_folder_layout_zip_is_imported_in_the_background(client: TestClient, dat
     assert job["started_at"] and job["finished_at"] and job["created_at"] <= job["finished_at"]
     expected = {("Acme", "runner", "authentic", sha256(d)) for d in authentic}
     expected |= {("Acme", "runner", "counterfeit", sha256(d)) for d in fakes}
-    assert {row[:4] for row in catalog_rows(data_dir)} == expected
-    assert "Acme/runner/counterfeit/p1.png" in {row[4] for row in catalog_rows(data_dir)}  # source: the path
+    assert {row[:4] for row in catalog_rows(settings)} == expected
+    assert "Acme/runner/counterfeit/p1.png" in {row[4] for row in catalog_rows(settings)}  # source: the path
     assert leftovers(data_dir) == []  # the archive and its work folder are gone
 
     top = scan(client, [fakes[0]])["images"][0]["matches"][0]  # searchable, with its label
@@ -65,10 +66,13 @@ def test_folder_layout_zip_is_imported_in_the_background(client: TestClient, dat
 
     again = import_archive(client, zip_bytes(members))  # nothing is imported twice
     assert (again["state"], again["images_added"], again["duplicates_skipped"]) == ("succeeded", 0, 5)
-    assert len(catalog_rows(data_dir)) == 5
+    assert len(catalog_rows(settings)) == 5
 
 
-def test_manifest_tar_gz_reports_bad_rows_and_imports_the_good_ones(client: TestClient, data_dir: Path) -> None:
+@pytest.mark.both_databases
+def test_manifest_tar_gz_reports_bad_rows_and_imports_the_good_ones(
+    settings: Settings, client: TestClient, data_dir: Path
+) -> None:
     good = photos(3)
     rows = [
         ("images/a.jpg", "Acme", "runner", "authentic", "reference", "shoot 1"),  # line 2
@@ -111,7 +115,7 @@ def test_manifest_tar_gz_reports_bad_rows_and_imports_the_good_ones(client: Test
     assert "empty brand" in reasons[14]
     paths = {e["path"] for e in job["errors"] if e["row"] in (7, 11, 12)}
     assert paths == {"images/missing.jpg", "notes.txt", "images/inner.jpg"}
-    rows_stored = catalog_rows(data_dir)
+    rows_stored = catalog_rows(settings)
     assert {(r[1], r[2], r[3]) for r in rows_stored} == {
         ("runner", "authentic", sha256(good[0])),
         ("runner", "counterfeit", sha256(good[1])),
@@ -120,7 +124,8 @@ def test_manifest_tar_gz_reports_bad_rows_and_imports_the_good_ones(client: Test
     assert {r[4] for r in rows_stored} == {"shoot 1", None}  # the source column (empty: none)
 
 
-def test_split_keeps_only_that_split(client: TestClient, data_dir: Path) -> None:
+@pytest.mark.both_databases
+def test_split_keeps_only_that_split(settings: Settings, client: TestClient, data_dir: Path) -> None:
     images = photos(3)
     rows = [(f"{i}.jpg", "Acme", "runner", "authentic", split) for i, split in enumerate(("reference", "query", "reference"))]
     archive = zip_bytes([("manifest.csv", manifest(rows, ("path", "brand", "product", "label", "split")))] + [
@@ -128,9 +133,10 @@ def test_split_keeps_only_that_split(client: TestClient, data_dir: Path) -> None
     ])  # fmt: skip
     job = import_archive(client, archive, split="reference")
     assert (job["state"], job["split"], job["rows_total"], job["images_added"]) == ("succeeded", "reference", 2, 2)
-    assert {(r[3], r[4]) for r in catalog_rows(data_dir)} == {(sha256(images[0]), "0.jpg"), (sha256(images[2]), "2.jpg")}
+    assert {(r[3], r[4]) for r in catalog_rows(settings)} == {(sha256(images[0]), "0.jpg"), (sha256(images[2]), "2.jpg")}
 
 
+@pytest.mark.both_databases
 def test_a_zipped_folder_and_os_clutter_are_understood(client: TestClient, data_dir: Path) -> None:
     images = photos(2)
     members = [(f"export/{path}", data) for path, data in folder_members("Acme", "runner", "authentic", images)]
@@ -139,7 +145,8 @@ def test_a_zipped_folder_and_os_clutter_are_understood(client: TestClient, data_
     assert (job["state"], job["images_added"], job["errors"]) == ("succeeded", 2, [])
 
 
-def test_non_image_members_are_reported_not_fatal(client: TestClient, data_dir: Path) -> None:
+@pytest.mark.both_databases
+def test_non_image_members_are_reported_not_fatal(settings: Settings, client: TestClient, data_dir: Path) -> None:
     images = photos(2)
     members = [
         *folder_members("Acme", "runner", "authentic", images),
@@ -160,7 +167,7 @@ def test_non_image_members_are_reported_not_fatal(client: TestClient, data_dir: 
     assert "nested gzip archive" in reasons["Acme/runner/authentic/hidden.jpg"]
     assert "folder 'fakes' is not a label" in reasons["Acme/runner/fakes/x.jpg"]
     assert "not a decodable image" in reasons["Acme/runner/authentic/document.jpg"]
-    assert len(catalog_rows(data_dir)) == 2
+    assert len(catalog_rows(settings)) == 2
 
 
 MALFORMED: dict[str, tuple[bytes, str, dict[str, str]]] = {
@@ -186,16 +193,18 @@ MALFORMED: dict[str, tuple[bytes, str, dict[str, str]]] = {
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_a_malformed_archive_fails_the_job_and_writes_nothing(client: TestClient, data_dir: Path, case: str) -> None:
+def test_a_malformed_archive_fails_the_job_and_writes_nothing(
+    settings: Settings, client: TestClient, data_dir: Path, case: str
+) -> None:
     archive, reason, form = MALFORMED[case]
     import_archive(client, zip_bytes(folder_members("Acme", "runner", "authentic", photos(2, start=90))))
-    before, revision = stored_state(client, data_dir), catalog_revision(data_dir)
+    before, revision = stored_state(client, settings), catalog_revision(settings)
     job = import_archive(client, archive, **form)
     assert job["state"] == "failed", job
     assert reason in job["failure"], job["failure"]
     assert (job["images_added"], job["rows_done"]) == (0, 0)
-    assert stored_state(client, data_dir) == before
-    assert catalog_revision(data_dir) == revision
+    assert stored_state(client, settings) == before
+    assert catalog_revision(settings) == revision
     assert leftovers(data_dir) == []
 
 
@@ -223,8 +232,9 @@ def test_missing_archive_field_is_422(client: TestClient) -> None:
 
 
 # --- who may import what, and see which jobs ---------------------------------------------------------------------------
+@pytest.mark.both_databases
 def test_brand_keys_import_into_their_own_brands_only_and_see_their_own_jobs(
-    client: TestClient, core: ServiceCore, data_dir: Path
+    settings: Settings, client: TestClient, core: ServiceCore, data_dir: Path
 ) -> None:
     acme_key, acme = core.keys.create("brand", ["Acme"], "acme team")
     _, other_acme = core.keys.create("brand", ["Acme"], "another acme key")
@@ -234,7 +244,7 @@ def test_brand_keys_import_into_their_own_brands_only_and_see_their_own_jobs(
     job = wait_for(client, submit(client, zip_bytes(members), token=acme)["job_id"], token=acme)
     assert (job["state"], job["images_added"], job["error_count"], job["created_by"]) == ("succeeded", 2, 2, acme_key["key_id"])
     assert all("forbidden: this key may not import into brand 'Globex'" in e["reason"] for e in job["errors"])
-    assert {r[0] for r in catalog_rows(data_dir)} == {"Acme"}
+    assert {r[0] for r in catalog_rows(settings)} == {"Acme"}
 
     rows = [("a.jpg", "Globex", "boot", "authentic"), ("b.jpg", "Acme", "runner", "counterfeit")]
     archive = zip_bytes([("manifest.csv", manifest(rows)), ("a.jpg", theirs[0]), ("b.jpg", imaging.jpeg(70))])
@@ -266,6 +276,7 @@ def test_brand_keys_import_into_their_own_brands_only_and_see_their_own_jobs(
 
 
 # --- restarts ---------------------------------------------------------------------------------------------------------
+@pytest.mark.both_databases
 def test_a_job_queued_before_a_stop_runs_at_the_next_start(
     make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], settings: Settings
 ) -> None:
@@ -284,6 +295,7 @@ def test_a_job_queued_before_a_stop_runs_at_the_next_start(
     assert leftovers(settings.storage.data_dir) == []
 
 
+@pytest.mark.both_databases
 def test_a_job_interrupted_mid_way_resumes_without_importing_anything_twice(
     make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], settings: Settings
 ) -> None:
@@ -298,25 +310,27 @@ def test_a_job_interrupted_mid_way_resumes_without_importing_anything_twice(
         ImportRow(str(i), PhotoInput(data), "Acme", "runner", "authentic", path) for i, (path, data) in enumerate(members[:3])
     ]
     assert core.writer.import_rows(rows).added == 3
-    store = ImportJobStore(core.database)
-    store.start(job_id)
-    store.planned(job_id, "folders", 6, [])
-    store.advance(job_id, Progress(rows=2, position=2, added=2, duplicates=0, errors=[]))
+    store, crashed, lease_s = ImportJobStore(core.database), "crashed-process", 0.01  # its lease runs out at once
+    assert store.claim(crashed, lease_s) == job_id
+    store.start(job_id, crashed, lease_s)
+    store.planned(job_id, crashed, lease_s, "folders", 6, [])
+    store.advance(job_id, crashed, lease_s, Progress(rows=2, position=2, added=2, duplicates=0, errors=[]))
 
     client = make_client(settings, core)
     job = wait_for(client, job_id)
     assert job["state"] == "succeeded", job
     assert (job["rows_done"], job["rows_total"], job["images_added"], job["duplicates_skipped"]) == (6, 6, 5, 1)
-    stored = catalog_rows(settings.storage.data_dir)
+    stored = catalog_rows(settings)
     assert sorted(r[3] for r in stored) == sorted(sha256(d) for d in images)  # each image exactly once
     assert client.get("/readyz").json()["index_size"] == 6
     assert leftovers(settings.storage.data_dir) == []
 
 
+@pytest.mark.both_databases
 def test_a_restarted_service_finishes_what_a_stopped_one_began(
-    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
+    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path, database_url: str | None
 ) -> None:
-    settings = tiny_settings(data_dir, import_chunk_rows=1)
+    settings = tiny_settings(data_dir, database_url=database_url, import_chunk_rows=1)
     images = photos(12)
     core = make_core(settings)
     _, token = core.keys.create("admin", [], "tests")
@@ -327,11 +341,12 @@ def test_a_restarted_service_finishes_what_a_stopped_one_began(
     second = make_client(settings, make_core(settings))
     job = wait_for(second, job_id)
     assert (job["state"], job["rows_done"], job["images_added"] + job["duplicates_skipped"]) == ("succeeded", 12, 12)
-    assert sorted(r[3] for r in catalog_rows(data_dir)) == sorted(sha256(d) for d in images)
+    assert sorted(r[3] for r in catalog_rows(settings)) == sorted(sha256(d) for d in images)
     assert second.get("/readyz").json()["index_size"] == 12
 
 
 # --- real photos ------------------------------------------------------------------------------------------------------
+@pytest.mark.both_databases
 def test_sneaker_reference_photos_import_by_folders(
     client: TestClient, data_dir: Path, sneakers_dir: Path, sneaker_rows: list[dict[str, str]]
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
@@ -12,6 +13,8 @@ from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import add_reference, scan
+
+pytestmark = pytest.mark.both_databases  # the tests that use the database run on SQLite and PostgreSQL
 
 
 def relabel(client: TestClient, image_id: str, label: str, token: str | None = None, expect: int = 200) -> dict[str, object]:

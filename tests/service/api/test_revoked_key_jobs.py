@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.access.api_keys import LOCAL_ADMIN, ApiKeyStore, Principal
@@ -19,6 +20,8 @@ from service.imports.runner import run_import_job
 from tests.archives import zip_bytes
 from tests.helpers import sha256, tiny_settings
 from tests.service.api.imports_helpers import catalog_rows, folder_members, leftovers, photos, wait_for
+
+pytestmark = pytest.mark.both_databases  # the tests that use the database run on SQLite and PostgreSQL
 
 
 def _brand_key(core: ServiceCore) -> Principal:
@@ -34,9 +37,9 @@ def _added_by(client: TestClient, key_id: str) -> int:
 
 
 def test_a_queued_job_of_a_key_revoked_before_a_restart_fails_and_adds_nothing(
-    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
+    database_url: str | None, make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
-    settings = tiny_settings(data_dir, import_chunk_rows=2)
+    settings = tiny_settings(data_dir, database_url=database_url, import_chunk_rows=2)
     core = make_core(settings)
     acme = _brand_key(core)
     stopped = ImportJobs(settings, lambda: core)  # a service that accepted the upload, then stopped
@@ -50,7 +53,7 @@ def test_a_queued_job_of_a_key_revoked_before_a_restart_fails_and_adds_nothing(
     assert job["state"] == "failed", job
     assert f"the key {acme.key_id} that submitted it was revoked at" in job["failure"], job["failure"]
     assert (job["images_added"], job["rows_done"]) == (0, 0)
-    assert catalog_rows(data_dir) == []
+    assert catalog_rows(settings) == []
     assert _added_by(client, acme.key_id) == 0
     finish = client.get("/v1/audit", params={"action": "catalog.import.finish"}).json()["entries"]
     assert [(e["target"], e["details"]["state"]) for e in finish] == [(queued["job_id"], "failed")]
@@ -59,9 +62,9 @@ def test_a_queued_job_of_a_key_revoked_before_a_restart_fails_and_adds_nothing(
 
 
 def test_a_revocation_between_two_chunks_stops_the_job_after_the_chunk_in_flight(
-    make_core: Callable[[Settings], ServiceCore], data_dir: Path
+    database_url: str | None, make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
-    settings = tiny_settings(data_dir, import_chunk_rows=2)
+    settings = tiny_settings(data_dir, database_url=database_url, import_chunk_rows=2)
     core = make_core(settings)
     acme = _brand_key(core)
     images = photos(6)
@@ -83,22 +86,23 @@ def test_a_revocation_between_two_chunks_stops_the_job_after_the_chunk_in_flight
 
     stop = RevokedAfterFirstChunk()
     store = ImportJobStore(core.database)
-    run_import_job(core, store, job_id, stop)
+    assert store.claim("worker", settings.imports.lease_s) == job_id
+    run_import_job(core, store, job_id, stop, "worker")
     row = store.get(job_id)
     assert row is not None
     job = job_view(row)
     assert stop.checks == 2  # it stopped at the second chunk, not at the end
     assert job["state"] == "failed" and "revoked" in (job["failure"] or ""), job
     assert (job["rows_total"], job["rows_done"], job["images_added"]) == (6, 2, 2)
-    stored = catalog_rows(data_dir)
+    stored = catalog_rows(settings)
     assert len(stored) == 2 and {r[3] for r in stored} <= {sha256(d) for d in images}
     assert len(core.audit.query(actor=acme.key_id, action="catalog.add")) == 2
 
 
 def test_jobs_of_unknown_keys_and_of_the_local_admin_once_auth_is_on_fail(
-    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
+    database_url: str | None, make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
-    settings = tiny_settings(data_dir)
+    settings = tiny_settings(data_dir, database_url=database_url)
     core = make_core(settings)
     stopped = ImportJobs(settings, lambda: core)
     archive = zip_bytes(folder_members("Acme", "runner", "authentic", photos(2)))
@@ -110,13 +114,13 @@ def test_jobs_of_unknown_keys_and_of_the_local_admin_once_auth_is_on_fail(
     assert (ghost_job["state"], local_job["state"]) == ("failed", "failed")
     assert "does not exist" in ghost_job["failure"]
     assert "auth was disabled" in local_job["failure"]
-    assert catalog_rows(data_dir) == []
+    assert catalog_rows(settings) == []
 
 
 def test_a_job_of_the_local_admin_runs_while_auth_stays_disabled(
-    make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
+    database_url: str | None, make_client: Callable[..., TestClient], make_core: Callable[[Settings], ServiceCore], data_dir: Path
 ) -> None:
-    settings = tiny_settings(data_dir, auth_disabled=True)
+    settings = tiny_settings(data_dir, database_url=database_url, auth_disabled=True)
     core = make_core(settings)
     images = photos(2)
     job_id = ImportJobs(settings, lambda: core).submit(
@@ -124,4 +128,4 @@ def test_a_job_of_the_local_admin_runs_while_auth_stays_disabled(
     )["job_id"]
     job = wait_for(make_client(settings, core), job_id)
     assert (job["state"], job["images_added"]) == ("succeeded", 2), job
-    assert sorted(r[3] for r in catalog_rows(data_dir)) == sorted(sha256(d) for d in images)
+    assert sorted(r[3] for r in catalog_rows(settings)) == sorted(sha256(d) for d in images)

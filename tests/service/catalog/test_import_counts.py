@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 
 from service.catalog.writer import ImportRow
@@ -14,6 +15,8 @@ from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.helpers import sha256
+
+pytestmark = pytest.mark.both_databases  # the tests that use the database run on SQLite and PostgreSQL
 
 
 def test_rows_another_writer_adds_during_the_import_count_as_duplicates(

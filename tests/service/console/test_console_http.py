@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -23,7 +22,7 @@ from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
 from tests.archives import zip_bytes
-from tests.helpers import tiny_settings
+from tests.helpers import query_catalog, tiny_settings
 from tests.service.console.helpers import TwoBrands, hidden_csrf, page_csrf, sign_in
 
 
@@ -43,7 +42,10 @@ def test_pages_need_a_session(web: TestClient) -> None:
     assert web.get("/console", follow_redirects=False).headers["location"] == "/console/review"
 
 
-def test_sign_in_sets_a_hardened_session_cookie(web: TestClient, core: ServiceCore, brands: TwoBrands, data_dir: Path) -> None:
+@pytest.mark.both_databases
+def test_sign_in_sets_a_hardened_session_cookie(
+    web: TestClient, core: ServiceCore, brands: TwoBrands, settings: Settings
+) -> None:
     page = web.get("/console/sign-in")
     assert page.status_code == 200 and 'type="password"' in page.text and '<label for="api-key">' in page.text
     assert "default-src 'none'" in page.headers["content-security-policy"] and page.headers["x-frame-options"] == "DENY"
@@ -55,8 +57,7 @@ def test_sign_in_sets_a_hardened_session_cookie(web: TestClient, core: ServiceCo
         assert flag in cookie, cookie
     token = web.cookies.get("cs_console")
     assert token and len(token) >= 40
-    with sqlite3.connect(data_dir / "catalog.sqlite3") as db:  # only the digest is stored
-        rows = db.execute("SELECT token_sha256, key_id FROM console_sessions").fetchall()
+    rows = query_catalog(settings, "SELECT token_sha256, key_id FROM console_sessions")  # only the digest is stored
     assert [r[0] for r in rows] == [digest(token)] and token not in str(rows)
     home = web.get("/console/review")
     assert home.status_code == 200 and "acme team" in home.text and "Sign out" in home.text
@@ -119,6 +120,7 @@ def test_posts_without_the_csrf_token_are_refused(web: TestClient, core: Service
     assert ok.status_code == 200 and "Deleted" in ok.text and core.catalog.get_image(image_id) is None
 
 
+@pytest.mark.both_databases
 def test_sign_out_and_revocation_end_sessions(web: TestClient, core: ServiceCore, brands: TwoBrands) -> None:
     sign_in(web, brands.acme_key)
     token = page_csrf(web)
@@ -136,6 +138,7 @@ def test_sign_out_and_revocation_end_sessions(web: TestClient, core: ServiceCore
     assert SessionStore(core.database, 60).count_for_key(acme_key_id) == 0
 
 
+@pytest.mark.both_databases
 def test_sessions_expire(core: ServiceCore, brands: TwoBrands) -> None:
     store = SessionStore(core.database, 3600)
     key_id = next(k["key_id"] for k in core.keys.list() if k["name"] == "bolt team")
@@ -148,6 +151,7 @@ def test_sessions_expire(core: ServiceCore, brands: TwoBrands) -> None:
     assert store.resolve(token) is None and store.count_for_key(key_id) == 0
 
 
+@pytest.mark.both_databases
 def test_a_brand_user_sees_only_its_brand(web: TestClient, core: ServiceCore, brands: TwoBrands) -> None:
     sign_in(web, brands.acme_key)
     queue = web.get("/console/review").text
@@ -192,6 +196,7 @@ def test_admin_sees_every_brand(web: TestClient, brands: TwoBrands) -> None:
     assert 'data-figure="scans">2<' in web.get("/console/dashboard?brand=Nobody").text  # unknown: all brands
 
 
+@pytest.mark.both_databases
 def test_upload_relabel_and_feedback(web: TestClient, core: ServiceCore, brands: TwoBrands) -> None:
     sign_in(web, brands.acme_key)
     token = page_csrf(web)
@@ -273,6 +278,7 @@ def test_static_files_and_htmx_licence(web: TestClient) -> None:
     assert web.get("/console/static/console.css").status_code == 200
 
 
+@pytest.mark.both_databases
 def test_catalog_pages_are_scoped_and_paged_in_sql(core: ServiceCore, brands: TwoBrands) -> None:
     acme = frozenset({"Acme"})
     first, total = catalog_images(core, acme, "Acme", None, None, limit=3, offset=0)
@@ -287,6 +293,7 @@ def test_catalog_pages_are_scoped_and_paged_in_sql(core: ServiceCore, brands: Tw
     assert ref == first[0]
 
 
+@pytest.mark.both_databases
 def test_import_job_pages(web: TestClient, brands: TwoBrands) -> None:
     sign_in(web, brands.acme_key)
     token = page_csrf(web)

@@ -13,10 +13,14 @@ from tests.helpers import tiny_settings
 from tests.service.api.test_shared_scans import NIKE_NOTE, SharedScan, seed_shared_scan
 from tests.service.console.helpers import page_csrf, sign_in
 
+pytestmark = pytest.mark.both_databases  # the tests that use the database run on SQLite and PostgreSQL
+
 
 @pytest.fixture
-def settings(data_dir: Path) -> Settings:
-    return tiny_settings(data_dir, top_k=1)  # each photo's evidence is its own brand's (see seed_shared_scan)
+def settings(data_dir: Path, database_url: str | None) -> Settings:
+    return tiny_settings(
+        data_dir, database_url=database_url, top_k=1
+    )  # each photo's evidence is its own brand's (see seed_shared_scan)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ from service.core import ServiceCore
 from tests.archives import zip_bytes
 from tests.service.console.helpers import TwoBrands, page_csrf, sign_in
 
+pytestmark = pytest.mark.both_databases  # the tests that use the database run on SQLite and PostgreSQL
+
 CONSOLE_KEYS = ("acme_key", "bolt_key", "admin_key")  # scanner keys get no console (checked below)
 
 

@@ -6,14 +6,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, text
 
 from reference_catalog import create_catalog_engine
+from service.config import Settings
 from service.db.migrate import upgrade, upgrade_if_behind
 from service.scanning.feedback import FeedbackStore
 from service.scanning.records import ScanRecordStore, concerned_brands, scan_subjects
 from service.scanning.result import NearDuplicateOut, ScanResult
 from tests.helpers import STORED_MODEL
+from tests.service.db.release import back_to_release
 
 
 def result(number: int, brand: str, verdict: str, risk: float | None, product: str = "runner", **extra: Any) -> ScanResult:
@@ -27,9 +30,11 @@ def result(number: int, brand: str, verdict: str, risk: float | None, product: s
     })  # fmt: skip
 
 
-def migrated(path: Path) -> Engine:
-    """A database at the schema's head, as a starting service leaves it."""
-    engine = create_catalog_engine(f"sqlite:///{path}")
+def migrated(where: Path | Settings) -> Engine:
+    """A database at the schema's head, as a starting service leaves it: a SQLite file, or the settings' database."""
+    if isinstance(where, Settings):
+        where.storage.data_dir.mkdir(parents=True, exist_ok=True)  # where the SQLite file goes
+    engine = create_catalog_engine(f"sqlite:///{where}" if isinstance(where, Path) else where.resolved_database_url)
     upgrade_if_behind(engine)
     return engine
 
@@ -42,8 +47,9 @@ def test_subjects_are_the_pairs_behind_concerned_brands() -> None:
     assert sorted({b for b, _ in scan_subjects(scan)}) == concerned_brands(scan)
 
 
-def test_query_filters_scope_and_order(tmp_path: Path) -> None:
-    store = ScanRecordStore(migrated(tmp_path / "db.sqlite3"))
+@pytest.mark.both_databases
+def test_query_filters_scope_and_order(settings: Settings) -> None:
+    store = ScanRecordStore(migrated(settings))
     now = datetime.now(UTC)
     verdicts = ["needs_review", "likely_counterfeit", "likely_authentic"]
     for n in range(12):
@@ -70,6 +76,7 @@ def test_subjects_of_older_records_are_back_filled(tmp_path: Path) -> None:
     store = ScanRecordStore(engine)
     for n in range(3):
         store.save(result(n, "Acme", "needs_review", 0.5), datetime.now(UTC), "fp")
+    back_to_release(engine)
     with engine.begin() as conn:  # as in a database from before the table (and before migrations) existed
         conn.execute(text("DROP TABLE scan_subjects"))
         conn.execute(text("DROP TABLE alembic_version"))
@@ -81,8 +88,9 @@ def test_subjects_of_older_records_are_back_filled(tmp_path: Path) -> None:
         assert conn.execute(text("SELECT count(*) FROM scan_subjects")).scalar() == 3
 
 
-def test_query_by_review_state(tmp_path: Path) -> None:
-    engine = migrated(tmp_path / "db.sqlite3")  # with the audit log, which feedback writes to
+@pytest.mark.both_databases
+def test_query_by_review_state(settings: Settings) -> None:
+    engine = migrated(settings)  # with the audit log, which feedback writes to
     store, feedback = ScanRecordStore(engine), FeedbackStore(engine)
     for n in range(4):
         store.save(result(n, "Acme", "needs_review", 0.5), datetime.now(UTC) - timedelta(minutes=n), "fp")

@@ -8,14 +8,17 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
+from service.db.migrate import alembic_config
 from service.db.schema import metadata
 from tests.helpers import REPO_ROOT
 
 RELEASE_DIR = REPO_ROOT / "tests" / "fixtures" / "release-2026-12-05"
+RELEASE_REVISION = "0001_release_2026_12_05"  # the migration that adopts the release's schema as it was
 # The tables of a database that release made (its sqlite_sequence aside), in the order it created them.
 RELEASE_TABLES = [
     "brands", "catalog_state", "audit_log", "products", "reference_images", "image_embeddings", "image_details",
@@ -52,3 +55,10 @@ def differences(engine: Engine) -> list[Any]:
     """What Alembic's autogenerate finds between the database and the tables the code declares (nothing, at head)."""
     with engine.connect() as connection:
         return list(compare_metadata(MigrationContext.configure(connection), metadata))
+
+
+def back_to_release(engine: Engine) -> None:
+    """Migrate a database at the head down to the release's schema (what the later revisions added, removed), so
+    that a test can then make it look older still, or as the release left it (no alembic_version)."""
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), RELEASE_REVISION)

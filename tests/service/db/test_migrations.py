@@ -30,8 +30,10 @@ from service.db.schema import metadata
 from tests.service.db.release import RELEASE_DIR, differences, schema_sql
 
 
-def test_an_empty_database_is_upgraded_to_the_declared_schema(tmp_path: Path) -> None:
-    engine = create_catalog_engine(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+@pytest.mark.both_databases
+def test_an_empty_database_is_upgraded_to_the_declared_schema(settings: Settings) -> None:
+    settings.storage.data_dir.mkdir(parents=True)
+    engine = create_catalog_engine(settings.resolved_database_url)
     assert current_revision(engine) is None and is_behind(engine)
     assert upgrade(engine) == (None, head_revision())
     assert current_revision(engine) == head_revision() and not is_behind(engine)
@@ -39,6 +41,7 @@ def test_an_empty_database_is_upgraded_to_the_declared_schema(tmp_path: Path) ->
     assert upgrade(engine) == (head_revision(), head_revision())  # again: nothing to do
     upgrade_if_behind(engine)
     assert differences(engine) == []
+    engine.dispose()
 
 
 def test_the_migrations_make_the_same_statements_as_the_release(tmp_path: Path) -> None:
@@ -96,11 +99,12 @@ def test_the_audit_log_stays_append_only(settings: Settings) -> None:
     engine.dispose()
 
 
-def test_db_current_and_upgrade_commands(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+@pytest.mark.both_databases
+def test_db_current_and_upgrade_commands(tmp_path: Path, database_url: str | None) -> None:
+    data_dir, url = tmp_path / "data", ["--database-url", database_url] if database_url else []
 
     def run(command: str) -> dict[str, object]:
-        result = CliRunner().invoke(cli, ["db", command, "--data-dir", str(data_dir)], catch_exceptions=False)
+        result = CliRunner().invoke(cli, ["db", command, "--data-dir", str(data_dir), *url], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         answer: dict[str, object] = json.loads(result.stdout)
         return answer

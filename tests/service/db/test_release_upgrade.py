@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from reference_catalog import create_catalog_engine
-from service.db.migrate import current_revision, head_revision
+from service.db.migrate import current_revision, head_revision, upgrade
 from tests.helpers import REPO_ROOT
 from tests.service.db.release import RELEASE_TABLES, copy_release, differences, row_counts, schema_sql, tables
 
@@ -98,3 +99,24 @@ def test_two_processes_upgrading_one_new_database_at_once(tmp_path: Path) -> Non
     assert sorted(stdout.strip() for stdout, _ in outputs) == sorted(["None", head_revision()])  # one migrated
     engine = create_catalog_engine(f"sqlite:///{path}")
     assert current_revision(engine) == head_revision() and differences(engine) == []
+
+
+def test_two_replicas_upgrading_one_new_postgres_database_at_once(postgres_url: str) -> None:
+    """The same on PostgreSQL, where the migrations take an advisory lock: a server-side lock, so two threads with
+    their own connections race exactly as two replicas would."""
+    engines = [create_catalog_engine(postgres_url) for _ in range(2)]
+    start, results = threading.Barrier(2), dict[int, str | None]()
+
+    def upgrader(n: int) -> None:
+        start.wait()
+        results[n] = upgrade(engines[n])[0]
+
+    threads = [threading.Thread(target=upgrader, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(results.values(), key=str) == sorted([None, head_revision()], key=str)  # one migrated
+    assert current_revision(engines[0]) == head_revision() and differences(engines[0]) == []
+    for engine in engines:
+        engine.dispose()

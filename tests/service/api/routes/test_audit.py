@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from tests import imaging
 from tests.helpers import add_reference
 
+pytestmark = pytest.mark.both_databases  # the tests that use the database run on SQLite and PostgreSQL
+
 PLUS_5 = timezone(timedelta(hours=5))
 MINUS_7 = timezone(timedelta(hours=-7))
 

@@ -15,7 +15,7 @@ from service.access.api_keys import ApiKeyStore
 from service.config import Settings
 from service.core import ServiceCore
 from tests import imaging
-from tests.helpers import TINY_MODEL_FLAGS, add_reference, scan
+from tests.helpers import TINY_MODEL_FLAGS, add_reference, query_catalog, scan
 
 
 def as_key(client: TestClient, core: ServiceCore, role: str, brands: tuple[str, ...] = ()) -> dict[str, str]:
@@ -71,6 +71,7 @@ def test_health_checks_need_no_key(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["auth"] == "api-keys"
 
 
+@pytest.mark.both_databases
 def test_x_api_key_header_and_revocation(client: TestClient, core: ServiceCore) -> None:
     record, token = core.keys.create("scanner", [], "pipeline")
     assert client.post("/v1/scan", headers={"Authorization": "", "X-API-Key": token},
@@ -100,6 +101,7 @@ def test_scanner_scans_but_cannot_read_catalogs(client: TestClient, core: Servic
     )
 
 
+@pytest.mark.both_databases
 def test_brand_key_sees_and_changes_only_its_brand(client: TestClient, core: ServiceCore, two_brands: dict[str, Any]) -> None:
     acme = as_key(client, core, "brand", ("Acme",))
     assert client.get("/v1/catalog/brands", headers=acme).json()["brands"] == [{"name": "Acme", "products": 1, "images": 2}]
@@ -153,6 +155,7 @@ def test_brand_scans_are_scoped_and_evidence_is_redacted(
     assert client.get(f"/v1/scans/{both['scan_id']}", headers=nike).status_code == 404  # concerns neither brand
 
 
+@pytest.mark.both_databases
 def test_brand_feedback_stays_in_its_brand(client: TestClient, core: ServiceCore, two_brands: dict[str, Any]) -> None:
     acme = as_key(client, core, "brand", ("Acme",))
     flagged = scan(client, [imaging.jpeg(11)], brand="Zeta", product="slide")
@@ -173,6 +176,7 @@ def test_non_admins_cannot_roll_models_or_read_the_audit(client: TestClient, cor
         assert client.request(method, path, headers=acme).status_code == 403
 
 
+@pytest.mark.both_databases
 def test_audit_log_records_who_did_what(client: TestClient, core: ServiceCore) -> None:
     record, token = core.keys.create("brand", ["Acme"], "acme team")
     acme = {"Authorization": f"Bearer {token}"}
@@ -223,9 +227,11 @@ def test_every_endpoint_checks_the_key_before_reading_the_body(client: TestClien
     assert read == 0
 
 
+@pytest.mark.both_databases
 def test_keys_cli(settings: Settings) -> None:
     def run(*args: str) -> Any:
-        result = CliRunner().invoke(cli, [*args, *TINY_MODEL_FLAGS, "--data-dir", str(settings.storage.data_dir)])
+        url = ["--database-url", settings.storage.database_url] if settings.storage.database_url else []
+        result = CliRunner().invoke(cli, [*args, *TINY_MODEL_FLAGS, "--data-dir", str(settings.storage.data_dir), *url])
         return result
 
     created = run("keys", "create", "--role", "brand", "--brand", "Acme", "--name", "acme")
@@ -236,7 +242,10 @@ def test_keys_cli(settings: Settings) -> None:
     assert body["key"].startswith("cs_key_") and body["brands"] == ["Acme"]
     listed = json.loads(run("keys", "list").stdout)["keys"]
     assert [k["key_id"] for k in listed] == [body["key_id"]] and "key" not in listed[0]
-    assert body["key"].split("_", 3)[-1] not in (settings.storage.data_dir / "catalog.sqlite3").read_bytes().decode("latin-1")
+    secret = body["key"].split("_", 3)[-1]
+    assert secret not in str(query_catalog(settings, "SELECT * FROM api_keys"))  # only its digest is stored
+    if settings.storage.database_url is None:  # nor anywhere else in the file
+        assert secret not in (settings.storage.data_dir / "catalog.sqlite3").read_bytes().decode("latin-1")
     assert run("keys", "create", "--role", "brand").exit_code != 0  # a brand key needs brands
     assert run("keys", "create", "--role", "scanner", "--brand", "Acme").exit_code != 0
     revoked = json.loads(run("keys", "revoke", body["key_id"]).stdout)
@@ -244,6 +253,7 @@ def test_keys_cli(settings: Settings) -> None:
     assert run("keys", "revoke", "key_nope").exit_code != 0
 
 
+@pytest.mark.both_databases
 def test_key_cache_ends_with_revocation(settings: Settings, core: ServiceCore) -> None:
     """A key checked once is trusted for `api_key_cache_s`: revoked here it stops at once, revoked by another process
     (another store on the same database) within the cache time; unknown tokens are never cached."""

@@ -8,12 +8,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.config import Settings
 from tests import imaging
 from tests.helpers import add_reference, scan, sha256, stored_state
 from tests.service.api.conftest import STRICT_MAX_BYTES, STRICT_MAX_PIXELS
 
 
-def test_add_then_repeat_then_conflicting_label(client: TestClient, data_dir: Path) -> None:
+@pytest.mark.both_databases
+def test_add_then_repeat_then_conflicting_label(settings: Settings, client: TestClient, data_dir: Path) -> None:
     data = imaging.jpeg(1)
     created = add_reference(client, data, source="brand photo shoot")
     assert created["image_id"].startswith("ref_")
@@ -29,7 +31,7 @@ def test_add_then_repeat_then_conflicting_label(client: TestClient, data_dir: Pa
     assert again["image_id"] == created["image_id"]
     assert again["index_version"] == created["index_version"]
 
-    before = stored_state(client, data_dir)
+    before = stored_state(client, settings)
     response = client.post(
         "/v1/catalog/images",
         files={"file": ("ref.jpg", data, "image/jpeg")},
@@ -38,10 +40,11 @@ def test_add_then_repeat_then_conflicting_label(client: TestClient, data_dir: Pa
     assert response.status_code == 409
     assert "already in the catalog as authentic" in response.json()["detail"]
     assert created["image_id"] in response.json()["detail"]
-    assert stored_state(client, data_dir) == before
+    assert stored_state(client, settings) == before
     assert before["index_size"] == 1
 
 
+@pytest.mark.both_databases
 def test_added_image_is_searchable_when_the_call_returns(client: TestClient) -> None:
     for seed in range(3):
         added = add_reference(client, imaging.jpeg(seed), label="counterfeit" if seed else "authentic")
@@ -52,6 +55,7 @@ def test_added_image_is_searchable_when_the_call_returns(client: TestClient) -> 
         assert result["index_version"] == added["index_version"]
 
 
+@pytest.mark.both_databases
 def test_png_and_webp_references_keep_their_media_type(client: TestClient) -> None:
     png = add_reference(client, imaging.png(2), filename="a.png", content_type="image/png")
     webp = add_reference(client, imaging.webp(3), filename="a.webp", content_type="image/webp")
@@ -62,6 +66,7 @@ def test_png_and_webp_references_keep_their_media_type(client: TestClient) -> No
     assert content.content == imaging.webp(3)
 
 
+@pytest.mark.both_databases
 def test_brands_and_products(client: TestClient) -> None:
     assert client.get("/v1/catalog/brands").json() == {"brands": []}
     add_reference(client, imaging.jpeg(1), brand="Acme", product="runner")
@@ -87,6 +92,7 @@ def test_brands_and_products(client: TestClient) -> None:
     assert page["total"] == 4 and len(page["images"]) == 1
 
 
+@pytest.mark.both_databases
 def test_get_image_and_its_content(client: TestClient) -> None:
     data = imaging.jpeg(5)
     added = add_reference(client, data, brand="Acme", product="runner", label="counterfeit")
@@ -107,6 +113,7 @@ def test_get_image_and_its_content(client: TestClient) -> None:
         assert "ref_nope" in missing.json()["detail"]
 
 
+@pytest.mark.both_databases
 def test_delete_removes_the_image_from_catalog_and_scans(client: TestClient, data_dir: Path) -> None:
     data = imaging.jpeg(6)
     doomed = add_reference(client, data)
@@ -136,6 +143,7 @@ def test_delete_removes_the_image_from_catalog_and_scans(client: TestClient, dat
     assert client.get(f"/v1/catalog/images/{readded['image_id']}/content").content == data
 
 
+@pytest.mark.both_databases
 def test_bytes_shared_by_two_products_survive_one_delete(client: TestClient) -> None:
     data = imaging.jpeg(8)
     one = add_reference(client, data, product="runner")
@@ -185,6 +193,7 @@ BAD_UPLOADS: list[Any] = [
 
 @pytest.mark.parametrize(("upload", "form", "status", "words"), BAD_UPLOADS)
 def test_bad_upload_is_rejected_and_writes_nothing(
+    strict_settings: Settings,
     strict_client: TestClient,
     data_dir: Path,
     upload: tuple[str, bytes, str] | None,
@@ -193,7 +202,7 @@ def test_bad_upload_is_rejected_and_writes_nothing(
     words: str,
 ) -> None:
     existing = add_reference(strict_client, imaging.jpeg(42))
-    before = stored_state(strict_client, data_dir)
+    before = stored_state(strict_client, strict_settings)
 
     response = strict_client.post("/v1/catalog/images", files={"file": upload} if upload else None, data=form)
     assert response.status_code == status, response.text
@@ -201,10 +210,10 @@ def test_bad_upload_is_rejected_and_writes_nothing(
     detail = response.json()["detail"]
     assert detail
     assert words in str(detail)
-    assert stored_state(strict_client, data_dir) == before
+    assert stored_state(strict_client, strict_settings) == before
 
     # still serving: a good upload and a scan work afterwards
     added = add_reference(strict_client, imaging.jpeg(43))
     assert scan(strict_client, [imaging.jpeg(42)])["images"][0]["matches"][0]["image_id"] == existing["image_id"]
-    assert stored_state(strict_client, data_dir)["index_size"] == 2
+    assert stored_state(strict_client, strict_settings)["index_size"] == 2
     assert added["duplicate"] is False

@@ -16,6 +16,8 @@ from service.core import ServiceCore
 from tests import imaging
 from tests.helpers import add_reference
 
+pytestmark = pytest.mark.both_databases  # the tests that use the database run on SQLite and PostgreSQL
+
 CATALOG = [  # (seed, brand, product, label), in the order they are added
     (1, "Acme", "runner", "authentic"),
     (2, "Acme", "runner", "counterfeit"),

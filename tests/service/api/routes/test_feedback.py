@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from tests import imaging
 from tests.helpers import add_reference, scan
 
+pytestmark = pytest.mark.both_databases  # the tests that use the database run on SQLite and PostgreSQL
+
 
 @pytest.fixture
 def catalog(client: TestClient) -> dict[str, dict[str, Any]]:

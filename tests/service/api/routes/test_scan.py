@@ -25,6 +25,7 @@ def catalog(client: TestClient) -> dict[str, dict[str, Any]]:
     }
 
 
+@pytest.mark.both_databases
 def test_scan_response_contract(client: TestClient, catalog: dict[str, dict[str, Any]]) -> None:
     query = imaging.jpeg(3)
     result = scan(client, [query], listing_id="listing-77")
@@ -72,6 +73,7 @@ def test_jpeg_png_and_webp_photos(client: TestClient, catalog: dict[str, dict[st
     assert len(response.json()["images"]) == 3
 
 
+@pytest.mark.both_databases
 def test_brand_and_product_restrict_the_matches(client: TestClient, catalog: dict[str, dict[str, Any]]) -> None:
     query = imaging.jpeg(5)  # the Zeta reference
     acme = scan(client, [query], brand="Acme")

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
 from tests import imaging
 from tests.helpers import add_reference, scan
+
+pytestmark = pytest.mark.both_databases  # the tests that use the database run on SQLite and PostgreSQL
 
 
 def test_stored_record_equals_the_answer(client: TestClient) -> None:
