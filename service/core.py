@@ -29,6 +29,7 @@ from embeddings import ImageEmbedder, load_embedder
 from reference_catalog import AuditLog, BlobStore, CatalogRepository, create_catalog_engine
 from service.access.api_keys import ApiKeyStore
 from service.catalog.index_keeper import IndexKeeper
+from service.catalog.orphan_blobs import collect_orphan_blobs
 from service.catalog.writer import CatalogWriter
 from service.config import Settings
 from service.db.migrate import is_behind, upgrade_if_behind
@@ -95,7 +96,7 @@ class ServiceCore:
         core.index_keeper.sync(show_progress)
         core.models.refresh_heads(fit_heads)  # a service passes False: readiness need not wait for a fit
         core.models.refresh_calibrator()
-        core.index_keeper.collect_orphan_blobs()
+        collect_orphan_blobs(core.catalog, core.blobs, core.write_lock)
         return core
 
     @classmethod

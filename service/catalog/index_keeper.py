@@ -375,22 +375,6 @@ class IndexKeeper:
                  time.perf_counter() - started, caught_up, fresh.describe())  # fmt: skip
         return True
 
-    # --- stored files ---------------------------------------------------------------------------------------------
-    def collect_orphan_blobs(self, min_age_s: float = 3600.0) -> int:
-        """Delete image files no catalog row references (a write that crashed before its commit) and stale temp
-        files. Only files older than `min_age_s`, so that a write in flight in another process is never touched."""
-        with self.lock:
-            referenced = self.catalog.referenced_sha256s()
-            cutoff = time.time() - min_age_s
-            removed = 0
-            for path in self.blobs.files():
-                if path.name not in referenced and path.stat().st_mtime < cutoff:
-                    path.unlink(missing_ok=True)
-                    removed += 1
-        if removed:
-            log.info("removed %d orphaned blob files", removed)
-        return removed
-
     # --- immutable snapshots, for read-only processes (service/catalog/index_snapshot.py) ------------------------
     def publish_snapshot(self) -> Path:
         """Write (or reuse) the snapshot of the serving index at its catalog revision, with the refs and hashes beside

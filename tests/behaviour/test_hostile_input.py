@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from embeddings import ImageLimits, ImageRejected, decode_image
+from service.catalog.orphan_blobs import collect_orphan_blobs
 from service.config import Settings
 from service.core import ServiceCore
 from service.scanning.photo_prep import PhotoInput
@@ -86,7 +87,7 @@ def test_orphaned_blobs_and_temp_files_are_collected(core: ServiceCore, settings
     old = time.time() - 7200
     for path in (orphan, temp):
         os.utime(path, (old, old))
-    assert core.index_keeper.collect_orphan_blobs(min_age_s=3600) == 2
+    assert collect_orphan_blobs(core.catalog, core.blobs, core.write_lock, min_age_s=3600) == 2
     assert not orphan.exists() and not temp.exists()
     assert fresh.exists()  # too young to judge
     assert core.blobs.path(kept.sha256).exists()
