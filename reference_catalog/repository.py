@@ -31,24 +31,12 @@ from reference_catalog.models import (
 )
 from reference_catalog.records import (
     BrandSummary,
-    ChangeBatch,
     DetailFeatures,
     DuplicateLabelConflict,
     ImageRef,
     NewImage,
     ProductSummary,
 )
-
-__all__ = [
-    "BrandSummary",
-    "CatalogRepository",
-    "ChangeBatch",
-    "DetailFeatures",
-    "DuplicateLabelConflict",
-    "ImageRef",
-    "NewImage",
-    "ProductSummary",
-]
 
 KEYS_PER_QUERY = 1000  # image keys per `IN (...)` list (SQLite allows 32,766 variables, PostgreSQL 65,535)
 MAX_OFFSET = 2**62  # a page offset past any catalog, far inside SQL's 64-bit integers: larger ones ask for the same empty page

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from embeddings import ImageEmbedder, VectorIndex, decode_image
 from embeddings.perceptual_hash import perceptual_hash
 from reference_catalog import BlobStore, CatalogRepository, ImageRef
-from reference_catalog.repository import ChangeBatch
+from reference_catalog.records import ChangeBatch
 from service.catalog import index_snapshot
 from service.catalog.near_duplicates import NearDuplicateTable
 from service.config import Settings

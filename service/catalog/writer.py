@@ -23,7 +23,7 @@ from embeddings import DecodedImage, ImageRejected
 from embeddings.embedder import Embeddings
 from embeddings.perceptual_hash import perceptual_hash
 from reference_catalog import LABELS, BlobStore, CatalogRepository, ImageRef, NewImage
-from reference_catalog.repository import DetailFeatures, DuplicateLabelConflict
+from reference_catalog.records import DetailFeatures, DuplicateLabelConflict
 from service.catalog.index_keeper import IndexKeeper
 from service.catalog.validation import MAX_SOURCE_LENGTH, check_label, check_text, clean_name, clean_source
 from service.config import Settings

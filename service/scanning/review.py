@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reference_catalog import BlobStore, CatalogRepository
-from reference_catalog.repository import DuplicateLabelConflict
+from reference_catalog.records import DuplicateLabelConflict
 from service.access.policy import check_fakes_target, review_brand
 from service.catalog.validation import clean_name, clean_note
 from service.catalog.writer import CatalogWriter

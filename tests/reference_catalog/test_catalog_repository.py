@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from reference_catalog import BlobStore, CatalogRepository, ImageRef, NewImage, create_catalog_engine
 from reference_catalog.models import Product, ReferenceImage
-from reference_catalog.repository import DuplicateLabelConflict
+from reference_catalog.records import DuplicateLabelConflict
 from service.db.migrate import upgrade_if_behind
 from tests.helpers import sha256
 
