@@ -199,8 +199,13 @@ def test_a_worker_that_lost_its_claim_writes_nothing_more(
     def stalls_in_second_chunk(rows: Sequence[ImportRow], show_progress: bool = False, actor: str = "system") -> ImportSummary:
         calls.append(len(rows))
         if len(calls) == 2:
-            _lapse(store_b, job_id)
-            assert store_b.claim(b, 60) == job_id  # B takes it over while A's chunk is in flight
+            # B takes it over while A's chunk is in flight. A's heartbeat thread is still alive here (a truly frozen
+            # process's is not) and may renew between the lapse and B's claim: lapse again until B holds it.
+            for _ in range(50):
+                _lapse(store_b, job_id)
+                if store_b.claim(b, 60) == job_id:
+                    break
+            assert _row(store_b, job_id).claimed_by == b
         return real_import_rows(rows, show_progress, actor)
 
     core_a.writer.import_rows = stalls_in_second_chunk  # type: ignore[method-assign]
