@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +16,7 @@ from service.app import create_app
 from service.config import Settings
 from service.core import ServiceCore
 from tests import imaging
+from tests.bulk_scans import answers, build_catalog, by_listing, run, write_listings
 from tests.helpers import read_rows, shared_set, tiny_settings
 
 pytest_plugins = ["tests.postgres"]  # postgres_server (one per session), postgres_url (a fresh database per test)
@@ -144,3 +146,20 @@ def sneaker_rows(sneakers_dir: Path) -> list[dict[str, str]]:
 def real_embedder(model_export_dir: Path) -> ImageEmbedder:
     """The offline default model (packaged EfficientNet-Lite0 ImageNet weights), loaded once."""
     return load_embedder(Settings(data_dir=model_export_dir).model_spec(), model_export_dir)
+
+
+# --- scan-batch: the local engine and the Ray engine answer the same listings (tests/bulk_scans.py) ------------------
+@pytest.fixture
+def catalog(data_dir: Path) -> Path:
+    """A data dir whose catalog holds tests/bulk_scans.py's reference photos (modules with their own `catalog` override it)."""
+    build_catalog(data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def local_answers(catalog: Path, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """The CSV manifest scanned by the local engine into JSON lines: what every other combination must answer."""
+    out = tmp_path / "local.jsonl"
+    result = run("scan-batch", str(write_listings(tmp_path / "csv", "csv")), "--out", str(out), data_dir=catalog)
+    assert result.exit_code == 0, result.output
+    return by_listing(answers(out))

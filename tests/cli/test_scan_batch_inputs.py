@@ -13,27 +13,12 @@ import pytest
 
 import service.bulk
 from service.bulk import outputs
-from tests.bulk_scans import ERRORS, LISTING_IDS, answers, assert_same_answers, build_catalog, by_listing, run, write_listings
+from tests.bulk_scans import ERRORS, LISTING_IDS, answers, assert_same_answers, by_listing, run, write_listings
 from tests.helpers import REPO_ROOT
 
 
 class Crash(Exception):
     """A run interrupted from within (click would turn a KeyboardInterrupt into an exit status)."""
-
-
-@pytest.fixture
-def catalog(data_dir: Path) -> Path:
-    build_catalog(data_dir)
-    return data_dir
-
-
-@pytest.fixture
-def local_answers(catalog: Path, tmp_path: Path) -> dict[str, dict[str, Any]]:
-    """The CSV manifest scanned by the local engine into JSON lines: what every other combination must answer."""
-    out = tmp_path / "local.jsonl"
-    result = run("scan-batch", str(write_listings(tmp_path / "csv", "csv")), "--out", str(out), data_dir=catalog)
-    assert result.exit_code == 0, result.output
-    return by_listing(answers(out))
 
 
 def test_every_manifest_format_gives_the_same_listings(

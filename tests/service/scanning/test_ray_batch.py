@@ -23,7 +23,7 @@ from service.core import ReadOnlyCoreError, ServiceCore
 from service.db.migrate import _scripts, head_revision
 from service.scanning.photo_prep import PhotoInput
 from tests import imaging
-from tests.bulk_scans import ERRORS, LISTING_IDS, answers, assert_same_answers, build_catalog, by_listing, run, write_listings
+from tests.bulk_scans import ERRORS, LISTING_IDS, answers, assert_same_answers, by_listing, run, write_listings
 from tests.helpers import tiny_settings
 
 ray = pytest.importorskip("ray")
@@ -50,20 +50,6 @@ def no_hang() -> Iterator[None]:
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
-
-
-@pytest.fixture
-def catalog(data_dir: Path) -> Path:
-    build_catalog(data_dir)
-    return data_dir
-
-
-@pytest.fixture
-def local_answers(catalog: Path, tmp_path: Path) -> dict[str, dict[str, Any]]:
-    out = tmp_path / "local.jsonl"
-    result = run("scan-batch", str(write_listings(tmp_path / "csv", "csv")), "--out", str(out), data_dir=catalog)
-    assert result.exit_code == 0, result.output
-    return by_listing(answers(out))
 
 
 def assert_like_local(local: dict[str, dict[str, Any]], got: dict[str, dict[str, Any]]) -> None:
